@@ -1,0 +1,75 @@
+"""Target-module aliases (q, k, v, o, gate, up, down, attn, mlp, all-linear) resolved per architecture family."""
+
+import re
+
+import torch.nn as nn
+
+from lorasweep.errors import ConfigError
+
+# Each family maps an alias to a pattern matched against the end of a module's full name.
+FAMILIES: dict[str, dict[str, str]] = {
+    "llama": {  # Llama, Qwen2, Mistral, Gemma share these names
+        "q": r"q_proj", "k": r"k_proj", "v": r"v_proj", "o": r"o_proj",
+        "gate": r"gate_proj", "up": r"up_proj", "down": r"down_proj",
+    },
+    "bert": {  # BERT, RoBERTa, MiniLM
+        "q": r"attention\.self\.query", "k": r"attention\.self\.key", "v": r"attention\.self\.value",
+        "o": r"attention\.output\.dense", "up": r"intermediate\.dense", "down": r"(?<!attention\.)output\.dense",
+    },
+}
+MODEL_TYPES = {
+    "llama": "llama", "qwen2": "llama", "qwen3": "llama", "mistral": "llama", "mixtral": "llama",
+    "gemma": "llama", "gemma2": "llama", "gemma3": "llama", "gemma3_text": "llama", "phi3": "llama",
+    "bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "distilroberta": "bert", "electra": "bert",
+}
+GROUPS = {"attn": ["q", "k", "v", "o"], "mlp": ["gate", "up", "down"]}
+ALIASES = ["q", "k", "v", "o", "gate", "up", "down", "attn", "mlp", "all-linear"]
+HEADS = {"classifier", "score", "lm_head", "qa_outputs"}  # task heads are never adapted
+
+
+def family(model_type: str) -> str | None:
+    return MODEL_TYPES.get(model_type)
+
+
+def linear_names(model: nn.Module) -> list[str]:
+    """Full names of the Linear layers an adapter may target (task heads excluded)."""
+    return [
+        name for name, mod in model.named_modules()
+        if isinstance(mod, nn.Linear) and not (set(name.split(".")) & HEADS)
+    ]
+
+
+def short_name(name: str) -> str:
+    """`model.layers.3.self_attn.q_proj` -> `self_attn.q_proj`: the name with its layer prefix cut."""
+    parts = name.split(".")
+    idx = [i for i, p in enumerate(parts) if p.isdigit()]
+    return ".".join(parts[idx[-1] + 1:]) if idx else name
+
+
+def module_type(name: str, fam: str | None) -> str:
+    """The alias a module answers to (q, v, down, ...), else its short name."""
+    for alias, pat in FAMILIES.get(fam or "", {}).items():
+        if re.search(rf"(^|\.){pat}$", name):
+            return alias
+    return short_name(name)
+
+
+def resolve_targets(model: nn.Module, model_type: str, targets: list[str]) -> list[str]:
+    """Expand aliases and raw names into the sorted full names of the Linear modules to adapt."""
+    fam = family(model_type)
+    names = linear_names(model)
+    chosen: set[str] = set()
+    for t in targets:
+        if t == "all-linear":
+            hits = names
+        elif t in GROUPS or t in FAMILIES.get(fam or "", {}):
+            want = set(GROUPS.get(t, [t]))
+            hits = [n for n in names if module_type(n, fam) in want]
+        else:  # a raw module name, matched as PEFT does: whole name or dotted suffix
+            hits = [n for n in names if n == t or n.endswith("." + t)]
+        if not hits:
+            real = sorted({short_name(n) for n in names})
+            allowed = f"aliases {ALIASES} (family {fam or 'unknown'}) or one of this model's Linear modules {real}"
+            raise ConfigError("adapter.targets", t, allowed)
+        chosen.update(hits)
+    return sorted(chosen)
