@@ -24,3 +24,68 @@ def compose(overrides: list[str] = (), config_name: str = "config") -> DictConfi
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError("override", " ".join(overrides), f"Hydra rejected it: {first}") from None
     return cfg
+
+
+VARIANTS = ["lora", "rslora", "dora", "pissa", "vera", "adalora"]
+LORAPLUS_VARIANTS = ["lora", "rslora", "dora", "pissa"]  # those whose trained B is lora_B
+QUANTS = ["none", "nf4", "fp4", "int8"]
+TASKS = ["seq_cls", "causal_lm"]
+DTYPE_NAMES = ["float32", "bfloat16", "float16"]
+OPTIMS = {"adamw_torch": False, "adamw_8bit": True, "paged_adamw_8bit": True, "paged_adamw_32bit": True}  # name: needs CUDA
+# Combinations PEFT refuses, with its reason.
+UNSUPPORTED = {("pissa", "nf4"): "PiSSA initialises from an SVD of float weights, not quantized ones",
+               ("pissa", "fp4"): "PiSSA initialises from an SVD of float weights, not quantized ones",
+               ("pissa", "int8"): "PiSSA initialises from an SVD of float weights, not quantized ones"}
+
+
+def _num(field: str, value, ok: bool, allowed: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok:
+        raise ConfigError(field, value, allowed)
+
+
+def _one_of(field: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(field, value, f"one of {list(allowed)}")
+
+
+def validate(cfg: DictConfig, has_cuda: bool | None = None) -> DictConfig:
+    """Check every field that can be checked without loading a model or data; raise the first ConfigError."""
+    import torch
+
+    has_cuda = torch.cuda.is_available() if has_cuda is None else has_cuda
+    m, a, q, t = cfg.model, cfg.adapter, cfg.quant, cfg.train
+    _one_of("model.task", m.task, TASKS)
+    _one_of("model.dtype", m.dtype, DTYPE_NAMES)
+    _one_of("adapter.variant", a.variant, VARIANTS)
+    _num("adapter.r", a.r, isinstance(a.r, int) and a.r >= 1, "an integer >= 1")
+    if a.alpha_over_r is not None:
+        _num("adapter.alpha_over_r", a.alpha_over_r, a.alpha_over_r > 0, "a number > 0, or null to use adapter.alpha")
+    else:
+        _num("adapter.alpha", a.alpha, a.alpha > 0, "a number > 0")
+    _num("adapter.dropout", a.dropout, 0 <= a.dropout < 1, "a number in [0, 1)")
+    if isinstance(a.targets, str) or not a.targets:
+        raise ConfigError("adapter.targets", a.targets, "a non-empty list, e.g. [q,v] or [all-linear]")
+    _num("adapter.loraplus_ratio", a.loraplus_ratio, a.loraplus_ratio > 0, "a number > 0 (1 = plain LoRA)")
+    if a.loraplus_ratio != 1 and a.variant not in LORAPLUS_VARIANTS:
+        raise ConfigError("adapter.loraplus_ratio", a.loraplus_ratio,
+                          f"1 with variant {a.variant!r}; LoRA+ needs a trained lora_B: {LORAPLUS_VARIANTS}")
+    _one_of("quant.method", q.method, QUANTS)
+    _one_of("quant.compute_dtype", q.compute_dtype, DTYPE_NAMES)
+    if (a.variant, q.method) in UNSUPPORTED:
+        raise ConfigError("quant.method", q.method, f"none with variant {a.variant!r}: {UNSUPPORTED[a.variant, q.method]}")
+    _num("train.max_steps", t.max_steps, isinstance(t.max_steps, int) and t.max_steps >= 0, "an integer >= 0 (0 = use train.epochs)")
+    if t.max_steps == 0:
+        _num("train.epochs", t.epochs, t.epochs > 0, "a number > 0 when train.max_steps is 0")
+    _num("train.batch_size", t.batch_size, isinstance(t.batch_size, int) and t.batch_size >= 1, "an integer >= 1")
+    _num("train.grad_accum", t.grad_accum, isinstance(t.grad_accum, int) and t.grad_accum >= 1, "an integer >= 1")
+    _num("train.lr", t.lr, t.lr > 0, "a number > 0")
+    _num("train.warmup_ratio", t.warmup_ratio, 0 <= t.warmup_ratio < 1, "a number in [0, 1)")
+    _num("train.weight_decay", t.weight_decay, t.weight_decay >= 0, "a number >= 0")
+    _num("train.eval_every", t.eval_every, isinstance(t.eval_every, int) and t.eval_every >= 1, "an integer >= 1 (steps)")
+    _one_of("train.optim", t.optim, OPTIMS)
+    if OPTIMS[t.optim] and not has_cuda:
+        raise ConfigError("train.optim", t.optim, "adamw_torch on this machine (no CUDA); 8-bit and paged optimizers need a GPU")
+    from transformers.trainer_utils import SchedulerType
+
+    _one_of("train.lr_scheduler", t.lr_scheduler, [s.value for s in SchedulerType])
+    return cfg

@@ -1,0 +1,43 @@
+# lorasweep: every target sets itself up first (`make setup`), so each works as a first command.
+SHELL := /bin/bash
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+CONF  ?= rank_alpha
+ARGS  ?=
+SWEEP ?=
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+.PHONY: setup trial sweep test bench ui estimate clean
+
+setup: $(VENV)/.installed
+
+# CPU torch from this disk unless CUDA is present; then the project, editable, with test extras.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
+		$(PY) -m pip install -q torch; else $(PY) -m pip install -q torch==2.13.0; fi
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+trial: setup
+	$(OFFLINE) $(VENV)/bin/lorasweep trial $(ARGS)
+
+sweep: setup
+	$(OFFLINE) $(VENV)/bin/lorasweep sweep sweep=$(CONF) $(ARGS)
+
+estimate: setup
+	$(OFFLINE) $(VENV)/bin/lorasweep estimate $(ARGS)
+
+test: setup
+	$(OFFLINE) $(PY) -m pytest -q --durations=15 tests $(ARGS)
+
+bench: setup
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(OFFLINE) $(PY) $$b || exit 1; done
+
+# The MLflow UI over the default local store, on loopback only.
+ui: setup
+	$(VENV)/bin/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf $(VENV) mlruns mlflow.db

@@ -1,0 +1,112 @@
+"""Data: read a table from a package file, a local file or the hub; check it; split it; tokenize it."""
+
+import importlib.metadata
+from pathlib import Path
+
+import pandas as pd
+from datasets import Dataset
+from omegaconf import DictConfig
+
+from lorasweep.errors import ConfigError
+
+READERS = {
+    "csv": lambda p, enc: pd.read_csv(p, encoding=enc),
+    "json": lambda p, enc: pd.read_json(p, encoding=enc),
+    "jsonl": lambda p, enc: pd.read_json(p, lines=True, encoding=enc),
+    "parquet": lambda p, enc: pd.read_parquet(p),
+}
+
+
+def read_table(d: DictConfig) -> pd.DataFrame:
+    if d.source == "hub":
+        from datasets import load_dataset
+
+        return load_dataset(d.path, split="train").to_pandas()
+    if d.format not in READERS:
+        raise ConfigError("data.format", d.format, f"one of {sorted(READERS)}")
+    if d.source == "package":  # "<distribution>:<file inside it>", read from the installed package
+        dist, _, rel = str(d.path).partition(":")
+        try:
+            path = Path(importlib.metadata.distribution(dist).locate_file(rel))
+        except importlib.metadata.PackageNotFoundError:
+            raise ConfigError("data.path", d.path, "<installed distribution>:<file in it>") from None
+    elif d.source == "file":
+        path = Path(str(d.path)).expanduser()
+    else:
+        raise ConfigError("data.source", d.source, "one of package, file, hub")
+    if not path.is_file():
+        raise ConfigError("data.path", d.path, "an existing file")
+    return READERS[d.format](path, d.encoding)
+
+
+def columns(cfg: DictConfig) -> list[str]:
+    d = cfg.data
+    return [d.text_column, d.label_column] if cfg.model.task == "seq_cls" else [d.prompt_column, d.response_column]
+
+
+def splits(cfg: DictConfig) -> dict[str, pd.DataFrame]:
+    """Check the columns, then a fixed seeded split: test first, then eval, then train.
+
+    Carving test and eval first keeps them fixed when train_size or max_train_samples change.
+    """
+    d = cfg.data
+    table = read_table(d)
+    for role, col in zip(("text_column", "label_column") if cfg.model.task == "seq_cls" else ("prompt_column", "response_column"), columns(cfg)):
+        if col is None or col not in table.columns:
+            raise ConfigError(f"data.{role}", col, f"a column of {d.path}: {list(table.columns)}")
+        table = table[table[col].notna() & (table[col].astype(str).str.strip() != "")]
+        if table.empty:
+            raise ConfigError(f"data.{role}", col, "a column with non-empty values")
+    table = table.sample(frac=1.0, random_state=int(d.split_seed)).reset_index(drop=True)
+    sizes = {"test": d.test_size, "eval": d.eval_size, "train": d.train_size}
+    out, start = {}, 0
+    for name, size in sizes.items():
+        if size is None or int(size) < 1:
+            raise ConfigError(f"data.{name}_size", size, "an integer >= 1 (an empty split cannot train or measure)")
+        if start + int(size) > len(table):
+            raise ConfigError(f"data.{name}_size", size, f"at most {len(table) - start} rows remain for it ({len(table)} usable rows)")
+        out[name] = table.iloc[start:start + int(size)]
+        start += int(size)
+    if d.max_train_samples:
+        out["train"] = out["train"].iloc[: int(d.max_train_samples)]
+    if cfg.model.task == "seq_cls" and out["train"][d.label_column].nunique() < 2:
+        raise ConfigError("data.label_column", d.label_column, "a column with at least 2 classes in the train split")
+    return out
+
+
+def labels(cfg: DictConfig, parts: dict[str, pd.DataFrame]) -> list[str] | None:
+    if cfg.model.task != "seq_cls":
+        return None
+    return sorted(map(str, parts["train"][cfg.data.label_column].unique()))
+
+
+def tokenize(cfg: DictConfig, parts: dict[str, pd.DataFrame], tok, label_names: list[str] | None) -> dict[str, Dataset]:
+    d = cfg.data
+    if cfg.model.task == "seq_cls":
+        index = {l: i for i, l in enumerate(label_names)}
+
+        def encode(df: pd.DataFrame) -> dict:
+            enc = tok(df[d.text_column].astype(str).tolist(), truncation=True, max_length=d.max_length)
+            # Labels unseen in train cannot be predicted; they count as errors rather than crash.
+            enc["labels"] = [index.get(str(l), -1) for l in df[d.label_column]]
+            return dict(enc)
+    else:
+        eos = tok.eos_token or tok.sep_token or ""
+
+        def encode(df: pd.DataFrame) -> dict:
+            # SFT: the prompt is context only; the loss sees the response tokens.
+            rows = {"input_ids": [], "attention_mask": [], "labels": []}
+            for p, r in zip(df[d.prompt_column], df[d.response_column]):
+                prompt = tok(d.prompt_template.format(p), add_special_tokens=True)["input_ids"]
+                answer = tok(" " + str(r) + eos, add_special_tokens=False)["input_ids"]
+                ids = (prompt + answer)[: d.max_length]
+                lab = ([-100] * len(prompt) + answer)[: d.max_length]
+                rows["input_ids"].append(ids)
+                rows["attention_mask"].append([1] * len(ids))
+                rows["labels"].append(lab)
+            return rows
+
+    out = {name: Dataset.from_dict(encode(df)) for name, df in parts.items()}
+    if cfg.model.task == "seq_cls":  # drop rows whose label is unseen in train
+        out = {n: ds.filter(lambda r: r["labels"] >= 0) for n, ds in out.items()}
+    return out

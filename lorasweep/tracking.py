@@ -1,0 +1,77 @@
+"""Tracking: MLflow runs for trials (and sweeps): params, tags, metrics, artifacts, and an honest end state."""
+
+import json
+import os
+import platform
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import mlflow
+from omegaconf import DictConfig, OmegaConf
+
+import lorasweep
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def uri(cfg: DictConfig) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or str(cfg.tracking.uri)
+
+
+def flatten(cfg: DictConfig, skip: tuple[str, ...] = ("sweep",)) -> dict[str, object]:
+    """Dotted keys of the resolved config; numbers stay numbers, lists become JSON, so every child compares."""
+    out: dict[str, object] = {}
+
+    def walk(node, prefix: str) -> None:
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict) and key not in ("model.config",):
+                walk(v, key + ".")
+            elif isinstance(v, (list, dict)):
+                out[key] = json.dumps(v, separators=(",", ":"))
+            else:
+                out[key] = "null" if v is None else v
+
+    walk({k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in skip}, "")
+    return out
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment_tags() -> dict[str, str]:
+    import peft
+    import torch
+    import transformers
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    return {"git_commit": git_commit(), "lorasweep_version": lorasweep.__version__, "device": device,
+            "torch_version": torch.__version__, "peft_version": peft.__version__,
+            "transformers_version": transformers.__version__}
+
+
+@contextmanager
+def run(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[str, str] | None = None,
+        run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run that ends FINISHED, or FAILED with `failure_reason`, never left RUNNING."""
+    mlflow.set_tracking_uri(uri(cfg))
+    if run_id is None:
+        mlflow.set_experiment(str(cfg.tracking.experiment))
+    active = mlflow.start_run(run_id=run_id, run_name=cfg.tracking.run_name, parent_run_id=parent_run_id,
+                              tags={**environment_tags(), **(tags or {})},
+                              log_system_metrics=bool(cfg.tracking.system_metrics))
+    try:
+        yield active
+    except BaseException as e:
+        reason = f"{type(e).__name__}: {e}".strip()[:4000]
+        mlflow.set_tag("failure_reason", reason)
+        mlflow.end_run("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+    mlflow.end_run("FINISHED")

@@ -1,0 +1,80 @@
+"""Trial: one PEFT fine-tune from a config, top to bottom — validate, load, train, measure, track."""
+
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+from omegaconf import DictConfig, OmegaConf
+
+from lorasweep import data, measure, model, tracking, train
+from lorasweep.config import validate
+from lorasweep.targets import family
+from lorasweep.train import OnMetrics
+
+
+def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), parent_run_id: str | None = None,
+              tags: dict[str, str] | None = None) -> dict[str, object]:
+    """Run one trial; returns its final metrics, run id and adapter location. Bad input raises ConfigError
+    before any MLflow run exists."""
+    # 1. Everything that can be wrong with the input, before a model loads or a run starts.
+    validate(cfg)
+    parts = data.splits(cfg)
+    labels = data.labels(cfg, parts)
+    targets, model_type = model.targets(cfg, len(labels) if labels else None)
+
+    with tracking.run(cfg, parent_run_id=parent_run_id, tags=tags) as active, \
+            tempfile.TemporaryDirectory(prefix="lorasweep-trial-") as tmp:
+        out = Path(tmp)
+        mlflow.log_params(tracking.flatten(cfg))
+        (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        mlflow.log_artifact(str(out / "config.yaml"))
+
+        # 2. Model and data.
+        measure.reset_peak_memory()
+        steps = train.total_steps(cfg, len(parts["train"]))
+        peft_model, tok = model.load(cfg, targets, steps, labels)
+        datasets = data.tokenize(cfg, parts, tok, labels)
+        trainable, total = peft_model.get_nb_trainable_parameters()
+        mlflow.log_metrics({"trainable_params": trainable, "trainable_pct": 100.0 * trainable / total,
+                            "adapted_modules": len(targets)})
+
+        # 3. Train, reporting each log and eval step to MLflow and to any listener (a sweep's scheduler).
+        latest: dict[str, float] = {}
+
+        def log(metrics: dict[str, float], step: int) -> None:
+            mlflow.log_metrics(metrics, step=step)
+            latest.update(metrics)
+
+        trainer = train.trainer(cfg, peft_model, tok, datasets, [log, *listeners])
+        start = time.perf_counter()
+        result = trainer.train()
+        runtime = time.perf_counter() - start
+        if trainer.state.global_step % cfg.train.eval_every:
+            trainer.evaluate()  # the last step always has an eval, so the final eval metric is the trial's result
+        final = {k: v for k, v in latest.items() if k.startswith("eval_")}
+        test = trainer.evaluate(datasets["test"], metric_key_prefix="test")
+        n_tokens = sum(len(ids) for ids in datasets["train"]["input_ids"]) / max(1, len(datasets["train"]))
+        samples = trainer.state.global_step * cfg.train.batch_size * cfg.train.grad_accum
+        summary = {
+            **final,
+            **{k: float(v) for k, v in test.items() if k in ("test_loss", "test_accuracy", "test_macro_f1")},
+            "train_loss_final": float(result.training_loss),
+            "train_runtime_s": runtime, "samples_per_s": samples / runtime, "tokens_per_s": samples * n_tokens / runtime,
+            **measure.peak_memory_mb(),
+        }
+
+        # 4. What the adapter learned: the spectrum of each module's update.
+        if cfg.tracking.spectra:
+            rows = measure.spectra(peft_model, family(model_type))
+            summary.update(measure.aggregate(rows))
+            for f in measure.write_spectra(rows, out):
+                mlflow.log_artifact(str(f), artifact_path="spectra")
+        mlflow.log_metrics({k: v for k, v in summary.items() if not k.startswith("eval_")})
+        if cfg.tracking.save_adapter:
+            peft_model.save_pretrained(out / "adapter", safe_serialization=True)
+            mlflow.log_artifacts(str(out / "adapter"), artifact_path="adapter")
+        summary["run_id"] = active.info.run_id
+        summary["adapter_uri"] = f"{active.info.artifact_uri}/adapter" if cfg.tracking.save_adapter else None
+        summary["steps"] = trainer.state.global_step
+    return summary
