@@ -1,0 +1,549 @@
+"""Search space: parse and validate cfg.sweep, sample one trial's overrides, build the Optuna sampler and pruner."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import inspect
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from lorasweep.errors import ConfigError
+
+# cfg.sweep schema (a sweeps/<name>.yaml under `# @package _global_`, next to base fields like train.max_steps):
+#   metric: eval_loss          mode: max | min
+#   sampler: {name: tpe | random | grid | cmaes | gp, seed: 0, <sampler kwargs>}
+#   pruner:  {name: median | percentile | successive_halving | hyperband | none | asha, <pruner kwargs>}
+#   num_trials: 12   max_concurrent: 2   time_limit_s: 600   max_failures: 0   description: "..."
+#   space: nested (adapter: {r: ...}) or dotted (adapter.r: ...) config keys -> dimension:
+#     {kind: choice | grid, values: [...]}   {kind: int, low, high, step: 1, log: false}
+#     {kind: float | logfloat, low, high}    {kind: fixed, value: ...}
+#     {derived: mul | add | first, of: [key or number, ...]}
+#   any dimension may add `when: {key: [values]}` (sampled only then) and `helper: true` (a searched name
+#   that is not a config field: it feeds when/derived and is not an override).
+
+KINDS = ("choice", "int", "float", "logfloat", "grid", "fixed")
+OPS = ("mul", "add", "first")  # first: the first operand set in this trial (per-branch values)
+SAMPLERS = {
+    "tpe": optuna.samplers.TPESampler,
+    "random": optuna.samplers.RandomSampler,
+    "grid": optuna.samplers.GridSampler,
+    "cmaes": optuna.samplers.CmaEsSampler,
+    "gp": optuna.samplers.GPSampler,
+}
+NEEDS = {"cmaes": ["cmaes"], "gp": ["torch", "scipy"]}  # Optuna imports these only when it first samples
+PRUNERS = {
+    "median": optuna.pruners.MedianPruner,
+    "percentile": optuna.pruners.PercentilePruner,
+    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+    "hyperband": optuna.pruners.HyperbandPruner,
+    "none": optuna.pruners.NopPruner,
+    "asha": None,  # Ray's ASHAScheduler, built in lorasweep.prune
+}
+SWEEP_KEYS = ("description", "metric", "mode", "sampler", "pruner", "num_trials", "max_concurrent",
+              "time_limit_s", "max_failures", "space")
+DIM_KEYS = {
+    "choice": {"values"}, "grid": {"values"}, "fixed": {"value"},
+    "int": {"low", "high", "step", "log"}, "float": {"low", "high"}, "logfloat": {"low", "high"},
+}
+_COMMON = {"kind", "when", "helper"}
+_ABSENT = object()
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One dimension: a config field (dotted key) or a helper that only feeds `when`/`derived`."""
+
+    key: str
+    kind: str                       # one of KINDS, or "derived"
+    low: float | None = None
+    high: float | None = None
+    step: int = 1
+    log: bool = False
+    values: tuple = ()              # choice / grid
+    value: Any = None               # fixed
+    op: str | None = None           # derived
+    of: tuple = ()                  # derived operands: keys or numbers
+    when: Mapping[str, tuple] = field(default_factory=dict)
+    helper: bool = False
+    cast: str | None = None         # derived: "int" or "float", the type of the field it sets
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A validated cfg.sweep; dims are in sampling order (each after what it depends on)."""
+
+    metric: str
+    mode: str
+    dims: tuple[Dim, ...]
+    sampler: str = "tpe"
+    seed: int | None = None
+    sampler_options: Mapping[str, Any] = field(default_factory=dict)
+    pruner: str = "median"
+    pruner_options: Mapping[str, Any] = field(default_factory=dict)
+    num_trials: int = 10
+    max_concurrent: int = 1
+    time_limit_s: float | None = None
+    max_failures: int = 0
+    base: Mapping[str, Any] = field(default_factory=dict)   # composed value of every referenced config field
+    description: str | None = None
+
+    def dim(self, key: str) -> Dim | None:
+        return next((d for d in self.dims if d.key == key), None)
+
+    @property
+    def grid_size(self) -> int:
+        return math.prod(len(v) for v in grid_space(self).values())
+
+
+# --- parsing -------------------------------------------------------------------------------------
+
+
+def parse_sweep(cfg: DictConfig) -> SweepSpec:
+    """Validate cfg.sweep against the composed config; any problem is a ConfigError naming the field."""
+    node = cfg.get("sweep") if isinstance(cfg, DictConfig) else None
+    if node is None:
+        raise ConfigError("sweep", None, "pick one with sweep=<name> (a file in sweeps/)")
+    raw = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    if not isinstance(raw, dict):
+        raise ConfigError("sweep", raw, "a mapping with metric, mode, space, ...")
+    for k in raw:
+        if k not in SWEEP_KEYS:
+            raise ConfigError(f"sweep.{k}", raw[k], f"unknown key; allowed: {', '.join(SWEEP_KEYS)}")
+
+    metric = raw.get("metric")
+    if not isinstance(metric, str) or not metric:
+        raise ConfigError("sweep.metric", metric, "required: the reported metric to optimise, e.g. eval_loss")
+    mode = raw.get("mode")
+    if mode not in ("max", "min"):
+        raise ConfigError("sweep.mode", mode, "max | min")
+    num_trials = _int(raw.get("num_trials", 10), "sweep.num_trials", 1)
+    max_concurrent = _int(raw.get("max_concurrent", 1), "sweep.max_concurrent", 1)
+    max_failures = _int(raw.get("max_failures", 0), "sweep.max_failures", 0)
+    time_limit_s = raw.get("time_limit_s")
+    if time_limit_s is not None and (not _is_num(time_limit_s) or time_limit_s <= 0):
+        raise ConfigError("sweep.time_limit_s", time_limit_s, "a number of seconds > 0, or null")
+    description = raw.get("description")
+    if description is not None and not isinstance(description, str):
+        raise ConfigError("sweep.description", description, "a string")
+
+    sampler, seed, sampler_options = _named(raw.get("sampler", {"name": "tpe"}), "sweep.sampler", SAMPLERS)
+    pruner, _, pruner_options = _named(raw.get("pruner", {"name": "median"}), "sweep.pruner", PRUNERS,
+                                       seeded=False)
+
+    dims, base = _parse_space(raw.get("space"), cfg)
+    spec = SweepSpec(metric=metric, mode=mode, dims=dims, sampler=sampler, seed=seed,
+                     sampler_options=sampler_options, pruner=pruner, pruner_options=pruner_options,
+                     num_trials=num_trials, max_concurrent=max_concurrent, time_limit_s=time_limit_s,
+                     max_failures=max_failures, base=base, description=description)
+
+    if sampler == "grid":
+        for d in dims:
+            if d.kind not in ("grid", "fixed", "derived"):
+                raise ConfigError(f"sweep.space.{d.key}.kind", d.kind,
+                                  "the grid sampler enumerates only grid dimensions (fixed/derived are fine)")
+        if not grid_space(spec):
+            raise ConfigError("sweep.space", None, "the grid sampler needs at least one grid dimension")
+        if num_trials > spec.grid_size:
+            raise ConfigError("sweep.num_trials", num_trials, f"at most {spec.grid_size}, the size of the grid")
+    # Build once so bad options (or a missing optional package) fail here, not mid-sweep.
+    make_sampler(spec)
+    make_pruner(spec)
+    return spec
+
+
+def _named(node: Any, where: str, table: Mapping[str, Any], seeded: bool = True) -> tuple[str, Any, dict]:
+    if isinstance(node, str):
+        node = {"name": node}
+    if not isinstance(node, dict):
+        raise ConfigError(where, node, f"a mapping with name: {' | '.join(table)}")
+    opts = dict(node)
+    name = opts.pop("name", None)
+    if name not in table:
+        raise ConfigError(f"{where}.name", name, " | ".join(table))
+    seed = opts.pop("seed", None) if seeded else None
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise ConfigError(f"{where}.seed", seed, "an int or null")
+    target = table[name]
+    if target is None:  # asha: ask Ray for its signature only when it is picked
+        from ray.tune.schedulers import ASHAScheduler as target
+    params = {p: v for p, v in inspect.signature(target).parameters.items()
+              if p not in ("seed", "search_space", "metric", "mode")}
+    for k, v in opts.items():
+        if k not in params:
+            raise ConfigError(f"{where}.{k}", v, f"not an option of {name}; allowed: {', '.join(params) or 'none'}")
+    for p, param in params.items():
+        if param.default is inspect.Parameter.empty and p not in opts:
+            raise ConfigError(f"{where}.{p}", None, f"required by {name}")
+    return name, seed, opts
+
+
+def _parse_space(node: Any, cfg: DictConfig) -> tuple[tuple[Dim, ...], dict[str, Any]]:
+    if not isinstance(node, dict) or not node:
+        raise ConfigError("sweep.space", node, "a non-empty mapping from config key to dimension")
+    raw = dict(_walk(node, ""))
+    dims = {key: _parse_dim(key, d, cfg) for key, d in raw.items()}
+    base: dict[str, Any] = {}
+
+    def ref(key: str, where: str) -> Any:
+        """What a reference may hold: its dimension, else the composed config's value."""
+        if key in dims:
+            if not dims[key].helper:
+                base[key] = _config_value(cfg, key)
+            return dims[key]
+        value = _config_value(cfg, key)
+        if value is _ABSENT or key.startswith("sweep."):
+            raise ConfigError(where, key, "neither a dimension of this space nor a config field")
+        base[key] = value
+        return value
+
+    for d in dims.values():
+        for k, allowed in d.when.items():
+            where = f"sweep.space.{d.key}.when.{k}"
+            if k == d.key:
+                raise ConfigError(where, list(allowed), "a dimension cannot depend on itself")
+            target = ref(k, where)
+            possible = _possible(target, base.get(k))
+            for v in allowed:
+                if possible is not None and v not in possible:
+                    raise ConfigError(where, v, f"{k} never takes it; possible: {_show(possible)}")
+        for o in d.of:
+            where = f"sweep.space.{d.key}.of"
+            if _is_num(o):
+                continue
+            if o == d.key:
+                raise ConfigError(where, o, "a dimension cannot depend on itself")
+            target = ref(o, where)
+            if d.op == "first":
+                continue  # any type, and conditional operands are the point
+            if not _numeric(target):
+                raise ConfigError(where, o, f"operands of {d.op} must be numeric")
+            if isinstance(target, Dim):
+                for k, vals in target.when.items():
+                    mine = d.when.get(k)
+                    if mine is None or not set(map(_label, mine)) <= set(map(_label, vals)):
+                        raise ConfigError(f"sweep.space.{d.key}.when", dict(d.when),
+                                          f"{o} is only sampled when {k} in {_show(vals)}; add that condition")
+    return _order(dims), base
+
+
+def _walk(node: dict, prefix: str):
+    """Nested or dotted keys down to dimension mappings (those with kind: or derived:)."""
+    for k, v in node.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and ("kind" in v or "derived" in v):
+            yield key, v
+        elif isinstance(v, dict) and v:
+            yield from _walk(v, key)
+        else:
+            raise ConfigError(f"sweep.space.{key}", v,
+                              f"a dimension: a mapping with kind: {' | '.join(KINDS)} or derived: {' | '.join(OPS)}")
+
+
+def _parse_dim(key: str, d: dict, cfg: DictConfig) -> Dim:
+    at = f"sweep.space.{key}"
+    helper = d.get("helper", False)
+    if not isinstance(helper, bool):
+        raise ConfigError(f"{at}.helper", helper, "true | false")
+    current = _config_value(cfg, key)
+    if helper and current is not _ABSENT:
+        raise ConfigError(f"{at}.helper", True, f"{key} is a config field; name helpers with a free name")
+    if not helper:
+        if key.startswith("sweep.") or key in ("sweep",):
+            raise ConfigError(at, d, "the sweep section itself cannot be searched")
+        if current is _ABSENT:
+            raise ConfigError(at, d, "not a config field (mark searched helpers with helper: true)")
+        if isinstance(current, (dict, list)) and not (isinstance(current, list) and _is_leaf_list(current)):
+            raise ConfigError(at, d, "a config group, not a field; search one of its fields")
+    when = _parse_when(d.get("when"), at)
+
+    if "derived" in d:
+        extra = set(d) - {"derived", "of", "when", "helper"}
+        if extra:
+            raise ConfigError(f"{at}.{sorted(extra)[0]}", d[sorted(extra)[0]], "derived takes of, when, helper")
+        op, of = d["derived"], d.get("of")
+        if op not in OPS:
+            raise ConfigError(f"{at}.derived", op, " | ".join(OPS))
+        if not isinstance(of, list) or len(of) < 2 or not all(_is_num(o) or isinstance(o, str) for o in of):
+            raise ConfigError(f"{at}.of", of, "a list of two or more dimension keys or numbers")
+        if op == "first" and any(_is_num(o) for o in of[:-1]):
+            raise ConfigError(f"{at}.of", of, "keys, with at most one number last (the fallback)")
+        cast = type(current).__name__ if _is_num(current) else None
+        return Dim(key, "derived", op=op, of=tuple(of), when=when, helper=helper, cast=cast)
+
+    kind = d.get("kind")
+    if kind not in KINDS:
+        raise ConfigError(f"{at}.kind", kind, " | ".join(KINDS))
+    for k in d:
+        if k not in DIM_KEYS[kind] | _COMMON:
+            raise ConfigError(f"{at}.{k}", d[k], f"not an option of {kind}; allowed: {', '.join(sorted(DIM_KEYS[kind]))}")
+    if kind in ("int", "float", "logfloat") and current is not _ABSENT and current is not None:
+        if isinstance(current, bool) or not _is_num(current) or (kind != "int" and isinstance(current, int)):
+            raise ConfigError(f"{at}.kind", kind, f"{key} holds {type(current).__name__} values; use choice")
+
+    if kind in ("choice", "grid"):
+        values = d.get("values")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{at}.values", values, "a non-empty list")
+        for v in values:
+            if not _is_value(v):
+                raise ConfigError(f"{at}.values", v, "scalars or flat lists of scalars")
+        labels = [_label(v) for v in values]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"{at}.values", values, "distinct values")
+        return Dim(key, kind, values=tuple(values), when=when, helper=helper)
+    if kind == "fixed":
+        if "value" not in d or not _is_value(d["value"]):
+            raise ConfigError(f"{at}.value", d.get("value"), "a scalar or a flat list of scalars")
+        return Dim(key, kind, value=d["value"], when=when, helper=helper)
+
+    low, high = d.get("low"), d.get("high")
+    integral = kind == "int"
+    for name, v in (("low", low), ("high", high)):
+        if not _is_num(v) or (integral and not isinstance(v, int)) or (isinstance(v, float) and not math.isfinite(v)):
+            raise ConfigError(f"{at}.{name}", v, "an int" if integral else "a finite number")
+    if low >= high:
+        raise ConfigError(f"{at}.low", low, f"less than high ({high})")
+    if kind == "logfloat" and low <= 0:
+        raise ConfigError(f"{at}.low", low, "> 0 for logfloat")
+    if kind != "int":
+        return Dim(key, kind, low=float(low), high=float(high), log=kind == "logfloat", when=when, helper=helper)
+    step, log = d.get("step", 1), d.get("log", False)
+    if not isinstance(step, int) or isinstance(step, bool) or step < 1:
+        raise ConfigError(f"{at}.step", step, "an int >= 1")
+    if not isinstance(log, bool):
+        raise ConfigError(f"{at}.log", log, "true | false")
+    if log and step != 1:
+        raise ConfigError(f"{at}.log", log, "false when step != 1 (Optuna cannot combine them)")
+    if log and low < 1:
+        raise ConfigError(f"{at}.low", low, ">= 1 for a log int")
+    if (high - low) % step:
+        raise ConfigError(f"{at}.high", high, f"low + a multiple of step ({step})")
+    return Dim(key, kind, low=low, high=high, step=step, log=log, when=when, helper=helper)
+
+
+def _parse_when(node: Any, at: str) -> dict[str, tuple]:
+    if node is None:
+        return {}
+    if not isinstance(node, dict) or not node:
+        raise ConfigError(f"{at}.when", node, "a mapping {key: [allowed values]}")
+    out = {}
+    for k, v in dict(_flatten_when(node)).items():
+        vals = v if isinstance(v, list) else [v]
+        if not vals or not all(_is_value(x) for x in vals):
+            raise ConfigError(f"{at}.when.{k}", v, "a value or a non-empty list of values")
+        out[k] = tuple(vals)
+    return out
+
+
+def _flatten_when(node: dict, prefix: str = ""):
+    # `when: {adapter: {variant: [...]}}` and `when: {adapter.variant: [...]}` mean the same.
+    for k, v in node.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            yield from _flatten_when(v, key)
+        else:
+            yield key, v
+
+
+def _order(dims: dict[str, Dim]) -> tuple[Dim, ...]:
+    """Declaration order, except that a dimension follows the dimensions it depends on."""
+    done: dict[str, Dim] = {}
+    visiting: list[str] = []
+
+    def visit(key: str) -> None:
+        if key in done:
+            return
+        if key in visiting:
+            cycle = " -> ".join(visiting[visiting.index(key):] + [key])
+            raise ConfigError(f"sweep.space.{key}", {"when": dict(dims[key].when), "of": list(dims[key].of)},
+                              f"no circular dependencies ({cycle})")
+        visiting.append(key)
+        d = dims[key]
+        for dep in [*d.when, *(o for o in d.of if isinstance(o, str))]:
+            if dep in dims:
+                visit(dep)
+        visiting.pop()
+        done[key] = d
+
+    for key in dims:
+        visit(key)
+    return tuple(done.values())
+
+
+# --- sampling ------------------------------------------------------------------------------------
+
+
+def suggest(trial: optuna.Trial, spec: SweepSpec) -> dict[str, object]:
+    """Define-by-run: sample one trial; returns {dotted config key: value} (helpers left out)."""
+    values: dict[str, object] = {}
+    for d in spec.dims:
+        if all(_effective(k, values, spec) in allowed for k, allowed in d.when.items()):
+            v = _draw(trial, d, values, spec)
+            if v is not _ABSENT:
+                values[d.key] = v
+    return {k: v for k, v in values.items() if not spec.dim(k).helper}
+
+
+def _effective(key: str, values: Mapping[str, object], spec: SweepSpec) -> object:
+    # An unsampled config field keeps its composed value; an unsampled helper has none.
+    return values[key] if key in values else spec.base.get(key)
+
+
+def _draw(trial: optuna.Trial, d: Dim, values: Mapping[str, object], spec: SweepSpec) -> object:
+    if d.kind in ("choice", "grid"):
+        labels = _labels(d)
+        if labels is None:
+            return trial.suggest_categorical(d.key, list(d.values))
+        picked = trial.suggest_categorical(d.key, labels)
+        return copy.deepcopy(d.values[labels.index(picked)])
+    if d.kind == "int":
+        return trial.suggest_int(d.key, d.low, d.high, step=d.step, log=d.log)
+    if d.kind in ("float", "logfloat"):
+        return trial.suggest_float(d.key, d.low, d.high, log=d.log)
+    if d.kind == "fixed":
+        return copy.deepcopy(d.value)
+    if d.op == "first":
+        out = next((copy.deepcopy(o if _is_num(o) else _effective(o, values, spec)) for o in d.of
+                    if _is_num(o) or o in values or (o in spec.base and spec.dim(o) is None)), _ABSENT)
+        if not _is_num(out):
+            return out
+    else:
+        operands = [o if _is_num(o) else _effective(o, values, spec) for o in d.of]
+        out = math.prod(operands) if d.op == "mul" else sum(operands)
+    if d.cast == "int" and float(out).is_integer():
+        return int(out)  # alpha = 2 * r stays an int like the field; 0.5 * 1 cannot
+    return float(out) if d.cast == "float" else out
+
+
+def _labels(d: Dim) -> list[str] | None:
+    """Optuna stores only scalars: list values travel as their override text, e.g. "[q,v]"."""
+    if all(not isinstance(v, list) for v in d.values):
+        return None
+    return [_label(v) for v in d.values]
+
+
+def grid_space(spec: SweepSpec) -> dict[str, list]:
+    """GridSampler's search_space: each grid dimension's values as Optuna sees them."""
+    return {d.key: _labels(d) or list(d.values) for d in spec.dims if d.kind == "grid"}
+
+
+def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
+    for package in NEEDS.get(spec.sampler, []):
+        if importlib.util.find_spec(package) is None:
+            raise ConfigError("sweep.sampler.name", spec.sampler, f"needs the package {package} (pip install {package})")
+    cls = SAMPLERS[spec.sampler]
+    args = {"seed": spec.seed, **spec.sampler_options}
+    if spec.sampler == "grid":
+        args["search_space"] = grid_space(spec)
+    return _build(cls, args, "sweep.sampler", spec.sampler)
+
+
+def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
+    """The Optuna pruner; `none` and `asha` (pruned by Ray instead) give a NopPruner."""
+    if spec.pruner in ("none", "asha"):
+        return optuna.pruners.NopPruner()
+    return _build(PRUNERS[spec.pruner], dict(spec.pruner_options), "sweep.pruner", spec.pruner)
+
+
+def _build(cls: type, args: dict, where: str, name: str) -> Any:
+    try:
+        return cls(**args)
+    except ImportError as e:
+        raise ConfigError(f"{where}.name", name, f"needs an optional package: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(where, {"name": name, **{k: v for k, v in args.items() if k != "search_space"}},
+                          str(e).strip().splitlines()[0]) from None
+
+
+# --- overrides -----------------------------------------------------------------------------------
+
+
+def to_overrides(values: Mapping[str, object], spec: SweepSpec | None = None) -> list[str]:
+    """Hydra overrides that rerun a trial; with spec, keys that are not searched config fields are dropped."""
+    keep = None if spec is None else {d.key for d in spec.dims if not d.helper}
+    return [f"{k}={_label(v)}" for k, v in values.items() if keep is None or k in keep]
+
+
+_BARE = re.compile(r"[A-Za-z_][A-Za-z0-9_\-./]*")
+_RESERVED = {"true", "false", "null", "nan", "inf"}
+
+
+def _label(v: object) -> str:
+    """A value in Hydra's override grammar, read back with the same type."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
+    if isinstance(v, (list, tuple, ListConfig)):
+        return "[" + ",".join(_label(x) for x in v) + "]"
+    s = str(v)
+    if _BARE.fullmatch(s) and s.lower() not in _RESERVED:
+        return s
+    # Hydra keeps a backslash literally unless it precedes a quote or ends the string.
+    s = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", s)
+    s = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, s)
+    return "'" + s.replace("${", "\\${") + "'"
+
+
+# --- small checks --------------------------------------------------------------------------------
+
+
+def _config_value(cfg: DictConfig, key: str) -> Any:
+    node = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def _possible(target: Any, default: Any) -> list | None:
+    """Values a `when` can see for a dimension; None when any value may come (ranges, plain fields)."""
+    if not isinstance(target, Dim) or target.kind not in ("choice", "grid", "fixed"):
+        return None
+    out = list(target.values) if target.kind != "fixed" else [target.value]
+    if target.when:  # while unsampled it holds the composed value (or None for a helper)
+        out.append(None if target.helper else default)
+    return out
+
+
+def _numeric(target: Any) -> bool:
+    if isinstance(target, Dim):
+        if target.kind in ("choice", "grid"):
+            return all(_is_num(v) for v in target.values)
+        if target.kind == "fixed":
+            return _is_num(target.value)
+        return True  # int, float, logfloat, derived
+    return _is_num(target)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_value(v: Any) -> bool:
+    scalar = (type(None), bool, int, float, str)
+    return isinstance(v, scalar) or (isinstance(v, list) and all(isinstance(x, scalar) for x in v))
+
+
+def _is_leaf_list(v: list) -> bool:
+    return all(not isinstance(x, (dict, list)) for x in v)
+
+
+def _int(v: Any, where: str, minimum: int) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+        raise ConfigError(where, v, f"an int >= {minimum}")
+    return v
+
+
+def _show(values: Any) -> str:
+    return ", ".join(_label(v) for v in values)
