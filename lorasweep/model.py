@@ -8,9 +8,11 @@ import os
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 from transformers import (
     AutoConfig,
+    PretrainedConfig,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -98,17 +100,39 @@ def folder(m: DictConfig) -> str:
             "config": lambda: _materialize_config(m), "gguf": lambda: _materialize_gguf(m)}[m.source]()
 
 
-def meta_model(m: DictConfig, num_labels: int | None = None) -> tuple[torch.nn.Module, str]:
-    """The architecture on the meta device (no weights): for target checks and estimates."""
-    if m.source == "config" or (m.config and m.source != "package"):
-        config = AutoConfig.for_model(**OmegaConf.to_container(m.config, resolve=True))
+def _arch_dict(m: DictConfig) -> dict | None:
+    return OmegaConf.to_container(m.config, resolve=True) if m.get("config") else None
+
+
+def arch_config(m: DictConfig, num_labels: int | None = None) -> PretrainedConfig:
+    """The architecture, without weights: the conf `config:` block, else a local or packaged folder's config.json."""
+    spec = _arch_dict(m)
+    if spec:
+        if "model_type" not in spec:
+            raise ConfigError("model.config", spec, "an architecture dict with a model_type")
+        config = AutoConfig.for_model(**spec)
+    elif m.source == "package":
+        config = AutoConfig.from_pretrained(_package_folder(m.path))
+    elif m.source == "pretrained" and m.path:
+        path = Path(str(m.path)).expanduser()
+        try:  # a local folder, or a hub id already in the HF cache (HF_HUB_OFFLINE is honoured)
+            config = AutoConfig.from_pretrained(str(path) if path.is_dir() else str(m.path))
+        except OSError:
+            raise ConfigError("model.config", None, f"an architecture dict in conf/model/{m.name}.yaml, "
+                              f"or a local folder / cached hub id with config.json (got {m.path})") from None
     else:
-        config = AutoConfig.from_pretrained(folder(m))
+        raise ConfigError("model.config", None, f"an architecture dict in conf/model/{m.name}.yaml for source {m.source}")
     if num_labels:
         config.num_labels = num_labels
+    return config
+
+
+def meta_model(config: PretrainedConfig, task: str) -> nn.Module:
+    """The architecture on the meta device: shapes only, no memory, no weights."""
+    if task not in AUTO:
+        raise ConfigError("model.task", task, f"one of {sorted(AUTO)}")
     with torch.device("meta"):
-        model = AUTO[m.task].from_config(config)
-    return model, config.model_type
+        return AUTO[task].from_config(config)
 
 
 def quant_config(cfg: DictConfig) -> BitsAndBytesConfig | None:
@@ -124,13 +148,14 @@ def quant_config(cfg: DictConfig) -> BitsAndBytesConfig | None:
     )
 
 
-def peft_config(cfg: DictConfig, targets: list[str], total_steps: int):
+def peft_config(cfg: DictConfig, targets: list[str], total_steps: int | None = None):
     """One place per method: the PEFT config each adapter variant maps to."""
     from peft import AdaLoraConfig, LoraConfig, TaskType, VeraConfig
 
     a = cfg.adapter
     task = TaskType.SEQ_CLS if cfg.model.task == "seq_cls" else TaskType.CAUSAL_LM
     alpha = alpha_of(a)
+    total_steps = total_steps or max(1, int(cfg.train.max_steps or 1))
     common = dict(task_type=task, target_modules=targets)
     if a.variant == "vera":
         return VeraConfig(r=a.r, vera_dropout=a.dropout, projection_prng_key=cfg.seed, **common)
@@ -146,7 +171,7 @@ def peft_config(cfg: DictConfig, targets: list[str], total_steps: int):
 
 
 def alpha_of(a: DictConfig) -> float:
-    return float(a.alpha_over_r * a.r) if a.alpha_over_r is not None else float(a.alpha)
+    return float(a.alpha_over_r * a.r) if a.get("alpha_over_r") is not None else float(a.alpha)
 
 
 def load(cfg: DictConfig, targets: list[str], total_steps: int, labels: list[str] | None):
@@ -174,5 +199,7 @@ def load(cfg: DictConfig, targets: list[str], total_steps: int, labels: list[str
 
 def targets(cfg: DictConfig, num_labels: int | None) -> tuple[list[str], str]:
     """Full module names the adapter covers, checked against the real architecture before any load."""
-    model, model_type = meta_model(cfg.model, num_labels)
-    return resolve_targets(model, model_type, list(cfg.adapter.targets)), model_type
+    check_source(cfg.model)
+    config = arch_config(cfg.model, num_labels)
+    names = resolve_targets(meta_model(config, cfg.model.task), config.model_type, list(cfg.adapter.targets))
+    return names, config.model_type

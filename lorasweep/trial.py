@@ -34,10 +34,11 @@ def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), parent_run
         measure.reset_peak_memory()
         steps = train.total_steps(cfg, len(parts["train"]))
         peft_model, tok = model.load(cfg, targets, steps, labels)
+        init = measure.snapshot_factors(peft_model)  # PiSSA starts from B0·A0 ≠ 0: spectra measure what training added
         datasets = data.tokenize(cfg, parts, tok, labels)
         trainable, total = peft_model.get_nb_trainable_parameters()
-        mlflow.log_metrics({"trainable_params": trainable, "trainable_pct": 100.0 * trainable / total,
-                            "adapted_modules": len(targets)})
+        sizes = {"trainable_params": trainable, "trainable_pct": 100.0 * trainable / total, "adapted_modules": len(targets)}
+        mlflow.log_metrics(sizes)
 
         # 3. Train, reporting each log and eval step to MLflow and to any listener (a sweep's scheduler).
         latest: dict[str, float] = {}
@@ -61,12 +62,12 @@ def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), parent_run
             **{k: float(v) for k, v in test.items() if k in ("test_loss", "test_accuracy", "test_macro_f1")},
             "train_loss_final": float(result.training_loss),
             "train_runtime_s": runtime, "samples_per_s": samples / runtime, "tokens_per_s": samples * n_tokens / runtime,
-            **measure.peak_memory_mb(),
+            **measure.peak_memory_mb(), **sizes,
         }
 
         # 4. What the adapter learned: the spectrum of each module's update.
         if cfg.tracking.spectra:
-            rows = measure.spectra(peft_model, family(model_type))
+            rows = measure.spectra(peft_model, family(model_type), init=init)
             summary.update(measure.aggregate(rows))
             for f in measure.write_spectra(rows, out):
                 mlflow.log_artifact(str(f), artifact_path="spectra")

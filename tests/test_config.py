@@ -45,7 +45,7 @@ def test_bad_input_is_one_line_exit_2(overrides, starts, store, capsys):
 def _csv(tmp_path, rows: str):
     p = tmp_path / "d.csv"
     p.write_text(rows)
-    return [f"data.source=file", f"data.path={p}", "data.format=csv", "data.encoding=utf-8",
+    return ["data.source=file", f"data.path={p}", "data.format=csv", "data.encoding=utf-8",
             "data.train_size=4", "data.eval_size=1", "data.test_size=1"]
 
 

@@ -1,0 +1,329 @@
+"""Memory and parameter estimator: exact trainable counts from a meta-device PEFT model, VRAM per component, fits-on-GPU."""
+
+import argparse
+import copy
+import json
+import math
+import sys
+
+import torch
+import torch.nn as nn
+from omegaconf import DictConfig
+from transformers import PretrainedConfig
+
+from lorasweep.errors import ConfigError
+from lorasweep.model import arch_config, meta_model, peft_config
+from lorasweep.targets import HEADS, family, module_type, resolve_targets
+
+MIB, GIB = 2**20, 2**30
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+QUANTS = ["none", "nf4", "fp4", "int8"]
+# Optimizer state bytes per trainable param: AdamW keeps two fp32 moments, the 8-bit ones two uint8 moments.
+OPTIM_STATE = {
+    "adamw_torch": 8, "adamw_torch_fused": 8, "adamw_hf": 8, "adamw": 8, "paged_adamw_32bit": 8, "adamw_apex_fused": 8,
+    "adamw_8bit": 2, "adamw_bnb_8bit": 2, "paged_adamw_8bit": 2, "sgd": 0, "adafactor": 4, "lion_8bit": 1,
+    "paged_lion_8bit": 1, "lion_32bit": 4, "paged_lion_32bit": 4, "rmsprop": 4,
+}
+GPU_SIZES_GB = (24, 48, 80)
+BLOCK, NESTED_BLOCK = 64, 256  # bitsandbytes 4-bit blocksize and double-quant blocksize
+WORKSPACE = 64 * MIB  # cuBLAS + cuBLASLt workspaces, allocated through PyTorch's allocator (seen on H100)
+CUDA_CONTEXT = 512 * MIB  # driver context and kernels: outside the allocator, never in max_memory_allocated
+SLACK = 0.10  # caching-allocator fragmentation: reserved/allocated was 1.05-1.30 on the measured rows
+LOGIT_COPIES = 12  # bytes per vocab entry per token at the loss peak: fp32 log-softmax out, its grad, the logits grad
+UNQUANTIZED_SEQ_CLS = {"classifier", "pooler", "score"}  # bnb skips these task heads (as lorasweep.model does)
+
+
+def block_list(model: nn.Module, layers: int) -> str | None:
+    """Dotted name of the ModuleList that holds the repeated blocks."""
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and layers > 0 and len(mod) == layers:
+            return name
+    return None
+
+
+def homogeneous(blocks: nn.ModuleList) -> bool:
+    """Every block has the same parameter names and shapes: then one block's adapter is every block's."""
+    sig = lambda b: [(n, tuple(p.shape)) for n, p in b.named_parameters()]
+    first = sig(blocks[0])
+    return all(sig(b) == first for b in blocks[1:])
+
+
+def shallow(config: PretrainedConfig, layers: int) -> PretrainedConfig:
+    c = copy.deepcopy(config)
+    c.num_hidden_layers = layers
+    if isinstance(getattr(c, "layer_types", None), list):
+        c.layer_types = c.layer_types[:layers]
+    return c
+
+
+def param_counts(cfg: DictConfig, config: PretrainedConfig, base: nn.Module, num_labels: int | None) -> dict:
+    """Exact counts from the real PEFT model on the meta device. Stacks of identical blocks are wrapped one block
+    deep and the block's share multiplied by the depth (wrapping 80 blocks takes seconds, one block milliseconds)."""
+    from peft import get_peft_model
+
+    layers = arch_sizes(config)["layers"]
+    path = block_list(base, layers)
+    scale = layers if path and layers > 1 and homogeneous(base.get_submodule(path)) else 1
+    model = meta_model(shallow(config, 1), cfg.model.task) if scale > 1 else base
+    names = resolve_targets(model, config.model_type, list(cfg.adapter.targets))
+    base_params = {id(p) for p in model.parameters()}
+    with torch.device("meta"):
+        peft = get_peft_model(model, peft_config(cfg, names))
+    in_block = lambda n: path is not None and f"{path}.0." in n
+    count = {"trainable": 0, "adapter": 0, "buffers": 0}
+    for n, p in peft.named_parameters():
+        k = scale if in_block(n) else 1
+        count["trainable"] += k * p.numel() * p.requires_grad
+        count["adapter"] += k * p.numel() * (id(p) not in base_params)
+    for n, b in peft.named_buffers():  # VeRA's shared projections: not parameters, but on the GPU all the same
+        count["buffers"] += (scale if in_block(n) else 1) * b.numel() * ("vera_" in n)
+    base_total = sum(p.numel() for p in base.parameters())
+    total = base_total + count["adapter"]
+    return {"trainable": count["trainable"], "total": total, "base": base_total,
+            "adapter_total": count["adapter"] + count["buffers"],
+            "trainable_pct": 100.0 * count["trainable"] / total}
+
+
+def quantizable(base: nn.Module, task: str) -> dict[str, nn.Linear]:
+    """The Linear layers bitsandbytes would quantize: all but the task heads (lm_head, classifier, pooler, score)."""
+    skip = HEADS | (UNQUANTIZED_SEQ_CLS if task == "seq_cls" else set())
+    return {n: m for n, m in base.named_modules() if isinstance(m, nn.Linear) and not (set(n.split(".")) & skip)}
+
+
+def nf4_bytes(n: int, double_quant: bool) -> int:
+    """4-bit packed weight plus absmax: fp32 per 64-block, or (double quant) uint8 per block + fp32 per 256 blocks."""
+    blocks = math.ceil(n / BLOCK)
+    if not double_quant:
+        return math.ceil(n / 2) + 4 * blocks + 16 * 4  # + the 16-entry NF4/FP4 code
+    nested = math.ceil(blocks / NESTED_BLOCK)
+    return math.ceil(n / 2) + blocks + 4 * nested + 4 + 256 * 4 + 16 * 4  # + offset, the 8-bit code, the 4-bit code
+
+
+def int8_bytes(weight_shape: tuple[int, int]) -> int:
+    """LLM.int8(): one int8 per weight and one fp32 scale per output row."""
+    out, inp = weight_shape
+    return out * inp + 4 * out
+
+
+def weight_memory(base: nn.Module, task: str, quant: DictConfig, dtype: str) -> dict:
+    """Base weights at the chosen quant; k-bit preparation upcasts every non-quantized param to fp32."""
+    q = quantizable(base, task) if quant.method != "none" else {}
+    qweights = {id(m.weight) for m in q.values()}
+    quantized = sum(m.weight.numel() for m in q.values())
+    others = sum(p.numel() for p in base.parameters() if id(p) not in qweights)
+    if quant.method in ("nf4", "fp4"):
+        qbytes = sum(nf4_bytes(m.weight.numel(), bool(quant.double_quant)) for m in q.values())
+    elif quant.method == "int8":
+        qbytes = sum(int8_bytes(tuple(m.weight.shape)) for m in q.values())
+    else:
+        qbytes = 0
+    other_bytes = others * (4 if quant.method != "none" else DTYPE_BYTES[dtype])
+    return {"bytes": qbytes + other_bytes, "quantized_params": quantized, "unquantized_params": others,
+            "quantized_bytes": qbytes, "unquantized_bytes": other_bytes,
+            "unquantized_dtype": "float32" if quant.method != "none" else dtype}
+
+
+def arch_sizes(config: PretrainedConfig) -> dict:
+    c = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
+    return {"h": c.hidden_size, "i": c.intermediate_size, "layers": c.num_hidden_layers, "heads": heads,
+            "kv_heads": getattr(c, "num_key_value_heads", None) or heads, "head_dim": head_dim, "vocab": c.vocab_size}
+
+
+def _input_group(name: str, fam: str | None) -> str:
+    """Linears fed by the same tensor (q/k/v after the norm; gate/up) share one saved input when nothing casts it."""
+    parent, kind = name.rsplit(".", 1)[0].rsplit(".", 1)[0], module_type(name, fam)
+    return parent + {"q": ":qkv", "k": ":qkv", "v": ":qkv", "gate": ":gu", "up": ":gu"}.get(kind, ":" + name)
+
+
+def dtypes(quant: str, model_dtype: str, autocast: bool) -> dict[str, int]:
+    """Bytes per element of the residual stream (R), base Linear outputs (O) and the attention kernel's inputs (D)."""
+    r = 4 if quant != "none" else DTYPE_BYTES[model_dtype]  # k-bit prep upcasts embeddings and norms to fp32
+    o = r if quant != "none" else (2 if autocast else r)  # bnb casts its output back to the input dtype
+    return {"R": r, "O": o, "D": 2 if autocast else o}
+
+
+def adapter_inputs(base: nn.Module, fam: str | None, target_names: list[str], dt: dict, autocast: bool,
+                   dropout: float, variant: str, r: int) -> float:
+    """Bytes per token the adapters save over all layers: each adapted Linear keeps its (cast) input for lora_A's grad."""
+    mods = dict(base.named_modules())
+    shared: dict[str, int] = {}
+    total = 0.0
+    for n in target_names:
+        lin = mods[n]
+        fin, fout = lin.in_features, lin.out_features
+        in_dtype = dt["O"] if module_type(n, fam) in ("o", "down") else dt["R"]
+        if dropout > 0:  # dropout makes a fresh copy per Linear and keeps a 1-byte mask
+            total += fin * ((2 if autocast else 4) + 1)
+        elif autocast:  # autocast casts the fp32 adapter input to bf16 per call: a fresh copy each
+            total += 2 * fin
+        elif in_dtype != 4:  # PEFT casts the input to the fp32 adapter dtype: a fresh copy each
+            total += 4 * fin
+        else:  # fp32 input used as is: one saved tensor per group
+            key = _input_group(n, fam)
+            shared[key] = max(shared.get(key, 0), 4 * fin)
+        small = 2 if autocast else 4
+        total += small * (r + (fout if variant == "vera" else 0))  # lora_A's output; VeRA also scales a full output
+        if variant == "dora":  # DoRA recomputes the adapted output and its norm scale: about one more output
+            total += dt["O"] * fout
+    return total + sum(shared.values())
+
+
+def layer_bytes(s: dict, fam: str | None, dt: dict, seq: int) -> dict[str, float]:
+    """Bytes per token one block saves for backward, without the adapters' own inputs (see docs/estimate.md)."""
+    h, i, hq, kvd = s["h"], s["i"], s["heads"] * s["head_dim"], s["kv_heads"] * s["head_dim"]
+    R, O, D = dt["R"], dt["O"], dt["D"]
+    if fam == "bert":  # LayerNorm keeps its input; GELU its input; dropout masks on two residual branches
+        return {"saved": 2 * R * h + D * 4 * hq + O * i + 2 * h, "transient": 0.0}
+    norms = 2 * 4 * h  # RMSNorm keeps an fp32 copy of its input (the input itself when already fp32)
+    mlp = 3 * O * i  # gate out (act input), act out, up out
+    math_path = D == 4 and kvd < hq  # fp32 with GQA: SDPA falls back to the math kernel, which keeps the scores
+    if math_path:
+        attn = 4 * 3 * hq + 4 * s["heads"] * seq  # q, repeated k and v, softmax probabilities (s^2 per sequence)
+        transient = 2 * 4 * s["heads"] * seq  # the backward's two extra score-sized buffers, one layer at a time
+    else:
+        attn = D * (2 * hq + 2 * kvd)  # flash/efficient kernel keeps q, k, v and its output
+        transient = 0.0
+    return {"saved": norms + attn + mlp, "transient": transient}
+
+
+def activation_bytes(s: dict, fam: str | None, task: str, dt: dict, lora_in: float, batch: int, seq: int,
+                     checkpointing: bool) -> dict:
+    """Peak activation bytes: what the blocks keep, plus the larger of the loss peak and one block's backward."""
+    tokens = batch * seq
+    layer = layer_bytes(s, fam, dt, seq)
+    per_layer = layer["saved"] + lora_in / s["layers"]
+    head = LOGIT_COPIES * s["vocab"] if task == "causal_lm" else 0.0
+    if checkpointing:  # only block inputs stay; one block is recomputed at a time during backward
+        kept = s["layers"] * dt["R"] * s["h"]
+        peak = kept + max(head, per_layer + layer["transient"] + 2 * dt["R"] * s["h"])
+    else:
+        kept = s["layers"] * per_layer
+        peak = kept + max(head, layer["transient"])
+    return {"bytes": int(peak * tokens), "per_token": peak, "per_layer_token": per_layer, "loss_peak_token": head}
+
+
+def _settings(cfg: DictConfig, batch_size, seq_len, gradient_checkpointing, optim, autocast) -> dict:
+    est = cfg.get("estimate") or {}
+    pick = lambda given, key, fallback: given if given is not None else (est.get(key) if est.get(key) is not None else fallback)
+    out = {
+        "batch_size": int(pick(batch_size, "batch_size", cfg.train.batch_size)),
+        "seq_len": int(pick(seq_len, "seq_len", cfg.data.get("max_length") or 512)),
+        "gradient_checkpointing": bool(pick(gradient_checkpointing, "gradient_checkpointing", cfg.train.gradient_checkpointing)),
+        "optim": str(pick(optim, "optim", cfg.train.optim)),
+        "autocast": bool(pick(autocast, "autocast", False)),
+        "num_labels": int(est.get("num_labels") or 2),
+    }
+    if out["optim"] not in OPTIM_STATE:
+        raise ConfigError("train.optim", out["optim"], f"one the estimator knows: {sorted(OPTIM_STATE)}")
+    if out["batch_size"] < 1 or out["seq_len"] < 1:
+        raise ConfigError("estimate.batch_size/seq_len", (out["batch_size"], out["seq_len"]), "positive integers")
+    return out
+
+
+def estimate(cfg: DictConfig, batch_size: int | None = None, seq_len: int | None = None,
+             gradient_checkpointing: bool | None = None, optim: str | None = None,
+             autocast: bool | None = None) -> dict:
+    """Trainable params (exact) and peak training memory by component (bytes) for one config."""
+    st = _settings(cfg, batch_size, seq_len, gradient_checkpointing, optim, autocast)
+    m, q, a = cfg.model, cfg.quant, cfg.adapter
+    if q.method not in QUANTS:
+        raise ConfigError("quant.method", q.method, f"one of {QUANTS}")
+    if m.dtype not in DTYPE_BYTES:
+        raise ConfigError("model.dtype", m.dtype, f"one of {sorted(DTYPE_BYTES)}")
+    num_labels = st["num_labels"] if m.task == "seq_cls" else None
+    config = arch_config(m, num_labels)
+    base = meta_model(config, m.task)
+    fam = family(config.model_type)
+    names = resolve_targets(base, config.model_type, list(a.targets))
+    sizes = arch_sizes(config)
+    weights = weight_memory(base, m.task, q, m.dtype)
+    dt = dtypes(q.method, m.dtype, st["autocast"])
+    lora_in = adapter_inputs(base, fam, names, dt, st["autocast"], float(a.dropout), a.variant, int(a.r))
+    acts = {ck: activation_bytes(sizes, fam, m.task, dt, lora_in, st["batch_size"], st["seq_len"], ck)
+            for ck in (False, True)}
+    params = param_counts(cfg, config, base, num_labels)  # last: PEFT may wrap `base` in place
+
+    trainable = params["trainable"]
+    mem = {
+        "weights": _part(weights["bytes"], True, f"{q.method} base: {weights['quantized_params']:,} quantized params, "
+                         f"{weights['unquantized_params']:,} kept in {weights['unquantized_dtype']}"),
+        "adapter": _part(4 * params["adapter_total"], True, "adapter weights in fp32 (PEFT upcasts 16-bit adapters)"),
+        "gradients": _part(4 * trainable, True, "fp32 gradient per trainable param"),
+        "optimizer": _part(OPTIM_STATE[st["optim"]] * trainable, True, f"{st['optim']}: "
+                           f"{OPTIM_STATE[st['optim']]} B per trainable param"),
+        "activations": _part(acts[st["gradient_checkpointing"]]["bytes"], False,
+                             "checkpointed" if st["gradient_checkpointing"] else "no checkpointing"),
+        "workspace": _part(WORKSPACE, False, "cuBLAS/cuBLASLt workspaces"),
+    }
+    allocated = sum(p["bytes"] for p in mem.values())
+    mem["peak_allocated"] = _part(allocated, False, "what torch.cuda.max_memory_allocated() should show")
+    mem["allocator_slack"] = _part(int(SLACK * allocated), False, "caching-allocator fragmentation")
+    mem["cuda_context"] = _part(CUDA_CONTEXT, False, "CUDA context and kernels, outside PyTorch's allocator")
+    total = allocated + mem["allocator_slack"]["bytes"] + CUDA_CONTEXT
+    mem["total"] = _part(total, False, "peak_allocated + allocator_slack + cuda_context")
+    result = {
+        "model": m.name, "model_type": config.model_type, "task": m.task, "variant": a.variant, "r": int(a.r),
+        "targets": list(a.targets), "target_modules": len(names),
+        "quant": {"method": q.method, "double_quant": bool(q.double_quant)}, "dtype": m.dtype, **st,
+        "params": {**{k: params[k] for k in ("trainable", "total", "base")},
+                   "trainable_pct": round(params["trainable_pct"], 6), "exact": True},
+        "memory": mem,
+        "activations_by_checkpointing": {"off": acts[False]["bytes"], "on": acts[True]["bytes"]},
+        "architecture": sizes,
+    }
+    result["fits"] = {str(g): fits(result, g) for g in GPU_SIZES_GB}
+    return result
+
+
+def _part(nbytes: int, exact: bool, note: str) -> dict:
+    return {"bytes": int(nbytes), "gib": round(nbytes / GIB, 3), "exact": exact, "note": note}
+
+
+def fits(est: dict, gpu_gb: float) -> bool:
+    """Whether the estimated total (context and slack included) fits a GPU of gpu_gb GiB."""
+    return est["memory"]["total"]["bytes"] <= gpu_gb * GIB
+
+
+def gpu_fraction(est: dict, gpu_gb: float) -> float:
+    """The share of one GPU of gpu_gb GiB that the trial needs (>1: it does not fit on one)."""
+    return est["memory"]["total"]["bytes"] / (gpu_gb * GIB)
+
+
+def table(est: dict) -> str:
+    """The estimate as a plain-text table."""
+    p = est["params"]
+    head = (f"{est['model']} ({est['model_type']}, {est['task']}) {est['variant']} r={est['r']} targets={est['targets']} "
+            f"quant={est['quant']['method']}{' dq' if est['quant']['double_quant'] and est['quant']['method'] in ('nf4', 'fp4') else ''} "
+            f"batch={est['batch_size']} seq={est['seq_len']} ckpt={est['gradient_checkpointing']} "
+            f"optim={est['optim']} autocast={est['autocast']}")
+    rows = [head, f"trainable params  {p['trainable']:>16,}  of {p['total']:,} ({p['trainable_pct']:.4f}%)  exact",
+            f"{'component':<17} {'GiB':>9}  {'kind':<8} note"]
+    for k, v in est["memory"].items():
+        rows.append(f"{k:<17} {v['gib']:>9.3f}  {'exact' if v['exact'] else 'estimate':<8} {v['note']}")
+    ab = est["activations_by_checkpointing"]
+    rows.append(f"activations: {ab['off'] / GIB:.3f} GiB without checkpointing, {ab['on'] / GIB:.3f} GiB with")
+    rows.append("fits: " + "  ".join(f"{g} GB {'yes' if ok else 'no'}" for g, ok in est["fits"].items()))
+    return "\n".join(rows)
+
+
+def cli(argv: list[str]) -> int:
+    """`lorasweep estimate [hydra overrides] [--json]`: print the estimate; 2 on bad input."""
+    from lorasweep.config import compose
+
+    ap = argparse.ArgumentParser(prog="lorasweep estimate", description="Trainable params and GPU memory of one config.")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=llama2_7b quant=nf4 estimate.seq_len=2048")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = ap.parse_args(argv)
+    try:
+        est = estimate(compose(args.overrides))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(est, indent=2) if args.json else table(est))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli(sys.argv[1:]))
