@@ -1,0 +1,373 @@
+"""Sweep: run a search space as Ray Tune trials sampled by Optuna, tracked as one MLflow parent run with children."""
+
+import functools
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import mlflow
+import optuna
+from omegaconf import DictConfig, OmegaConf
+
+from lorasweep import tracking
+from lorasweep.config import compose, validate
+from lorasweep.errors import ConfigError
+from lorasweep.space import SweepSpec, parse_sweep, suggest, to_overrides, make_sampler
+
+SWEEPS_DIR = Path(os.environ.get("LORASWEEP_SWEEPS_DIR", "sweeps_out"))
+OOM_HINT = " (out of memory: try a smaller train.batch_size, quant=nf4, or train.gradient_checkpointing=true)"
+
+
+# ---------------------------------------------------------------- a trial inside a Ray worker
+
+def trainable(config: dict, *, base: list[str], spec: SweepSpec, parent_run_id: str, tracking_uri: str, sweep_id: str):
+    """One Ray Tune trial: the sampled values as Hydra overrides on the sweep's base, through the same run_trial."""
+    from ray import tune
+
+    from lorasweep.trial import run_trial
+
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    overrides = [*base, *to_overrides(config, spec)]
+    cfg = compose(overrides)
+    trial_id = tune.get_context().get_trial_id()
+
+    def report(metrics: dict[str, float], step: int) -> None:
+        if spec.metric in metrics:
+            tune.report({**metrics, "step": step, "mlflow_run_id": mlflow.active_run().info.run_id})
+
+    summary = run_trial(cfg, listeners=(report,), parent_run_id=parent_run_id,
+                        tags={"sweep_id": sweep_id, "ray_trial_id": trial_id, "overrides": shlex.join(to_overrides(config, spec))})
+    tune.report({**{k: v for k, v in summary.items() if v is not None}, "step": summary["steps"], "mlflow_run_id": summary["run_id"]})
+
+
+# ---------------------------------------------------------------- the MLflow store the trials write to
+
+@contextmanager
+def log_server(cfg: DictConfig) -> Iterator[str]:
+    """Concurrent trials log through one MLflow server on loopback when the store is a local sqlite file.
+
+    sqlite allows one writer at a time; a single server process serialises every trial's writes, so none is
+    lost to a 'database is locked' error. Remote stores (http, postgres, ...) are used as they are.
+    """
+    uri = tracking.uri(cfg)
+    if cfg.engine.log_server != "auto" or not uri.startswith("sqlite:"):
+        yield uri
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
+           "--port", str(port), "--workers", "1", "--default-artifact-root", str(Path("mlruns").resolve())]
+    log = open(Path(cfg.get("_sweep_dir", ".")) / "mlflow-server.log", "ab")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the MLflow server exited; see {log.name}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+# ---------------------------------------------------------------- progress and states, seen from the driver
+
+def _progress_callback(spec: SweepSpec, budget: int, started: float, client: mlflow.MlflowClient, parent_run_id: str,
+                       scheduler):
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        """Live progress, and each trial's final state written once, by the driver, onto its MLflow child run."""
+
+        def __init__(self):
+            self.runs: dict[str, str] = {}      # Ray trial id -> MLflow run id
+            self.states: dict[str, str] = {}
+            self.best: float | None = None
+            self.failures = 0
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if "mlflow_run_id" in result:
+                self.runs[trial.trial_id] = result["mlflow_run_id"]
+            self._print(trials)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            pruned = trial.trial_id in scheduler_pruned(scheduler)
+            self._finish(trial, "PRUNED" if pruned else "COMPLETE", None)
+            if not pruned and trial.last_result.get(spec.metric) is not None:
+                v = float(trial.last_result[spec.metric])
+                better = self.best is None or (v > self.best if spec.mode == "max" else v < self.best)
+                self.best = v if better else self.best
+            self._print(trials)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.failures += 1
+            self._finish(trial, "FAILED", error_reason(trial))
+            self._print(trials)
+
+        def _finish(self, trial, state: str, reason: str | None) -> None:
+            self.states[trial.trial_id] = state
+            run_id = self.runs.get(trial.trial_id) or find_child(client, parent_run_id, trial.trial_id)
+            if run_id is None:  # failed before its run began (e.g. a sampled config the validator refuses)
+                run_id = client.create_run(client.get_run(parent_run_id).info.experiment_id,
+                                           tags={"mlflow.parentRunId": parent_run_id, "ray_trial_id": trial.trial_id,
+                                                 "overrides": shlex.join(to_overrides(trial.config, spec))}).info.run_id
+                for k, v in trial.config.items():
+                    client.log_param(run_id, k, v)
+            self.runs[trial.trial_id] = run_id
+            client.set_tag(run_id, "trial_state", state)
+            if reason:
+                client.set_tag(run_id, "failure_reason", reason)
+            client.set_terminated(run_id, "FAILED" if state == "FAILED" else "FINISHED")
+
+        def _print(self, trials) -> None:
+            n = {s: sum(1 for t in trials if self.states.get(t.trial_id) == s) for s in ("COMPLETE", "PRUNED", "FAILED")}
+            running = sum(1 for t in trials if t.status == "RUNNING")
+            done = sum(n.values())
+            elapsed = time.time() - started
+            eta = elapsed / done * (budget - done) if done else float("nan")
+            best = f"{self.best:.4f}" if self.best is not None else "-"
+            print(f"[sweep] done {done}/{budget}  running {running}  complete {n['COMPLETE']}  pruned {n['PRUNED']}  "
+                  f"failed {n['FAILED']}  best {spec.metric}={best}  elapsed {elapsed:.0f}s  eta {eta:.0f}s", flush=True)
+
+    return Progress()
+
+
+def scheduler_pruned(scheduler) -> set[str]:
+    return getattr(scheduler, "pruned", set())
+
+
+def error_reason(trial) -> str:
+    """The last line of the trial's error (the exception and its message), with a hint for out-of-memory."""
+    text = ""
+    path = getattr(trial, "error_file", None) or ""
+    if path and Path(path).exists():
+        text = Path(path).read_text()
+    lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
+    reason = lines[-1] if lines else "unknown error"
+    reason = reason.split("ray.exceptions.RayTaskError", 1)[0].strip()
+    return reason + (OOM_HINT if "out of memory" in reason.lower() else "")
+
+
+def find_child(client: mlflow.MlflowClient, parent_run_id: str, ray_trial_id: str) -> str | None:
+    exp = client.get_run(parent_run_id).info.experiment_id
+    found = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.ray_trial_id = '{ray_trial_id}'")
+    return found[0].info.run_id if found else None
+
+
+# ---------------------------------------------------------------- resume
+
+def sweep_dir(cfg: DictConfig) -> tuple[Path, bool]:
+    """A new directory per sweep, or the one `resume=true` (latest of this name) or `resume=<sweep id>` names."""
+    name = cfg.sweep.get("name") or Path(str(cfg.sweep.get("_name", "sweep"))).stem
+    resume = cfg.resume
+    if resume in (False, None, "false"):
+        return SWEEPS_DIR / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", False
+    if resume in (True, "true"):
+        found = sorted(SWEEPS_DIR.glob(f"{name}-*/state.json"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise ConfigError("resume", resume, f"a sweep to resume: none of {name!r} in {SWEEPS_DIR}/")
+        return found[-1].parent, True
+    path = SWEEPS_DIR / str(resume)
+    if not (path / "state.json").exists():
+        have = sorted(p.parent.name for p in SWEEPS_DIR.glob("*/state.json"))
+        raise ConfigError("resume", resume, f"true, false, or a sweep id in {SWEEPS_DIR}/: {have}")
+    return path, True
+
+
+def reconcile(client: mlflow.MlflowClient, parent_run_id: str, study: optuna.Study) -> int:
+    """After a dead driver: children left RUNNING become KILLED, Optuna trials left RUNNING become FAIL.
+    Returns how many trials already finished (they count against the budget and are not rerun)."""
+    exp = client.get_run(parent_run_id).info.experiment_id
+    for run in client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'"):
+        client.set_tag(run.info.run_id, "trial_state", "KILLED")
+        client.set_tag(run.info.run_id, "failure_reason", "the sweep driver died while this trial ran")
+        client.set_terminated(run.info.run_id, "KILLED")
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(t._trial_id, "killed", True)
+        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    return sum(1 for t in study.get_trials(deepcopy=False, states=finished) if not t.user_attrs.get("killed"))
+
+
+# ---------------------------------------------------------------- the driver
+
+def run_sweep(argv: list[str]) -> dict:
+    cfg = compose(argv)
+    if not cfg.get("sweep"):
+        raise ConfigError("sweep", None, "sweep=<name> naming one of sweeps/*.yaml")
+    spec = parse_sweep(cfg)
+    validate(cfg)
+    base = [a for a in argv if not a.startswith(("resume=", "+resume="))]
+    out, resuming = sweep_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    state_file = out / "state.json"
+    state = json.loads(state_file.read_text()) if resuming else {
+        "sweep_id": out.name, "argv": base, "storage": f"sqlite:///{(out / 'optuna.db').resolve()}",
+        "study_name": out.name, "parent_run_id": None}
+    if resuming:
+        base = state["argv"]
+        cfg = compose([*base, *[a for a in argv if a.startswith("sweep.")]])
+        spec = parse_sweep(cfg)
+
+    import ray
+
+    direct = tracking.uri(cfg)
+    mlflow.set_tracking_uri(direct)
+    client = mlflow.MlflowClient(direct)
+    mlflow.set_experiment(str(cfg.tracking.experiment))  # created on the store itself, so artifacts stay local
+    storage = optuna.storages.RDBStorage(state["storage"])
+    study = optuna.create_study(study_name=state["study_name"], storage=storage, load_if_exists=True,
+                                direction="maximize" if spec.mode == "max" else "minimize")
+    started = time.time()
+    with tracking.run(cfg, run_id=state["parent_run_id"], tags={"sweep_id": state["sweep_id"], "lorasweep_role": "sweep"}) as parent:
+        if not resuming:
+            state["parent_run_id"] = parent.info.run_id
+            state_file.write_text(json.dumps(state, indent=1))
+            mlflow.log_params({k: v for k, v in tracking.flatten(cfg, skip=()).items() if not k.startswith("sweep.space")})
+            mlflow.log_dict(OmegaConf.to_container(cfg.sweep, resolve=True), "sweep.yaml")
+        done_before = reconcile(client, parent.info.run_id, study) if resuming else 0
+        budget = spec.num_trials - done_before
+        print(f"[sweep] {state['sweep_id']}: {spec.num_trials} trials of {spec.metric} ({spec.mode}); "
+              f"{done_before} already finished; mlflow parent run {parent.info.run_id}", flush=True)
+        if budget > 0:
+            with log_server(cfg) as log_uri:
+                ray.init(address=cfg.engine.address, num_cpus=cfg.engine.num_cpus, include_dashboard=False,
+                         ignore_reinit_error=True, log_to_driver=False, configure_logging=False)
+                try:
+                    _fit(cfg, spec, state, budget, base, log_uri, parent.info.run_id, client, started)
+                finally:
+                    ray.shutdown()
+        summary = leaderboard(client, parent.info.run_id, spec, out, base)
+    summary["sweep_dir"] = str(out)
+    summary["wall_s"] = time.time() - started
+    return summary
+
+
+def _fit(cfg, spec, state, budget, base, log_uri, parent_run_id, client, started):
+    from ray import tune
+    from ray.tune import Stopper
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from lorasweep.prune import make_scheduler
+
+    searcher = OptunaSearch(space=functools.partial(suggest, spec=spec), metric=spec.metric, mode=spec.mode,
+                            sampler=make_sampler(spec), study_name=state["study_name"],
+                            storage=optuna.storages.RDBStorage(state["storage"]))
+    limited = ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent)
+    scheduler = make_scheduler(spec, limited)
+    progress = _progress_callback(spec, budget, started, client, parent_run_id, scheduler)
+
+    class TooManyFailures(Stopper):
+        def __call__(self, trial_id, result):
+            return False
+
+        def stop_all(self):
+            return spec.max_failures is not None and progress.failures > spec.max_failures
+
+    resources = {"cpu": cfg.engine.cpus_per_trial, "gpu": cfg.engine.gpus_per_trial}
+    fn = tune.with_resources(functools.partial(trainable, base=base, spec=spec, parent_run_id=parent_run_id,
+                                               tracking_uri=log_uri, sweep_id=state["sweep_id"]), resources)
+    tuner = tune.Tuner(
+        fn,
+        tune_config=tune.TuneConfig(search_alg=limited, scheduler=scheduler, num_samples=budget,
+                                    time_budget_s=spec.time_limit_s),
+        run_config=tune.RunConfig(name="ray", storage_path=str((Path(state["storage"][10:]).parent).resolve()),
+                                  callbacks=[progress], stop=TooManyFailures(), verbose=0,
+                                  failure_config=tune.FailureConfig(fail_fast=False)),
+    )
+    return tuner.fit()
+
+
+def leaderboard(client: mlflow.MlflowClient, parent_run_id: str, spec: SweepSpec, out: Path, base: list[str]) -> dict:
+    """Top trials from the child runs; CSV, Markdown and a plot of the objective per dimension on the parent run."""
+    import pandas as pd
+
+    exp = client.get_run(parent_run_id).info.experiment_id
+    runs = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=5000)
+    rows = []
+    keys = [d.key for d in spec.dims if not d.helper]
+    for r in runs:
+        row = {"run_id": r.info.run_id, "state": r.data.tags.get("trial_state", r.info.status),
+               spec.metric: r.data.metrics.get(spec.metric), "overrides": r.data.tags.get("overrides", "")}
+        row.update({k: r.data.params.get(k) for k in keys})
+        row["failure_reason"] = r.data.tags.get("failure_reason", "")
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    counts = df["state"].value_counts().to_dict() if len(df) else {}
+    complete = df[df["state"] == "COMPLETE"].dropna(subset=[spec.metric]) if len(df) else df
+    complete = complete.sort_values(spec.metric, ascending=spec.mode == "min")
+    df.to_csv(out / "leaderboard.csv", index=False)
+    (out / "leaderboard.md").write_text(df.drop(columns=["run_id"]).to_markdown(index=False) if len(df) else "no trials\n")
+    mlflow.log_artifact(str(out / "leaderboard.csv"))
+    mlflow.log_artifact(str(out / "leaderboard.md"))
+    if len(complete):
+        _plot(df, spec, keys, out / "objective.png")
+        mlflow.log_artifact(str(out / "objective.png"))
+    summary = {"counts": counts, "top": complete.head(5).to_dict("records")}
+    if len(complete):
+        best = complete.iloc[0]
+        mlflow.set_tag("best_run_id", best["run_id"])
+        mlflow.log_metric(f"best_{spec.metric}", float(best[spec.metric]))
+        cmd = shlex.join(["lorasweep", "trial", *[a for a in base if not a.startswith(("sweep=", "sweep."))]]) + " " + best["overrides"]
+        mlflow.set_tag("best_command", cmd)
+        summary.update(best_run_id=best["run_id"], best_value=float(best[spec.metric]), best_command=cmd,
+                       best_adapter=f"{client.get_run(best['run_id']).info.artifact_uri}/adapter")
+    mlflow.log_metrics({f"trials_{k.lower()}": v for k, v in counts.items()})
+    return summary
+
+
+def _plot(df, spec: SweepSpec, keys: list[str], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    keys = keys or ["overrides"]
+    fig = Figure(figsize=(4 * len(keys), 3.2))
+    for i, k in enumerate(keys):
+        ax = fig.add_subplot(1, len(keys), i + 1)
+        for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
+            part = df[(df["state"] == state) & df[spec.metric].notna()]
+            x = pd_numeric(part[k])
+            ax.scatter(x, part[spec.metric], marker=marker, label=state.lower())
+        ax.set_xlabel(k)
+        ax.set_ylabel(spec.metric)
+        if k == "adapter.r":
+            ax.set_xscale("log", base=2)
+    fig.axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def pd_numeric(col):
+    import pandas as pd
+
+    num = pd.to_numeric(col, errors="coerce")
+    return num if num.notna().all() else col.astype(str)
+
+
+def cli(argv: list[str]) -> int:
+    s = run_sweep(argv)
+    print(f"\n[sweep] finished in {s['wall_s']:.0f}s: " + ", ".join(f"{k.lower()} {v}" for k, v in sorted(s["counts"].items())))
+    for i, row in enumerate(s["top"], 1):
+        print(f"  {i}. {row[next(k for k in row if k.startswith(('eval_', 'test_')))]:.4f}  {row['overrides']}")
+    if "best_command" in s:
+        print(f"best: {s['best_value']:.4f}  rerun: {s['best_command']}")
+        print(f"best adapter: {s['best_adapter']}")
+    print(f"leaderboard: {s['sweep_dir']}/leaderboard.md")
+    return 0

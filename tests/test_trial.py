@@ -1,0 +1,106 @@
+"""Integration: real trials (tiny_llama per variant, NF4 QLoRA, MiniLM on the real tweets) into a real MLflow store."""
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from lorasweep.config import VARIANTS, compose
+from lorasweep.trial import run_trial
+from tests.conftest import all_runs
+
+TINY = ["model=tiny_llama", "data=tweets_sft", "data.train_size=48", "data.eval_size=8", "data.test_size=8",
+        "data.max_length=32", "train.max_steps=4", "train.eval_every=2", "train.batch_size=4", "train.lr=1e-2"]
+
+
+def _check_run(store: str, summary: dict, metric: str) -> mlflow.entities.Run:
+    client = mlflow.MlflowClient(store)
+    run = client.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED"
+    m = run.data.metrics
+    for name in ["train_loss", "eval_loss", metric, "trainable_params", "trainable_pct", "samples_per_s", "tokens_per_s",
+                 "train_runtime_s", "peak_memory_mb", "effective_rank_mean", "energy_rank95_mean", "stable_rank_mean"]:
+        assert name in m, name
+    assert m["trainable_params"] > 0 and 0 < m["trainable_pct"] < 100
+    assert [h.step for h in client.get_metric_history(run.info.run_id, "eval_loss")] == [2, 4] or metric == "eval_accuracy"
+    p = run.data.params
+    assert p["adapter.r"] in ("4", "8") and p["model.name"] and p["train.max_steps"].isdigit()
+    for tag in ["git_commit", "lorasweep_version", "device", "torch_version", "peft_version", "transformers_version"]:
+        assert run.data.tags[tag]
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "spectra"} <= arts
+    spectra = {a.path for a in client.list_artifacts(run.info.run_id, "spectra")}
+    assert spectra == {"spectra/spectra.csv", "spectra/spectra.json", "spectra/spectra.png"}
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_tiny_llama_trial_per_variant(variant, store):
+    summary = run_trial(compose([*TINY, f"adapter.variant={variant}", "adapter.r=4", "adapter.targets=[q,v]"]))
+    run = _check_run(store, summary, "eval_perplexity")
+    assert summary["steps"] == 4 and summary["eval_perplexity"] > 1
+    # The adapter is safetensors and loads back through PEFT onto the same base.
+    local = Path(mlflow.artifacts.download_artifacts(summary["adapter_uri"]))
+    assert (local / "adapter_model.safetensors").exists() and not list(local.glob("*.bin"))
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from lorasweep.model import folder
+
+    base = AutoModelForCausalLM.from_pretrained(folder(compose(TINY).model))
+    loaded = PeftModel.from_pretrained(base, local)
+    assert loaded.peft_config["default"].peft_type.value.lower() == {"rslora": "lora", "dora": "lora", "pissa": "lora"}.get(variant, variant)
+    rows = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="spectra/spectra.json")).read_text())
+    assert len(rows) == 4 and {r["module_type"] for r in rows} == {"q", "v"}  # 2 layers x (q, v)
+
+
+@pytest.mark.slow
+def test_tiny_llama_nf4_qlora(store):
+    summary = run_trial(compose([*TINY, "quant=nf4", "adapter.r=8"]))
+    run = _check_run(store, summary, "eval_perplexity")
+    assert run.data.params["quant.method"] == "nf4" and run.data.params["quant.double_quant"] == "True"
+    from lorasweep import model
+
+    peft_model, _ = model.load(compose([*TINY, "quant=nf4"]), ["model.layers.0.self_attn.q_proj"], 4, None)
+    import bitsandbytes as bnb
+
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in peft_model.modules())
+
+
+@pytest.mark.slow
+def test_minilm_on_real_tweets_beats_majority(store):
+    """The embedded default, shortened: MiniLM + LoRA on real tweets must beat the 42% majority class."""
+    summary = run_trial(compose(["train.max_steps=40", "train.eval_every=20", "data.train_size=1280",
+                                 "data.eval_size=300", "data.test_size=300", "tracking.save_adapter=false"]))
+    _check_run(store, summary, "eval_accuracy")
+    assert summary["eval_accuracy"] > 0.50, summary
+    assert 0 < summary["eval_macro_f1"] <= 1
+
+
+def test_loraplus_groups_give_b_ratio_times_a_lr(store):
+    from lorasweep import model, train
+
+    cfg = compose([*TINY, "adapter.loraplus_ratio=16", "train.lr=1e-3"])
+    peft_model, _ = model.load(cfg, model.targets(cfg, None)[0], 4, None)
+    opt = train.optimizer(peft_model, cfg)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    named = dict(peft_model.named_parameters())
+    a = [lr_of[id(p)] for n, p in named.items() if "lora_A" in n]
+    b = [lr_of[id(p)] for n, p in named.items() if "lora_B" in n]
+    assert a and b and set(a) == {1e-3} and set(b) == {16e-3}
+
+
+def test_failed_trial_is_recorded_failed(store, monkeypatch):
+    from lorasweep import train
+
+    def boom(*a, **k):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(train, "trainer", boom)
+    with pytest.raises(RuntimeError):
+        run_trial(compose(TINY))
+    (run,) = all_runs(store)
+    assert run.info.status == "FAILED" and "out of memory" in run.data.tags["failure_reason"]
