@@ -90,7 +90,7 @@ class SweepSpec:
     num_trials: int = 10
     max_concurrent: int = 1
     time_limit_s: float | None = None
-    max_failures: int = 0
+    max_failures: int | None = None
     base: Mapping[str, Any] = field(default_factory=dict)   # composed value of every referenced config field
     description: str | None = None
 
@@ -125,7 +125,9 @@ def parse_sweep(cfg: DictConfig) -> SweepSpec:
         raise ConfigError("sweep.mode", mode, "max | min")
     num_trials = _int(raw.get("num_trials", 10), "sweep.num_trials", 1)
     max_concurrent = _int(raw.get("max_concurrent", 1), "sweep.max_concurrent", 1)
-    max_failures = _int(raw.get("max_failures", 0), "sweep.max_failures", 0)
+    # Failed trials tolerated before the sweep stops launching new ones; null = no limit.
+    max_failures = raw.get("max_failures")
+    max_failures = None if max_failures is None else _int(max_failures, "sweep.max_failures", 0)
     time_limit_s = raw.get("time_limit_s")
     if time_limit_s is not None and (not _is_num(time_limit_s) or time_limit_s <= 0):
         raise ConfigError("sweep.time_limit_s", time_limit_s, "a number of seconds > 0, or null")

@@ -101,6 +101,7 @@ def _progress_callback(spec: SweepSpec, budget: int, started: float, client: mlf
             self.states: dict[str, str] = {}
             self.best: float | None = None
             self.failures = 0
+            self.last_line = ""
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if "mlflow_run_id" in result:
@@ -141,10 +142,13 @@ def _progress_callback(spec: SweepSpec, budget: int, started: float, client: mlf
             running = sum(1 for t in trials if t.status == "RUNNING")
             done = sum(n.values())
             elapsed = time.time() - started
-            eta = elapsed / done * (budget - done) if done else float("nan")
+            eta = f"{elapsed / done * (budget - done):.0f}s" if done else "-"
             best = f"{self.best:.4f}" if self.best is not None else "-"
-            print(f"[sweep] done {done}/{budget}  running {running}  complete {n['COMPLETE']}  pruned {n['PRUNED']}  "
-                  f"failed {n['FAILED']}  best {spec.metric}={best}  elapsed {elapsed:.0f}s  eta {eta:.0f}s", flush=True)
+            line = (f"done {done}/{budget}  running {running}  complete {n['COMPLETE']}  pruned {n['PRUNED']}  "
+                    f"failed {n['FAILED']}  best {spec.metric}={best}")
+            if line != self.last_line:
+                self.last_line = line
+                print(f"[sweep] {line}  elapsed {elapsed:.0f}s  eta {eta}", flush=True)
 
     return Progress()
 
@@ -173,9 +177,13 @@ def find_child(client: mlflow.MlflowClient, parent_run_id: str, ray_trial_id: st
 
 # ---------------------------------------------------------------- resume
 
-def sweep_dir(cfg: DictConfig) -> tuple[Path, bool]:
+def sweep_name(argv: list[str]) -> str:
+    return next((a.split("=", 1)[1] for a in argv if a.startswith(("sweep=", "+sweep="))), "sweep")
+
+
+def sweep_dir(cfg: DictConfig, argv: list[str]) -> tuple[Path, bool]:
     """A new directory per sweep, or the one `resume=true` (latest of this name) or `resume=<sweep id>` names."""
-    name = cfg.sweep.get("name") or Path(str(cfg.sweep.get("_name", "sweep"))).stem
+    name = sweep_name(argv)
     resume = cfg.resume
     if resume in (False, None, "false"):
         return SWEEPS_DIR / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", False
@@ -200,8 +208,8 @@ def reconcile(client: mlflow.MlflowClient, parent_run_id: str, study: optuna.Stu
         client.set_tag(run.info.run_id, "failure_reason", "the sweep driver died while this trial ran")
         client.set_terminated(run.info.run_id, "KILLED")
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(t._trial_id, "killed", True)
-        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        study._storage.set_trial_user_attr(t._trial_id, "killed", True)  # not a failure of its config: not counted
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
     return sum(1 for t in study.get_trials(deepcopy=False, states=finished) if not t.user_attrs.get("killed"))
 
@@ -215,7 +223,7 @@ def run_sweep(argv: list[str]) -> dict:
     spec = parse_sweep(cfg)
     validate(cfg)
     base = [a for a in argv if not a.startswith(("resume=", "+resume="))]
-    out, resuming = sweep_dir(cfg)
+    out, resuming = sweep_dir(cfg, argv)
     out.mkdir(parents=True, exist_ok=True)
     state_file = out / "state.json"
     state = json.loads(state_file.read_text()) if resuming else {
@@ -326,7 +334,8 @@ def leaderboard(client: mlflow.MlflowClient, parent_run_id: str, spec: SweepSpec
         best = complete.iloc[0]
         mlflow.set_tag("best_run_id", best["run_id"])
         mlflow.log_metric(f"best_{spec.metric}", float(best[spec.metric]))
-        cmd = shlex.join(["lorasweep", "trial", *[a for a in base if not a.startswith(("sweep=", "sweep."))]]) + " " + best["overrides"]
+        # A trial composed with sweep=<name> gets the sweep file's base fields; its sweep section is ignored.
+        cmd = shlex.join(["lorasweep", "trial", *[a for a in base if not a.startswith("sweep.")]]) + " " + best["overrides"]
         mlflow.set_tag("best_command", cmd)
         summary.update(best_run_id=best["run_id"], best_value=float(best[spec.metric]), best_command=cmd,
                        best_adapter=f"{client.get_run(best['run_id']).info.artifact_uri}/adapter")

@@ -69,6 +69,8 @@ def run(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[str, str] 
                               log_system_metrics=bool(cfg.tracking.system_metrics))
     try:
         yield active
+    except SystemExit:  # Ray Tune stopping a trial (pruned, out of time): the sweep driver records the state
+        raise
     except BaseException as e:
         reason = f"{type(e).__name__}: {e}".strip()[:4000]
         mlflow.set_tag("failure_reason", reason)

@@ -42,6 +42,8 @@ class Report(TrainerCallback):
         self.listeners, self.perplexity = listeners, perplexity
 
     def _emit(self, metrics: dict[str, float], step: int) -> None:
+        if not metrics:
+            return
         for fn in self.listeners:
             fn(metrics, step)
 

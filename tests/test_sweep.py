@@ -1,0 +1,134 @@
+"""Sweeps for real: Ray Tune + Optuna storage + MLflow in tmp dirs, on the smoke sweep (tiny_llama, a few steps)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+
+from lorasweep.sweep import run_sweep
+
+pytestmark = pytest.mark.slow
+
+
+def children(store: str, parent: str):
+    client = mlflow.MlflowClient(store)
+    exp = client.get_run(parent).info.experiment_id
+    return client, client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'")
+
+
+def parent_of(out: Path) -> str:
+    return json.loads((Path(out) / "state.json").read_text())["parent_run_id"]
+
+
+def test_four_concurrent_trials_lose_no_metric_and_a_failure_is_recorded(store):
+    """4 trials at once against the default local store; vera + LoRA+ is refused inside its trial, the rest go on."""
+    s = run_sweep(["sweep=smoke", "sweep.num_trials=4", "sweep.max_concurrent=4", "engine.num_cpus=4",
+                   "sweep.pruner={name:none}", "adapter.loraplus_ratio=4",
+                   "+sweep.space.adapter.variant={kind:choice,values:[lora,vera]}"])
+    client, runs = children(store, parent_of(s["sweep_dir"]))
+    assert len(runs) == 4
+    states = sorted(r.data.tags["trial_state"] for r in runs)
+    failed = [r for r in runs if r.data.tags["trial_state"] == "FAILED"]
+    ok = [r for r in runs if r.data.tags["trial_state"] == "COMPLETE"]
+    assert failed and ok, states  # seeded sampler: both variants are drawn
+    for r in failed:
+        assert r.info.status == "FAILED"
+        assert "adapter.loraplus_ratio=4.0 is not allowed" in r.data.tags["failure_reason"]
+    for r in ok:  # every step of every concurrent trial reached the store
+        assert r.info.status == "FINISHED" and r.data.params["adapter.variant"] == "lora"
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "eval_loss")] == [2, 4]
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")] == [2, 4]
+        assert "trainable_params" in r.data.metrics and r.data.params["model.name"] == "tiny_llama"
+    # Params are named and typed alike across children, so the compare view lines them up.
+    assert len({frozenset(r.data.params) for r in ok}) == 1
+    assert s["counts"] == {"COMPLETE": len(ok), "FAILED": len(failed)}
+    # The parent holds the sweep: its config, leaderboard, plot, best trial.
+    parent = client.get_run(parent_of(s["sweep_dir"]))
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"sweep.yaml", "leaderboard.csv", "leaderboard.md", "objective.png"} <= arts
+    assert parent.data.tags["best_run_id"] == s["best_run_id"] and parent.info.status == "FINISHED"
+    assert s["best_command"].startswith("lorasweep trial sweep=smoke")
+    study = optuna.load_study(study_name=Path(s["sweep_dir"]).name, storage=f"sqlite:///{s['sweep_dir']}/optuna.db")
+    assert sorted(t.state.name for t in study.trials) == sorted("FAIL" if x == "FAILED" else x for x in states)
+
+
+def test_pruned_trials_are_pruned_in_optuna_and_mlflow(store):
+    """Trial 1 trains with a useless LR; later ones are stopped at their first eval once worse than the median."""
+    s = run_sweep(["sweep=smoke", "sweep.num_trials=4", "train.max_steps=6", "train.eval_every=2",
+                   "sweep.pruner={name:median,n_startup_trials:1,n_warmup_steps:0}",
+                   "sweep.sampler={name:random,seed:3}"])
+    client, runs = children(store, parent_of(s["sweep_dir"]))
+    study = optuna.load_study(study_name=Path(s["sweep_dir"]).name, storage=f"sqlite:///{s['sweep_dir']}/optuna.db")
+    pruned_mlflow = {r.info.run_id for r in runs if r.data.tags["trial_state"] == "PRUNED"}
+    pruned_optuna = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert len(pruned_mlflow) == len(pruned_optuna) >= 1
+    for r in runs:
+        if r.info.run_id in pruned_mlflow:
+            assert r.info.status == "FINISHED"
+            assert max(m.step for m in client.get_metric_history(r.info.run_id, "eval_loss")) < 6
+
+
+def test_kill_driver_then_resume(store, tmp_path):
+    """SIGKILL the driver mid-sweep; resume=true finishes the budget without rerunning finished trials."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store}
+    cmd = [sys.executable, "-m", "lorasweep.cli", "sweep", "sweep=smoke", "sweep.num_trials=4", "sweep.pruner={name:none}"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    db = None
+    deadline = time.time() + 400
+    while time.time() < deadline:  # wait for one finished trial and one running
+        dbs = list(tmp_path.glob("sweeps_out/smoke-*/optuna.db"))
+        if dbs:
+            db = dbs[0]
+            try:
+                st = optuna.load_study(study_name=db.parent.name, storage=f"sqlite:///{db}")
+                states = [t.state for t in st.trials]
+                if states.count(optuna.trial.TrialState.COMPLETE) >= 1 and optuna.trial.TrialState.RUNNING in states:
+                    break
+            except (KeyError, Exception):
+                pass
+        time.sleep(1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert db is not None
+    before = optuna.load_study(study_name=db.parent.name, storage=f"sqlite:///{db}")
+    finished_before = {t.number for t in before.trials if t.state == optuna.trial.TrialState.COMPLETE}
+    assert finished_before
+
+    p = subprocess.run([*cmd, "resume=true"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    after = optuna.load_study(study_name=db.parent.name, storage=f"sqlite:///{db}")
+    complete = [t for t in after.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    killed = [t for t in after.trials if t.user_attrs.get("killed")]
+    assert killed and all(t.state == optuna.trial.TrialState.FAIL for t in killed)
+    assert len(complete) == 4  # the budget, with the trials finished before the kill kept, not rerun
+    assert finished_before <= {t.number for t in complete}
+    client, runs = children(store, parent_of(db.parent))
+    by_state = {}
+    for r in runs:
+        by_state.setdefault(r.data.tags.get("trial_state"), []).append(r)
+    assert len(by_state["COMPLETE"]) == 4 and len(by_state["KILLED"]) == len(killed)
+    assert all(r.info.status == "KILLED" for r in by_state["KILLED"])
+    assert client.get_run(parent_of(db.parent)).info.status == "FINISHED"
+
+
+def test_two_node_cluster(store):
+    """A small sweep on a Ray cluster of two nodes (one machine), joined through engine.address."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    try:
+        s = run_sweep(["sweep=smoke", "sweep.num_trials=2", "sweep.max_concurrent=2", "sweep.pruner={name:none}",
+                       f"engine.address={cluster.address}"])
+    finally:
+        cluster.shutdown()
+    assert s["counts"] == {"COMPLETE": 2}
