@@ -7,7 +7,7 @@ ARGS  ?=
 SWEEP ?=
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup trial sweep test bench ui estimate clean
+.PHONY: setup trial sweep test bench ui estimate report clean
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,9 @@ sweep: setup
 
 estimate: setup
 	$(OFFLINE) $(VENV)/bin/lorasweep estimate $(ARGS)
+
+report: setup
+	$(OFFLINE) $(VENV)/bin/lorasweep report $(SWEEP) $(ARGS)
 
 test: setup
 	$(OFFLINE) $(PY) -m pytest -q --durations=15 tests $(ARGS)

@@ -1,11 +1,11 @@
-"""CLI: `lorasweep trial|sweep|estimate [hydra overrides]`; bad input is one line and exit code 2."""
+"""CLI: `lorasweep trial|sweep|estimate [hydra overrides]` and `lorasweep report SWEEP`; bad input is one line, exit 2."""
 
 import os
 import sys
 
 from lorasweep.errors import ConfigError
 
-USAGE = "usage: lorasweep {trial,sweep,estimate} [hydra overrides ...]"
+USAGE = "usage: lorasweep {trial,sweep,estimate} [hydra overrides ...] | lorasweep report SWEEP"
 
 
 def _trial(argv: list[str]) -> int:
@@ -43,7 +43,13 @@ def _estimate(argv: list[str]) -> int:
     return cli(argv)
 
 
-COMMANDS = {"trial": _trial, "sweep": _sweep, "estimate": _estimate}
+def _report(argv: list[str]) -> int:
+    from analysis.report import cli
+
+    return cli(argv)
+
+
+COMMANDS = {"trial": _trial, "sweep": _sweep, "estimate": _estimate, "report": _report}
 
 
 def main(argv: list[str] | None = None) -> int:

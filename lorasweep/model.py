@@ -36,12 +36,15 @@ def _package_folder(name: str) -> str:
 def _materialize_config(m: DictConfig) -> str:
     """Build a random-init model from its config once, with its tokenizer, and cache it as a folder."""
     spec = OmegaConf.to_container(m.config, resolve=True)
-    key = hashlib.sha256(json.dumps([spec, m.tokenizer, m.task], sort_keys=True).encode()).hexdigest()[:12]
+    # Saved in model.dtype (a 3B model in bf16 writes 6 GB, not 12 GB of fp32); the dtype joins the key only
+    # when it is not float32, so the float32 folders keep their names.
+    parts = [spec, m.tokenizer, m.task] + ([m.dtype] if m.dtype != "float32" else [])
+    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
     folder = CACHE / "models" / f"{m.name}-{key}"
     if not (folder / "config.json").exists():
         torch.manual_seed(0)  # the same weights on every machine
         config = AutoConfig.for_model(**spec)
-        model = AUTO[m.task].from_config(config)
+        model = AUTO[m.task].from_config(config).to(DTYPES[m.dtype])  # initialised in fp32, then cast
         tmp = folder.with_suffix(".tmp")
         model.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(tokenizer_source(m.tokenizer)).save_pretrained(tmp)

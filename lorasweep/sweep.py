@@ -22,6 +22,7 @@ from lorasweep.errors import ConfigError
 from lorasweep.space import SweepSpec, parse_sweep, suggest, to_overrides, make_sampler
 
 SWEEPS_DIR = Path(os.environ.get("LORASWEEP_SWEEPS_DIR", "sweeps_out"))
+SHARES = (0.125, 0.25, 0.5, 1.0)  # GPU shares gpus_per_trial=auto picks from
 OOM_HINT = " (out of memory: try a smaller train.batch_size, quant=nf4, or train.gradient_checkpointing=true)"
 
 
@@ -37,14 +38,66 @@ def trainable(config: dict, *, base: list[str], spec: SweepSpec, parent_run_id: 
     overrides = [*base, *to_overrides(config, spec)]
     cfg = compose(overrides)
     trial_id = tune.get_context().get_trial_id()
+    share = float(tune.get_context().get_trial_resources().required_resources.get("GPU", 0))
+    if share and not cfg.engine.skip_fit_check:
+        fit_check(cfg, share)
 
     def report(metrics: dict[str, float], step: int) -> None:
         if spec.metric in metrics:
             tune.report({**metrics, "step": step, "mlflow_run_id": mlflow.active_run().info.run_id})
 
     summary = run_trial(cfg, listeners=(report,), parent_run_id=parent_run_id,
-                        tags={"sweep_id": sweep_id, "ray_trial_id": trial_id, "overrides": shlex.join(to_overrides(config, spec))})
+                        tags={"sweep_id": sweep_id, "ray_trial_id": trial_id, "gpu_share": f"{share:g}", "overrides": shlex.join(to_overrides(config, spec))})
     tune.report({**{k: v for k, v in summary.items() if v is not None}, "step": summary["steps"], "mlflow_run_id": summary["run_id"]})
+
+
+# ---------------------------------------------------------------- GPU shares and the fit check
+
+def gpu_memory_gb(cfg: DictConfig) -> float:
+    if cfg.engine.gpu_memory_gb:
+        return float(cfg.engine.gpu_memory_gb)
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError("engine.gpu_memory_gb", None, "the GiB of one GPU: this machine has no GPU to read it from")
+    return torch.cuda.get_device_properties(0).total_memory / 2**30
+
+
+def gpu_share(cfg: DictConfig, gpu_gb: float) -> float:
+    """gpus_per_trial=auto: the smallest share of one GPU (1/8 ... 1) that holds the trial's estimated peak."""
+    from lorasweep.estimate import estimate, gpu_fraction
+
+    need = gpu_fraction(estimate(cfg), gpu_gb)
+    return next((s for s in SHARES if need <= s), 1.0)
+
+
+def fit_check(cfg: DictConfig, share: float) -> None:
+    """A trial the estimator says cannot fit its GPU share fails at once, with both sizes, before it loads anything."""
+    from lorasweep.estimate import estimate
+
+    have = share * gpu_memory_gb(cfg)
+    need = estimate(cfg)["memory"]["total"]["bytes"] / 2**30
+    if need > have:
+        raise MemoryError(f"would need {need:.1f} GB, has {have:.1f} GB ({share:g} of a GPU); "
+                          "try quant=nf4, a smaller train.batch_size or train.gradient_checkpointing=true, "
+                          "or engine.skip_fit_check=true to run it anyway")
+
+
+def trial_resources(cfg: DictConfig, spec: SweepSpec, base: list[str]):
+    """Ray resources per trial: fixed, or (gpus_per_trial=auto) sized from each sampled config's estimate."""
+    e = cfg.engine
+    if e.gpus_per_trial != "auto":
+        return {"cpu": e.cpus_per_trial, "gpu": e.gpus_per_trial}
+    gb = gpu_memory_gb(cfg)
+    return lambda config: {"cpu": e.cpus_per_trial, "gpu": gpu_share(compose([*base, *to_overrides(config, spec)]), gb)}
+
+
+def check_engine(e: DictConfig) -> None:
+    if isinstance(e.cpus_per_trial, bool) or not isinstance(e.cpus_per_trial, (int, float)) or e.cpus_per_trial <= 0:
+        raise ConfigError("engine.cpus_per_trial", e.cpus_per_trial, "a number > 0")
+    g = e.gpus_per_trial
+    if g != "auto" and (isinstance(g, bool) or not isinstance(g, (int, float)) or g < 0 or (g > 1 and g != int(g))):
+        raise ConfigError("engine.gpus_per_trial", g, "auto, a share in [0, 1], or a whole number of GPUs")
 
 
 # ---------------------------------------------------------------- the MLflow store the trials write to
@@ -222,6 +275,7 @@ def run_sweep(argv: list[str]) -> dict:
         raise ConfigError("sweep", None, "sweep=<name> naming one of sweeps/*.yaml")
     spec = parse_sweep(cfg)
     validate(cfg)
+    check_engine(cfg.engine)
     base = [a for a in argv if not a.startswith(("resume=", "+resume="))]
     out, resuming = sweep_dir(cfg, argv)
     out.mkdir(parents=True, exist_ok=True)
@@ -256,7 +310,8 @@ def run_sweep(argv: list[str]) -> dict:
               f"{done_before} already finished; mlflow parent run {parent.info.run_id}", flush=True)
         if budget > 0:
             with log_server(cfg) as log_uri:
-                ray.init(address=cfg.engine.address, num_cpus=cfg.engine.num_cpus, include_dashboard=False,
+                ray.init(address=cfg.engine.address, num_cpus=cfg.engine.num_cpus, num_gpus=cfg.engine.num_gpus,
+                         include_dashboard=False,
                          ignore_reinit_error=True, log_to_driver=False, configure_logging=False)
                 try:
                     _fit(cfg, spec, state, budget, base, log_uri, parent.info.run_id, client, started)
@@ -290,13 +345,13 @@ def _fit(cfg, spec, state, budget, base, log_uri, parent_run_id, client, started
         def stop_all(self):
             return spec.max_failures is not None and progress.failures > spec.max_failures
 
-    resources = {"cpu": cfg.engine.cpus_per_trial, "gpu": cfg.engine.gpus_per_trial}
+    resources = trial_resources(cfg, spec, base)
     fn = tune.with_resources(functools.partial(trainable, base=base, spec=spec, parent_run_id=parent_run_id,
                                                tracking_uri=log_uri, sweep_id=state["sweep_id"]), resources)
     tuner = tune.Tuner(
         fn,
         tune_config=tune.TuneConfig(search_alg=limited, scheduler=scheduler, num_samples=budget,
-                                    time_budget_s=spec.time_limit_s),
+                                    time_budget_s=spec.time_limit_s, reuse_actors=True),  # imports once per worker
         run_config=tune.RunConfig(name="ray", storage_path=str((Path(state["storage"][10:]).parent).resolve()),
                                   callbacks=[progress], stop=TooManyFailures(), verbose=0,
                                   failure_config=tune.FailureConfig(fail_fast=False)),
@@ -313,15 +368,18 @@ def leaderboard(client: mlflow.MlflowClient, parent_run_id: str, spec: SweepSpec
     rows = []
     keys = [d.key for d in spec.dims if not d.helper]
     for r in runs:
-        row = {"run_id": r.info.run_id, "state": r.data.tags.get("trial_state", r.info.status),
-               spec.metric: r.data.metrics.get(spec.metric), "overrides": r.data.tags.get("overrides", "")}
-        row.update({k: r.data.params.get(k) for k in keys})
-        row["failure_reason"] = r.data.tags.get("failure_reason", "")
+        row = {"state": r.data.tags.get("trial_state", r.info.status), spec.metric: r.data.metrics.get(spec.metric)}
+        row.update({k: v for k, v in sorted(r.data.metrics.items()) if k.startswith("eval_") and k != spec.metric})
+        row.update({"overrides": r.data.tags.get("overrides", ""), **{k: r.data.params.get(k) for k in keys},
+                    "failure_reason": r.data.tags.get("failure_reason", ""), "run_id": r.info.run_id})
         rows.append(row)
     df = pd.DataFrame(rows)
     counts = df["state"].value_counts().to_dict() if len(df) else {}
+    if len(df):  # finished trials first, best first; then pruned, failed, killed
+        order = {"COMPLETE": 0, "PRUNED": 1, "FAILED": 2, "KILLED": 3}
+        df = df.assign(_o=df["state"].map(order).fillna(4), _v=df[spec.metric] * (-1 if spec.mode == "max" else 1))
+        df = df.sort_values(["_o", "_v"], na_position="last").drop(columns=["_o", "_v"])
     complete = df[df["state"] == "COMPLETE"].dropna(subset=[spec.metric]) if len(df) else df
-    complete = complete.sort_values(spec.metric, ascending=spec.mode == "min")
     df.to_csv(out / "leaderboard.csv", index=False)
     (out / "leaderboard.md").write_text(df.drop(columns=["run_id"]).to_markdown(index=False) if len(df) else "no trials\n")
     mlflow.log_artifact(str(out / "leaderboard.csv"))
@@ -329,7 +387,7 @@ def leaderboard(client: mlflow.MlflowClient, parent_run_id: str, spec: SweepSpec
     if len(complete):
         _plot(df, spec, keys, out / "objective.png")
         mlflow.log_artifact(str(out / "objective.png"))
-    summary = {"counts": counts, "top": complete.head(5).to_dict("records")}
+    summary = {"counts": counts, "metric": spec.metric, "top": complete.head(5).to_dict("records")}
     if len(complete):
         best = complete.iloc[0]
         mlflow.set_tag("best_run_id", best["run_id"])
@@ -374,7 +432,8 @@ def cli(argv: list[str]) -> int:
     s = run_sweep(argv)
     print(f"\n[sweep] finished in {s['wall_s']:.0f}s: " + ", ".join(f"{k.lower()} {v}" for k, v in sorted(s["counts"].items())))
     for i, row in enumerate(s["top"], 1):
-        print(f"  {i}. {row[next(k for k in row if k.startswith(('eval_', 'test_')))]:.4f}  {row['overrides']}")
+        extra = f"  (eval_accuracy {row['eval_accuracy']:.4f})" if row.get("eval_accuracy") == row.get("eval_accuracy") and "eval_accuracy" in row and s["metric"] != "eval_accuracy" else ""
+        print(f"  {i}. {s['metric']}={row[s['metric']]:.4f}{extra}  {row['overrides']}")
     if "best_command" in s:
         print(f"best: {s['best_value']:.4f}  rerun: {s['best_command']}")
         print(f"best adapter: {s['best_adapter']}")

@@ -28,12 +28,20 @@ def parent_of(out: Path) -> str:
 
 
 def test_four_concurrent_trials_lose_no_metric_and_a_failure_is_recorded(store):
-    """4 trials at once against the default local store; vera + LoRA+ is refused inside its trial, the rest go on."""
+    """4 trials at once against the default local store, packed 4 to one (Ray-counted) GPU by gpus_per_trial=auto;
+    vera + LoRA+ is refused inside its trial, and the rest go on."""
+    from lorasweep.config import compose
+    from lorasweep.estimate import estimate
+
+    need_gb = estimate(compose(["sweep=smoke"]))["memory"]["total"]["bytes"] / 2**30
     s = run_sweep(["sweep=smoke", "sweep.num_trials=4", "sweep.max_concurrent=4", "engine.num_cpus=4",
+                   "engine.num_gpus=1", "engine.gpus_per_trial=auto", f"engine.gpu_memory_gb={need_gb / 0.2:.3f}",
                    "sweep.pruner={name:none}", "adapter.loraplus_ratio=4",
                    "+sweep.space.adapter.variant={kind:choice,values:[lora,vera]}"])
     client, runs = children(store, parent_of(s["sweep_dir"]))
     assert len(runs) == 4
+    started = [r for r in runs if "gpu_share" in r.data.tags]
+    assert started and all(r.data.tags["gpu_share"] == "0.25" for r in started)  # need/GPU = 0.2 -> a quarter
     states = sorted(r.data.tags["trial_state"] for r in runs)
     failed = [r for r in runs if r.data.tags["trial_state"] == "FAILED"]
     ok = [r for r in runs if r.data.tags["trial_state"] == "COMPLETE"]
