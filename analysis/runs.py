@@ -118,7 +118,7 @@ def swept_keys(trials: pd.DataFrame) -> list[str]:
             continue
         if trials[col].fillna("∅").nunique() > 1:
             keys.append(key)
-    return keys
+    return sorted(keys)
 
 
 def metric_unit(metric: str, values: pd.Series) -> tuple[float, str]:

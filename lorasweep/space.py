@@ -177,6 +177,8 @@ def _named(node: Any, where: str, table: Mapping[str, Any], seeded: bool = True)
         from ray.tune.schedulers import ASHAScheduler as target
     params = {p: v for p, v in inspect.signature(target).parameters.items()
               if p not in ("seed", "search_space", "metric", "mode")}
+    if not params:  # nothing to configure (pruner none): `sweep.pruner.name=none` switches it off, options and all
+        opts = {}
     for k, v in opts.items():
         if k not in params:
             raise ConfigError(f"{where}.{k}", v, f"not an option of {name}; allowed: {', '.join(params) or 'none'}")

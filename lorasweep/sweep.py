@@ -432,7 +432,8 @@ def cli(argv: list[str]) -> int:
     s = run_sweep(argv)
     print(f"\n[sweep] finished in {s['wall_s']:.0f}s: " + ", ".join(f"{k.lower()} {v}" for k, v in sorted(s["counts"].items())))
     for i, row in enumerate(s["top"], 1):
-        extra = f"  (eval_accuracy {row['eval_accuracy']:.4f})" if row.get("eval_accuracy") == row.get("eval_accuracy") and "eval_accuracy" in row and s["metric"] != "eval_accuracy" else ""
+        acc = row.get("eval_accuracy")
+        extra = f"  eval_accuracy={acc:.4f}" if s["metric"] != "eval_accuracy" and acc == acc and acc is not None else ""
         print(f"  {i}. {s['metric']}={row[s['metric']]:.4f}{extra}  {row['overrides']}")
     if "best_command" in s:
         print(f"best: {s['best_value']:.4f}  rerun: {s['best_command']}")

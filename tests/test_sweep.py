@@ -36,8 +36,8 @@ def test_four_concurrent_trials_lose_no_metric_and_a_failure_is_recorded(store):
     need_gb = estimate(compose(["sweep=smoke"]))["memory"]["total"]["bytes"] / 2**30
     s = run_sweep(["sweep=smoke", "sweep.num_trials=4", "sweep.max_concurrent=4", "engine.num_cpus=4",
                    "engine.num_gpus=1", "engine.gpus_per_trial=auto", f"engine.gpu_memory_gb={need_gb / 0.2:.3f}",
-                   "sweep.pruner={name:none}", "adapter.loraplus_ratio=4",
-                   "+sweep.space.adapter.variant={kind:choice,values:[lora,vera]}"])
+                   "sweep.pruner.name=none", "adapter.loraplus_ratio=4", "~sweep.sampler", "+sweep.sampler={name:grid}",
+                   "~sweep.space", "+sweep.space={adapter:{variant:{kind:grid,values:[lora,vera]},r:{kind:grid,values:[2,4]}}}"])
     client, runs = children(store, parent_of(s["sweep_dir"]))
     assert len(runs) == 4
     started = [r for r in runs if "gpu_share" in r.data.tags]
@@ -45,10 +45,10 @@ def test_four_concurrent_trials_lose_no_metric_and_a_failure_is_recorded(store):
     states = sorted(r.data.tags["trial_state"] for r in runs)
     failed = [r for r in runs if r.data.tags["trial_state"] == "FAILED"]
     ok = [r for r in runs if r.data.tags["trial_state"] == "COMPLETE"]
-    assert failed and ok, states  # seeded sampler: both variants are drawn
+    assert len(failed) == len(ok) == 2, states  # the grid: vera at r=2 and r=4 fail, lora runs
     for r in failed:
         assert r.info.status == "FAILED"
-        assert "adapter.loraplus_ratio=4.0 is not allowed" in r.data.tags["failure_reason"]
+        assert "adapter.loraplus_ratio=4 is not allowed: 1 with variant 'vera'" in r.data.tags["failure_reason"]
     for r in ok:  # every step of every concurrent trial reached the store
         assert r.info.status == "FINISHED" and r.data.params["adapter.variant"] == "lora"
         assert [m.step for m in client.get_metric_history(r.info.run_id, "eval_loss")] == [2, 4]
@@ -70,8 +70,8 @@ def test_four_concurrent_trials_lose_no_metric_and_a_failure_is_recorded(store):
 def test_pruned_trials_are_pruned_in_optuna_and_mlflow(store):
     """Trial 1 trains with a useless LR; later ones are stopped at their first eval once worse than the median."""
     s = run_sweep(["sweep=smoke", "sweep.num_trials=4", "train.max_steps=6", "train.eval_every=2",
-                   "sweep.pruner={name:median,n_startup_trials:1,n_warmup_steps:0}",
-                   "sweep.sampler={name:random,seed:3}"])
+                   "+sweep.pruner.n_warmup_steps=0",
+                   "sweep.sampler.seed=3"])
     client, runs = children(store, parent_of(s["sweep_dir"]))
     study = optuna.load_study(study_name=Path(s["sweep_dir"]).name, storage=f"sqlite:///{s['sweep_dir']}/optuna.db")
     pruned_mlflow = {r.info.run_id for r in runs if r.data.tags["trial_state"] == "PRUNED"}
@@ -86,7 +86,7 @@ def test_pruned_trials_are_pruned_in_optuna_and_mlflow(store):
 def test_kill_driver_then_resume(store, tmp_path):
     """SIGKILL the driver mid-sweep; resume=true finishes the budget without rerunning finished trials."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": store}
-    cmd = [sys.executable, "-m", "lorasweep.cli", "sweep", "sweep=smoke", "sweep.num_trials=4", "sweep.pruner={name:none}"]
+    cmd = [sys.executable, "-m", "lorasweep.cli", "sweep", "sweep=smoke", "sweep.num_trials=4", "sweep.pruner.name=none"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     db = None
@@ -135,7 +135,7 @@ def test_two_node_cluster(store):
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     try:
-        s = run_sweep(["sweep=smoke", "sweep.num_trials=2", "sweep.max_concurrent=2", "sweep.pruner={name:none}",
+        s = run_sweep(["sweep=smoke", "sweep.num_trials=2", "sweep.max_concurrent=2", "sweep.pruner.name=none",
                        f"engine.address={cluster.address}"])
     finally:
         cluster.shutdown()

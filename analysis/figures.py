@@ -1,0 +1,200 @@
+"""Figures (PNG): metric and cost against rank, effective rank against nominal rank, spectra, φ heatmaps,
+the objective per swept dimension and parameter importances. Figure + Agg canvas: pyplot's global state is
+left alone."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+DPI = 110
+
+
+def _figure(w: float, h: float) -> Figure:
+    fig = Figure(figsize=(w, h))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def _rank_axis(ax, ranks: list[int]) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ranks)
+    ax.set_xticklabels([str(r) for r in ranks])
+    ax.set_xlabel("rank r")
+
+
+def metric_vs_rank(stats: pd.DataFrame, ylabel: str, path: Path) -> Path:
+    """Mean ± std over seeds against r, one line per weight set."""
+    fig = _figure(6, 4)
+    ax = fig.add_subplot()
+    for w, rows in stats.groupby("weights", sort=False):
+        rows = rows.sort_values("r")
+        ax.errorbar(rows["r"].astype(int), rows["mean"], yerr=rows["std"].fillna(0), marker="o", capsize=3, label=w)
+    _rank_axis(ax, sorted(int(r) for r in stats["r"].unique()))
+    ax.set_ylabel(ylabel)
+    ax.set_title("metric against rank (mean ± std over seeds)")
+    ax.legend(title="adapted weights", fontsize=8)
+    return _save(fig, path)
+
+
+def rank_vs_nominal(trials: pd.DataFrame, path: Path) -> Path | None:
+    """Energy rank at 95 % (solid) and entropy effective rank (dashed) of ΔW per module type against nominal r,
+    one panel per weight set; the dotted diagonal is full use of the rank."""
+    cols = [c for c in trials.columns if c.startswith("metrics.energy_rank95_") and c != "metrics.energy_rank95_mean"]
+    if not cols or "r" not in trials:
+        return None
+    groups = list(trials.groupby("weights", sort=False)) if "weights" in trials else [("all", trials)]
+    fig = _figure(4.2 * len(groups), 3.8)
+    ranks = sorted(int(r) for r in trials["r"].dropna().unique())
+    for i, (w, rows) in enumerate(groups):
+        ax = fig.add_subplot(1, len(groups), i + 1)
+        for n, col in enumerate(sorted(cols)):
+            mtype = col.removeprefix("metrics.energy_rank95_").removesuffix("_mean")
+            for metric, style in ((col, "-"), (f"metrics.effective_rank_{mtype}_mean", "--")):
+                if metric not in rows or rows[metric].isna().all():
+                    continue
+                g = rows.groupby("r")[metric].agg(["mean", "std"]).reset_index()
+                ax.errorbar(g["r"].astype(int), g["mean"], yerr=g["std"].fillna(0), ls=style, marker="o", ms=3,
+                            capsize=2, color=f"C{n % 10}", label=mtype if style == "-" else None)
+        ax.plot(ranks, ranks, ":", color="grey", lw=1)
+        _rank_axis(ax, ranks)
+        ax.set_yscale("log", base=2)
+        ax.set_ylabel("rank of ΔW")
+        ax.set_title(f"{w}: 95 % energy (—), effective (--)", fontsize=9)
+        ax.legend(title="module", fontsize=7)
+    return _save(fig, path)
+
+
+def spectra(rows: list[dict], path: Path) -> Path | None:
+    """Normalised singular values σᵢ/σ₁ of ΔW, averaged over layers and seeds: a panel per module type,
+    a line per nominal r."""
+    if not rows:
+        return None
+    df = pd.DataFrame(rows)
+    types = sorted(df["module_type"].unique())
+    fig = _figure(4 * len(types), 3.6)
+    for i, mtype in enumerate(types):
+        ax = fig.add_subplot(1, len(types), i + 1)
+        for n, (r, sel) in enumerate(sorted(df[df["module_type"] == mtype].groupby("r"), key=lambda kv: kv[0])):
+            width = min(len(s) for s in sel["sv"])
+            mean = np.mean([s[:width] for s in sel["sv"]], axis=0)
+            keep = mean > 0  # a log axis has no zero
+            ax.plot(np.arange(1, width + 1)[keep], mean[keep], marker="." if width < 20 else None,
+                    color=f"C{n % 10}", label=f"r={int(r)}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("index i")
+        ax.set_ylabel("σᵢ / σ₁")
+        ax.set_title(f"ΔW{mtype}", fontsize=9)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def cost_vs_rank(trials: pd.DataFrame, path: Path) -> Path | None:
+    """Peak memory and trainable parameters against r per weight set (bars per weight set when r is fixed)."""
+    metrics = [m for m in ("metrics.peak_memory_mb", "metrics.trainable_params") if m in trials]
+    if not metrics:
+        return None
+    fig = _figure(5 * len(metrics), 3.8)
+    by_rank = "r" in trials and trials["r"].nunique() > 1
+    for i, m in enumerate(metrics):
+        ax = fig.add_subplot(1, len(metrics), i + 1)
+        if by_rank:
+            for w, rows in (trials.groupby("weights", sort=False) if "weights" in trials else [("all", trials)]):
+                g = rows.groupby("r")[m].agg(["mean", "std"]).reset_index()
+                ax.errorbar(g["r"].astype(int), g["mean"], yerr=g["std"].fillna(0), marker="o", capsize=3, label=w)
+            _rank_axis(ax, sorted(int(r) for r in trials["r"].dropna().unique()))
+            ax.legend(fontsize=7)
+        else:
+            key = "weights" if "weights" in trials else "run_id"
+            g = trials.groupby(key, sort=False)[m].agg(["mean", "std"])
+            ax.bar(range(len(g)), g["mean"], yerr=g["std"].fillna(0), capsize=3)
+            ax.set_xticks(range(len(g)))
+            ax.set_xticklabels(g.index, rotation=30, ha="right", fontsize=8)
+        if m.endswith("trainable_params"):
+            ax.set_yscale("log")
+        ax.set_ylabel(m.removeprefix("metrics."))
+    return _save(fig, path)
+
+
+def phi_heatmaps(rows: list[dict], title: str, path: Path, max_layers: int = 6) -> Path | None:
+    """φ(i, j) heatmaps: a row of panels per module type, a column per layer (evenly spaced when there are
+    more than max_layers); i on the vertical axis, j across, both from 1."""
+    if not rows:
+        return None
+    types = sorted({r["module_type"] for r in rows})
+    layers = sorted({r["layer"] for r in rows})
+    if len(layers) > max_layers:
+        layers = [layers[int(round(x))] for x in np.linspace(0, len(layers) - 1, max_layers)]
+    fig = _figure(2.6 * len(layers) + 1, 2.4 * len(types) + 0.6)
+    image = None
+    for ti, mtype in enumerate(types):
+        for li, layer in enumerate(layers):
+            ax = fig.add_subplot(len(types), len(layers), ti * len(layers) + li + 1)
+            cell = next((r for r in rows if r["module_type"] == mtype and r["layer"] == layer), None)
+            if cell is None:
+                ax.axis("off")
+                continue
+            grid = cell["phi"]
+            image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower", interpolation="nearest",
+                              extent=(0.5, grid.shape[1] + 0.5, 0.5, grid.shape[0] + 0.5))
+            ax.set_title(f"ΔW{mtype}, layer {layer}", fontsize=8)
+            ax.tick_params(labelsize=6)
+            if li == 0:
+                ax.set_ylabel("i", fontsize=8)
+            if ti == len(types) - 1:
+                ax.set_xlabel("j", fontsize=8)
+    fig.suptitle(textwrap.fill(title, int(12 * fig.get_figwidth())), fontsize=9)
+    if image is not None:
+        fig.tight_layout(rect=(0, 0, 0.93, 0.95))
+        fig.colorbar(image, ax=fig.axes, fraction=0.02, pad=0.01, label="φ")
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def objective(trials: pd.DataFrame, dims: list[str], metric: str, path: Path) -> Path | None:
+    """The objective against each swept dimension (and seed): complete trials as dots, pruned as crosses."""
+    col = f"metrics.{metric}"
+    if col not in trials or not dims:
+        return None
+    fig = _figure(3.8 * len(dims), 3.4)
+    for i, key in enumerate(dims):
+        ax = fig.add_subplot(1, len(dims), i + 1)
+        values = trials[f"params.{key}"] if f"params.{key}" in trials else trials[key]
+        num = pd.to_numeric(values, errors="coerce")
+        x = num if num.notna().all() else values.astype(str)
+        for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
+            sel = (trials["state"] == state) & trials[col].notna()
+            if sel.any():
+                ax.scatter(x[sel], trials.loc[sel, col], marker=marker, alpha=0.7, label=state.lower())
+        if x.dtype == object:
+            ax.tick_params(axis="x", rotation=30, labelsize=7)
+        elif key in ("adapter.r", "r") and (num > 0).all():
+            ax.set_xscale("log", base=2)
+        ax.set_xlabel(key)
+        ax.set_ylabel(metric)
+    if fig.axes[0].get_legend_handles_labels()[0]:
+        fig.axes[0].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def importances(values: dict[str, float], path: Path) -> Path | None:
+    if not values:
+        return None
+    names = list(values)[::-1]
+    fig = _figure(5, 0.5 * len(names) + 1.2)
+    ax = fig.add_subplot()
+    ax.barh(names, [values[n] for n in names])
+    ax.set_xlabel("importance (Optuna, normalised to 1)")
+    return _save(fig, path)

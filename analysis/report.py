@@ -1,0 +1,393 @@
+"""Report: `lorasweep report SWEEP` reads a sweep from MLflow and writes reports/<sweep id>/ (README with tables,
+verdicts and figures; Markdown, LaTeX, CSV, PNG), then logs the same files on the sweep's parent run."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from analysis import figures, paper, runs, subspace, tables, verdicts
+from lorasweep.errors import ConfigError
+
+USAGE = "usage: lorasweep report SWEEP [--out DIR] [--no-log]   (SWEEP: sweep id, sweep name or parent run id)"
+OWNED = (".md", ".tex", ".csv", ".png")     # what a report writes; cleared first, so no stale figure survives
+STATES = ("COMPLETE", "PRUNED", "FAILED", "KILLED")
+ARTIFACT_DIR = "report"
+
+
+def cli(argv: list[str]) -> int:
+    """Entry point for `lorasweep report` / `make report SWEEP=...`; a bad SWEEP raises ConfigError."""
+    ref, out, log = None, Path("reports"), True
+    it = iter(argv)
+    for a in it:
+        if a in ("-h", "--help"):
+            print(USAGE)
+            return 0
+        if a == "--no-log":
+            log = False
+        elif a == "--out":
+            out = Path(next(it, "reports"))
+        elif a.startswith("--out="):
+            out = Path(a.split("=", 1)[1])
+        elif ref is None:
+            ref = a.split("=", 1)[1] if a.lower().startswith("sweep=") else a
+        else:
+            raise ConfigError("SWEEP", " ".join(argv), "one sweep id, sweep name or parent run id")
+    if not ref:
+        raise ConfigError("SWEEP", ref, "a sweep id, sweep name or parent run id: lorasweep report SWEEP")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per adapter is noise here
+    path, sweep = build(ref, out, log=log)
+    print(f"report: {path / 'README.md'}")
+    if log:
+        print(f"logged under {ARTIFACT_DIR}/ of MLflow run {sweep.parent_run_id} ({sweep.uri})")
+    return 0
+
+
+def build(ref: str, root: Path = Path("reports"), log: bool = True) -> tuple[Path, runs.Sweep]:
+    """Write the report of the sweep `ref` names; returns its directory and the sweep."""
+    sweep = runs.find_sweep(ref)
+    trials = runs.load_trials(sweep)
+    out = root / sweep.sweep_id
+    _clear(out)
+    metric = sweep.metric
+    col = f"metrics.{metric}"
+    complete = trials[(trials["state"] == "COMPLETE") & (trials[col].notna() if col in trials else False)].copy()
+    scale, unit = runs.metric_unit(metric, complete[col] if col in complete else pd.Series(dtype=float))
+    complete["value"] = complete[col] * scale if col in complete else np.nan
+    dims = runs.swept_keys(trials)
+    ylabel = tables.ours_column(metric, unit).removeprefix("ours: ")
+
+    md = _header(sweep, trials, dims, unit)
+    found: list[dict] = []
+    shape = paper_shape(complete, dims)
+    if shape:
+        stats = tables.group_stats(complete, ["weights", "r"], "value")
+        md += _paper_tables(shape, stats, complete, metric, unit, out)
+        found += verdicts.table5_verdicts(stats, unit, sweep.mode) if shape == "table5" else \
+            verdicts.table6_verdicts(stats, unit)
+        found += verdicts.spectra_verdicts(complete)
+        md += _rank_figures(shape, stats, complete, sweep, ylabel, out)
+    with tempfile.TemporaryDirectory(prefix="lorasweep-report-") as tmp:
+        phi, sub_md = _subspace(complete, dims, sweep, out, Path(tmp))
+    md += sub_md
+    found += verdicts.subspace_verdicts(phi) if len(phi) else []
+    md = md[:2] + _verdict_section(found, unit, out) + md[2:]  # after the title and the sweep's facts
+    md += _generic(sweep, trials, complete, dims, metric, unit, out)
+    (out / "README.md").write_text("\n\n".join(md) + "\n")
+    if log:
+        mlflow.MlflowClient(sweep.uri).log_artifacts(sweep.parent_run_id, str(out), artifact_path=ARTIFACT_DIR)
+    return out, sweep
+
+
+def paper_shape(complete: pd.DataFrame, dims: list[str]) -> str | None:
+    """'table6' when r varies within a weight set, 'table5' when weight sets vary at one r each; None when other
+    fields vary too (then a cell would mix configs) or the trials have no targets/rank."""
+    if complete.empty or "weights" not in complete or "r" not in complete:
+        return None
+    if set(dims) - {"adapter.targets", "adapter.r", "adapter.alpha"}:
+        return None
+    if "params.adapter.alpha" in complete and complete.groupby(["weights", "r"])["params.adapter.alpha"].nunique().max() > 1:
+        return None  # alpha searched on its own, not a function of r
+    if (complete.groupby("weights")["r"].nunique() > 1).any():
+        return "table6"
+    return "table5" if complete["weights"].nunique() > 1 else None
+
+
+# ------------------------------------------------------------------------------------------ sections
+
+def _header(sweep: runs.Sweep, trials: pd.DataFrame, dims: list[str], unit: str) -> list[str]:
+    p = sweep.params
+    counts = trials["state"].value_counts().to_dict() if len(trials) else {}
+    states = ", ".join(f"{counts.get(s, 0)} {s.lower()}" for s in STATES if counts.get(s)) or "no trials"
+    seeds = sorted(int(s) for s in trials["seed"].dropna().unique()) if "seed" in trials else []
+    lines = [f"# Report: {sweep.sweep_id}",
+             "\n".join([
+                 f"- sweep `{sweep.name}`: {p.get('sweep.description', '')}".rstrip(": "),
+                 f"- MLflow parent run `{sweep.parent_run_id}` in `{sweep.uri}`; these files are its `{ARTIFACT_DIR}/` artifacts",
+                 f"- model `{p.get('model.name', '?')}`, data `{p.get('data.name', '?')}`; objective `{sweep.metric}` "
+                 f"({sweep.mode}){' in %' if unit == '%' else ''}",
+                 f"- trials: {len(trials)} ({states}); swept: {', '.join(f'`{d}`' for d in dims) or 'nothing'}; "
+                 f"seeds: {seeds or '–'}",
+                 "- statistics use COMPLETE trials only: mean ± sample std (ddof=1) over seeds, and n",
+                 f"- regenerate: `lorasweep report {sweep.sweep_id}`"])]
+    return lines
+
+
+def _paper_tables(shape: str, stats: pd.DataFrame, complete: pd.DataFrame, metric: str, unit: str,
+                  out: Path) -> list[str]:
+    cite = f"Reference columns are the paper's: {paper.CITATION}"
+    if shape == "table5":
+        n_params = complete.groupby("weights")["metrics.trainable_params"].mean().to_dict() \
+            if "metrics.trainable_params" in complete else {}
+        numeric, shown = tables.table5(stats, n_params, metric, unit)
+        caption = (f"Table 5 layout (transposed): weight types at an equal adapter budget. {cite}, Table 5 "
+                   f"({paper.MODEL}, validation accuracy %, 18M trainable parameters).")
+        tables.write(numeric, shown, out / "table5", caption)
+        return ["## Table 5: which weight matrices, at an equal budget",
+                f"{caption} Files: [md](table5.md), [tex](table5.tex), [csv](table5.csv).",
+                tables.to_markdown(shown)]
+    numeric, shown, grid = tables.table6(stats, metric, unit)
+    caption = f"Table 6: validation metric against rank r. {cite}, Table 6 ({paper.MODEL}, validation accuracy %)."
+    tables.write(numeric, shown, out / "table6", caption)
+    tables.write(grid, grid, out / "table6_grid", caption + " Paper's layout: a block of rows per source.")
+    return ["## Table 6: which rank",
+            f"{caption} Files: [md](table6.md), [tex](table6.tex), [csv](table6.csv); the paper's layout: "
+            f"[md](table6_grid.md), [tex](table6_grid.tex), [csv](table6_grid.csv).",
+            tables.to_markdown(grid), tables.to_markdown(shown)]
+
+
+def _rank_figures(shape: str, stats: pd.DataFrame, complete: pd.DataFrame, sweep: runs.Sweep, ylabel: str,
+                  out: Path) -> list[str]:
+    md = ["## Figures"]
+    if shape == "table6":
+        figures.metric_vs_rank(stats, ylabel, out / "metric_vs_rank.png")
+        md.append("Metric against rank, mean ± std over seeds, per set of adapted weights:\n\n"
+                  "![metric against rank](metric_vs_rank.png)")
+    erank = _effective_rank_table(complete, out)
+    if figures.rank_vs_nominal(complete, out / "effective_rank.png"):
+        md.append("Rank of the learned update ΔW against its nominal rank r, per module type (mean over layers, "
+                  "then mean ± std over seeds); the dotted diagonal is full use of r. "
+                  "Files: [md](effective_rank.md), [tex](effective_rank.tex), [csv](effective_rank.csv).\n\n"
+                  "![effective rank](effective_rank.png)\n\n" + erank)
+    if figures.spectra(_spectra_rows(complete, sweep), out / "spectra.png"):
+        md.append("Normalised singular values σᵢ/σ₁ of ΔW (mean over layers and seeds), per module type and r:\n\n"
+                  "![spectra](spectra.png)")
+    if figures.cost_vs_rank(complete, out / "cost.png"):
+        md.append("Peak memory and trainable parameters:\n\n![cost](cost.png)")
+    return md
+
+
+def _effective_rank_table(complete: pd.DataFrame, out: Path) -> str:
+    """Energy rank at 95 % per module type (rows) and r (columns), mean ± std over seeds."""
+    cols = sorted(c for c in complete.columns if c.startswith("metrics.energy_rank95_") and c.endswith("_mean"))
+    numeric, shown = [], []
+    for c in cols:
+        mtype = "all" if c == "metrics.energy_rank95_mean" else c.removeprefix("metrics.energy_rank95_").removesuffix("_mean")
+        for (w, r), rows in complete.groupby(["weights", "r"], sort=True):
+            vals = rows[c].dropna()
+            if vals.empty:
+                continue
+            std = float(vals.std(ddof=1)) if len(vals) > 1 else float("nan")
+            numeric.append({"module type": mtype, "weight type": w, "r": int(r), "energy_rank95 mean": vals.mean(),
+                            "std": std, "n": len(vals), "fraction of r": vals.mean() / int(r)})
+            shown.append({"module type": mtype, "weight type": w, "r": int(r),
+                          "energy rank 95 %": f"{vals.mean():.2f} ± {std:.2f}", "n": len(vals),
+                          "k / r": f"{vals.mean() / int(r):.2f}"})
+    if not numeric:
+        return ""
+    tables.write(pd.DataFrame(numeric), pd.DataFrame(shown), out / "effective_rank",
+                 "Effective rank at 95 % energy of ΔW (k of nominal r), per module type, mean ± std over seeds.")
+    return tables.to_markdown(pd.DataFrame(shown))
+
+
+def _spectra_rows(complete: pd.DataFrame, sweep: runs.Sweep) -> list[dict]:
+    rows = []
+    for _, run in complete.iterrows():
+        try:
+            data = mlflow.artifacts.load_dict(f"{run['artifact_uri']}/spectra/spectra.json")
+        except Exception:  # a trial with tracking.spectra=false, or an unreadable artifact: no spectrum
+            continue
+        rows += [{"r": int(run["r"]), "module_type": m["module_type"], "sv": m["sv"]} for m in data if m.get("sv")]
+    return rows
+
+
+def _subspace(complete: pd.DataFrame, dims: list[str], sweep: runs.Sweep, out: Path,
+              tmp: Path) -> tuple[pd.DataFrame, list[str]]:
+    """φ heatmaps for r_lo vs r_hi of the same config and seed (Fig. 3) and for two seeds at r_hi (Fig. 4)."""
+    empty = pd.DataFrame(columns=["figure", "pair", "module", "layer", "module_type", "k", "r_a", "r_b", "phi11"])
+    if complete.empty or "r" not in complete or "seed" not in complete:
+        return empty, []
+    config = ["weights" if d == "adapter.targets" else f"params.{d}" for d in dims
+              if d not in ("adapter.r", "adapter.alpha")]
+    groups = list(complete.groupby(config, sort=True)) if config else [((), complete)]
+    # the paper's Fig. 3/4 use the Wq+Wv adapter; else the config that adapts the most module types
+    _, group = max(groups, key=lambda kv: (kv[1].get("weights", pd.Series([""])).iloc[0] == "Wq+Wv",
+                                           len(kv[1].get("weights", pd.Series([""])).iloc[0].split("+")), len(kv[1])))
+    ranks = sorted(int(r) for r in group["r"].dropna().unique())
+    if not ranks:
+        return empty, []
+    r_hi = ranks[-1]
+    r_lo = 8 if 8 in ranks and 8 < r_hi else (ranks[0] if ranks[0] < r_hi else None)
+    by = {(int(r), int(s)): rid for r, s, rid in zip(group["r"], group["seed"], group["run_id"]) if pd.notna(s)}
+    cache: dict[str, dict] = {}
+
+    def adapter(rid: str) -> dict | None:
+        if rid not in cache:
+            try:
+                cache[rid] = subspace.load_lora_a(rid, sweep.uri, tmp)
+            except FileNotFoundError:
+                cache[rid] = None
+        return cache[rid]
+
+    plans = []
+    if r_lo is not None:
+        pairs = [(by[r_lo, s], by[r_hi, s], f"seed {s}") for s in sorted({s for _, s in by})
+                 if (r_lo, s) in by and (r_hi, s) in by]
+        plans.append(("fig3", r_lo, r_hi, pairs, f"φ(A_r={r_lo}, A_r={r_hi}, i, j), same config and seed "
+                                                 f"(paper Fig. 3), mean over {len(pairs)} seed(s)"))
+    seeds = sorted(s for r, s in by if r == r_hi)[:3]
+    pairs4 = [(by[r_hi, a], by[r_hi, b], f"seeds {a} vs {b}") for a, b in itertools.combinations(seeds, 2)]
+    plans.append(("fig4", r_hi, r_hi, pairs4, f"φ(A_r={r_hi} seed a, A_r={r_hi} seed b, i, j) (paper Fig. 4), "
+                                              f"mean over {len(pairs4)} seed pair(s)"))
+    label = group["weights"].iloc[0] if "weights" in group else "the config"
+    md, rows = [], []
+    for fig_name, ra, rb, pairs, title in plans:
+        grids: dict[tuple, list] = {}
+        for a_id, b_id, pair in pairs:
+            a, b = adapter(a_id), adapter(b_id)
+            if not a or not b:
+                continue
+            for m in subspace.compare(a, b):
+                grids.setdefault((m["module_type"], m["layer"], m["module"]), []).append(m["phi"])
+                rows.append({"figure": fig_name, "pair": pair, "module": m["module"], "layer": m["layer"],
+                             "module_type": m["module_type"], "k": m["k"], "r_a": ra, "r_b": rb,
+                             "phi11": float(m["phi"][0, 0]),
+                             "phi_diag_mean": float(np.mean(np.diag(m["phi"])))})
+        heat = [{"module_type": t, "layer": layer, "phi": np.mean(g, axis=0)} for (t, layer, _), g in grids.items()]
+        if figures.phi_heatmaps(heat, f"{label}: {title}", out / f"subspace_{fig_name}.png"):
+            md.append(f"{title}, adapter {label}, per module type (rows) and layer (columns):\n\n"
+                      f"![subspace {fig_name}](subspace_{fig_name}.png)")
+    if not rows:
+        return empty, ["## Subspace similarity", "_No pair of saved adapters to compare (needs trials with "
+                                                 "tracking.save_adapter=true: two ranks, or two seeds at one rank)._"]
+    phi = pd.DataFrame(rows)
+    phi.to_csv(out / "subspace.csv", index=False)
+    summary = phi.groupby(["figure", "module_type"]).agg(
+        modules=("phi11", "size"), phi11_median=("phi11", "median"), phi11_min=("phi11", "min"),
+        phi11_max=("phi11", "max"), phi_diag_mean=("phi_diag_mean", "mean")).reset_index()
+    tables.write(summary.round(4), summary.round(3), out / "subspace_summary",
+                 "Subspace similarity φ(1,1) and the mean of φ(i,i), per figure and module type.")
+    head = ["## Subspace similarity (paper §7.2, Eq. 4)",
+            "φ(A₁, A₂, i, j) = ‖U₁ᵢᵀU₂ⱼ‖²_F / min(i, j) over the right-singular vectors of the saved A matrices "
+            "(loaded with PEFT's `load_peft_weights`). 1: one top subspace contains the other; 0: orthogonal. "
+            "Per-module values: [subspace.csv](subspace.csv).", tables.to_markdown(summary.round(3))]
+    return phi, head + md
+
+
+def _verdict_section(found: list[dict], unit: str, out: Path) -> list[str]:
+    if not found:
+        return []
+    df = pd.DataFrame(found)
+    tables.write(df, df, out / "verdicts", "The paper's claims tested on this sweep.")
+    rule = ("Tolerance for two means a, b: max(1 pt, se) for metrics in %, else max(1 % of the larger |mean|, se), "
+            "with se = √(s_a²/n_a + s_b²/n_b) over seeds. 'Within' claims agree when |difference| ≤ tolerance, "
+            "'better/worse' claims when the difference exceeds it in the claimed direction. Rank claims: "
+            f"agree when k/r ≤ {verdicts.LOW_RANK}. φ claims: Fig. 3 agrees when median φ(1,1) > {verdicts.TOP_SHARED}, "
+            "Fig. 4 when it exceeds 6.635/k, the 99th percentile of φ(1,1) for random directions in ℝᵏ.")
+    n_agree = int(df["verdict"].str.startswith("agree").sum())
+    n_dis = int(df["verdict"].str.startswith("disagree").sum())
+    return ["## Verdicts on the paper's claims",
+            f"{n_agree} agree, {n_dis} disagree, {len(df) - n_agree - n_dis} not testable. {rule} "
+            f"Paper: {paper.CITATION}; the paper's numbers are {paper.MODEL} on WikiSQL and MultiNLI, ours are this "
+            "sweep's model and data, so the verdicts compare the direction and size of effects, not accuracies. "
+            "Files: [md](verdicts.md), [tex](verdicts.tex), [csv](verdicts.csv).",
+            tables.to_markdown(df)]
+
+
+def _generic(sweep: runs.Sweep, trials: pd.DataFrame, complete: pd.DataFrame, dims: list[str], metric: str,
+             unit: str, out: Path) -> list[str]:
+    """For any sweep: summary per swept group, leaderboard, objective per dimension, importances, pruning."""
+    md = []
+    keys = ["weights" if d == "adapter.targets" and "weights" in complete else
+            "r" if d == "adapter.r" and "r" in complete else f"params.{d}" for d in dims]
+    if len(complete):
+        summary = tables.group_stats(complete.assign(all="all"), keys or ["all"], "value")
+        summary["mean ± std"] = [tables.fmt_ms(m, s, unit) for m, s in zip(summary["mean"], summary["std"])]
+        summary = summary.sort_values("mean", ascending=sweep.mode == "min")
+        shown = summary.drop(columns=["mean", "std"]).rename(columns=lambda c: c.removeprefix("params."))
+        tables.write(summary.rename(columns=lambda c: c.removeprefix("params.")), shown, out / "summary",
+                     f"{metric}{' (%)' if unit == '%' else ''} per swept group, mean ± std over seeds, best first.")
+        md += ["## Summary per swept group", "Files: [md](summary.md), [tex](summary.tex), [csv](summary.csv).",
+               tables.to_markdown(shown)]
+    board = _leaderboard(trials, dims, metric, sweep.mode)
+    tables.write(board, board, out / "leaderboard", f"Trials by {metric} ({sweep.mode}), best first.")
+    md += ["## Leaderboard", f"Top {min(10, len(board))} of {len(board)} (all states: [csv](leaderboard.csv)).",
+           tables.to_markdown(board.head(10))]
+    if figures.objective(trials, [*dims, *(["seed"] if "seed" in trials else [])], metric, out / "objective.png"):
+        md += ["## Objective against each swept dimension", "![objective](objective.png)"]
+    imp, note = _importances(sweep)
+    md += ["## Parameter importances (Optuna)", note]
+    if imp:
+        df = pd.DataFrame({"parameter": list(imp), "importance": [round(v, 4) for v in imp.values()]})
+        tables.write(df, df, out / "importances", "Optuna parameter importances.")
+        figures.importances(imp, out / "importances.png")
+        md += [tables.to_markdown(df), "![importances](importances.png)"]
+    md += ["## Pruning and failures", _pruning(sweep, trials, metric)]
+    return md
+
+
+def _leaderboard(trials: pd.DataFrame, dims: list[str], metric: str, mode: str) -> pd.DataFrame:
+    col = f"metrics.{metric}"
+    cols = {"state": "state", col: metric, **{f"params.{d}": d for d in dims if f"params.{d}" in trials}}
+    if "seed" in trials:
+        cols["seed"] = "seed"
+    cols["run_id"] = "run_id"
+    board = trials[[c for c in cols if c in trials]].rename(columns=cols)
+    if metric in board:
+        board = board.sort_values(metric, ascending=mode == "min", na_position="last")
+    return board.reset_index(drop=True)
+
+
+def _importances(sweep: runs.Sweep) -> tuple[dict[str, float], str]:
+    """Optuna's parameter importances (fANOVA) from sweeps_out/<sweep id>/optuna.db."""
+    import optuna
+
+    from lorasweep.sweep import SWEEPS_DIR
+
+    folder = SWEEPS_DIR / sweep.sweep_id
+    db = folder / "optuna.db"
+    state = folder / "state.json"
+    storage = json.loads(state.read_text()).get("storage") if state.exists() else None
+    if not storage or not Path(storage.removeprefix("sqlite:///")).exists():
+        storage = f"sqlite:///{db.resolve()}" if db.exists() else None
+    if storage is None:
+        return {}, f"_No Optuna study at `{db}` (run the report where the sweep ran, or copy `{folder}/`)._"
+    try:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.load_study(study_name=sweep.sweep_id, storage=storage)
+        # fANOVA, seeded: stable on the few dozen trials of a sweep, where PED-ANOVA's top quantile is a
+        # handful of trials
+        imp = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    except Exception as e:  # too few complete trials, a single-valued parameter, ...: say why, keep the report
+        return {}, f"_Importances not available: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}_"
+    n = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    return dict(imp), (f"fANOVA on the Optuna study `{sweep.sweep_id}` ({n} complete trials). Seed importance is the "
+                       "share of the objective's variance that is noise between seeds.")
+
+
+def _pruning(sweep: runs.Sweep, trials: pd.DataFrame, metric: str) -> str:
+    counts = trials["state"].value_counts().to_dict() if len(trials) else {}
+    total = max(1, len(trials))
+    df = pd.DataFrame([{"state": s, "trials": int(counts.get(s, 0)), "share": f"{100 * counts.get(s, 0) / total:.0f} %"}
+                       for s in [*STATES, *sorted(set(counts) - set(STATES))]])
+    lines = [tables.to_markdown(df)]
+    pruned = trials[trials["state"] == "PRUNED"]
+    if len(pruned):
+        client = mlflow.MlflowClient(sweep.uri)
+        stopped = [max((m.step for m in client.get_metric_history(rid, metric)), default=0) for rid in pruned["run_id"]]
+        max_steps = pd.to_numeric(pruned.get("params.train.max_steps"), errors="coerce").fillna(0)
+        budget = float(max_steps.sum())
+        ran = float(sum(stopped))
+        saved = f", saving {budget - ran:.0f} of their {budget:.0f} steps ({100 * (1 - ran / budget):.0f} %)" if budget else ""
+        lines.append(f"Pruned trials stopped at step {np.median(stopped):.0f} (median; {min(stopped)}–{max(stopped)})"
+                     f"{saved}.")
+    failed = trials[trials["state"] == "FAILED"]
+    if len(failed) and "tags.failure_reason" in failed:
+        reasons = failed["tags.failure_reason"].fillna("unknown").str.slice(0, 160).value_counts()
+        lines.append("Failures:\n\n" + "\n".join(f"- {n} × {r}" for r, n in reasons.items()))
+    return "\n\n".join(lines)
+
+
+def _clear(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for f in out.iterdir():
+        if f.is_file() and f.suffix in OWNED:
+            f.unlink()

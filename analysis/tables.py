@@ -1,0 +1,143 @@
+"""Tables: mean ± std and n over seeds per group, the paper's Table 5 and 6 layouts, and Markdown/LaTeX/CSV files."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import paper
+
+
+def group_stats(trials: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
+    """keys + mean, std (sample, ddof=1; NaN for a single seed) and n of `value` over the rows of each group."""
+    cols = [*keys, "mean", "std", "n"]
+    rows = trials.dropna(subset=[value])
+    if rows.empty:
+        return pd.DataFrame(columns=cols)
+    g = rows.groupby(keys, dropna=False, sort=False)[value]
+    out = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()}).reset_index()
+    return out[cols]
+
+
+def fmt(x: float | None, unit: str) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)) or x is pd.NA:
+        return "–"
+    return f"{x:.1f}" if unit == "%" else f"{x:.4g}"
+
+
+def fmt_ms(mean: float, std: float, unit: str) -> str:
+    """'62.3 ± 1.0' in %; else both to the decimals of std's second significant digit ('10.3805 ± 0.0057').
+    A single seed has no std, shown as ± –."""
+    if unit == "%" or std is None or not math.isfinite(std) or std <= 0:
+        return f"{fmt(mean, unit)} ± {fmt(std, unit)}"
+    d = min(8, max(0, 1 - math.floor(math.log10(std))))
+    return f"{mean:.{d}f} ± {std:.{d}f}"
+
+
+def weights_order(labels: list[str]) -> list[str]:
+    """The paper's rows first (Table 5 order), then any other weight sets alphabetically."""
+    known = [paper.label(t) for t in paper.TABLE5]
+    return [w for w in known if w in labels] + sorted(w for w in set(labels) if w not in known)
+
+
+def _targets_of(label: str) -> tuple[str, ...]:
+    return tuple(t[1:] if t in ("Wq", "Wk", "Wv", "Wo") else t for t in label.split("+"))
+
+
+def ours_column(metric: str, unit: str) -> str:
+    return f"ours: {metric}" + (f" ({unit})" if unit else "")
+
+
+def table5(stats: pd.DataFrame, params: pd.DataFrame, metric: str, unit: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Weight types at an equal budget: (numeric frame for CSV, display frame for Markdown/LaTeX).
+    A paper value is filled only where our r is the paper's r for that row."""
+    numeric, shown = [], []
+    order = weights_order(list(stats["weights"]))
+    for w in order:
+        row = stats[stats["weights"] == w].iloc[0]
+        t, r = _targets_of(w), int(row["r"])
+        refs = {d: paper.table5(t, d) if paper.table5_rank(t) == r else None for d in paper.DATASETS}
+        n_params = params.get(w)
+        numeric.append({"weight type": w, "r": r, "trainable params": n_params, "mean": row["mean"],
+                        "std": row["std"], "n": int(row["n"]), **{paper.ref_column(d): refs[d] for d in paper.DATASETS}})
+        shown.append({"weight type": w, "r": r, "trainable params": "–" if n_params is None else f"{n_params:,.0f}",
+                      f"{ours_column(metric, unit)} mean ± std": fmt_ms(row["mean"], row["std"], unit), "n": int(row["n"]),
+                      **{paper.ref_column(d): _ref(refs[d], t, paper.table5_rank(t)) for d in paper.DATASETS}})
+    return pd.DataFrame(numeric), pd.DataFrame(shown)
+
+
+def _ref(value: float | None, t: tuple[str, ...], paper_r: int | None) -> str:
+    if value is not None:
+        return f"{value:.1f}"
+    return f"– (paper: r={paper_r})" if paper_r is not None else "–"
+
+
+def table6(stats: pd.DataFrame, metric: str, unit: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Rank r per weight set: (numeric long frame, display long frame, display grid in the paper's layout:
+    a block of rows per source — ours, then the paper's WikiSQL and MultiNLI — weight types × r columns)."""
+    ranks = sorted(int(r) for r in stats["r"].unique())
+    numeric, shown, grid = [], [], []
+    order = weights_order(list(stats["weights"].unique()))
+    for w in order:
+        t = _targets_of(w)
+        for r in ranks:
+            sel = stats[(stats["weights"] == w) & (stats["r"] == r)]
+            if sel.empty:
+                continue
+            row = sel.iloc[0]
+            refs = {d: paper.table6(t, r, d) for d in paper.DATASETS}
+            numeric.append({"weight type": w, "r": r, "mean": row["mean"], "std": row["std"], "n": int(row["n"]),
+                            **{paper.ref_column(d): refs[d] for d in paper.DATASETS}})
+            shown.append({"weight type": w, "r": r,
+                          f"{ours_column(metric, unit)} mean ± std": fmt_ms(row["mean"], row["std"], unit),
+                          "n": int(row["n"]), **{paper.ref_column(d): fmt(refs[d], "%") for d in paper.DATASETS}})
+    for source in ["ours", *paper.DATASETS]:
+        for w in order:
+            t = _targets_of(w)
+            if source != "ours" and t not in paper.TABLE6[source]:
+                continue
+            cells = {}
+            for r in ranks:
+                sel = stats[(stats["weights"] == w) & (stats["r"] == r)]
+                if source == "ours":
+                    cells[f"r={r}"] = "–" if sel.empty else (
+                        f"{fmt_ms(sel['mean'].iloc[0], sel['std'].iloc[0], unit)} (n={int(sel['n'].iloc[0])})")
+                else:
+                    cells[f"r={r}"] = fmt(paper.table6(t, r, source), "%")
+            label = f"{ours_column(metric, unit)}, mean ± std" if source == "ours" else paper.ref_column(source)
+            grid.append({"source": label, "weight type": w, **cells})
+    return pd.DataFrame(numeric), pd.DataFrame(shown), pd.DataFrame(grid)
+
+
+# ------------------------------------------------------------------------------------------ files
+
+def to_markdown(df: pd.DataFrame) -> str:
+    return df.to_markdown(index=False) if len(df) else "_no rows_"
+
+
+def to_latex(df: pd.DataFrame, caption: str, label: str) -> str:
+    """A booktabs table; written here so no template engine is needed."""
+    def cell(v: object) -> str:
+        s = "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+        s = re.sub(r"([&%$#_{}])", r"\\\1", s).replace("±", r"$\pm$").replace("–", "--")
+        return s
+
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{cell(caption)}}}", rf"\label{{{label}}}",
+             r"\begin{tabular}{" + "l" * len(df.columns) + "}", r"\toprule",
+             " & ".join(cell(c) for c in df.columns) + r" \\", r"\midrule"]
+    lines += [" & ".join(cell(v) for v in row) + r" \\" for row in df.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def write(numeric: pd.DataFrame, shown: pd.DataFrame, base: Path, caption: str) -> list[Path]:
+    """base.csv (numbers), base.md and base.tex (formatted); returns the paths."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    paths = [base.with_suffix(".csv"), base.with_suffix(".md"), base.with_suffix(".tex")]
+    numeric.to_csv(paths[0], index=False)
+    paths[1].write_text(f"{caption}\n\n{to_markdown(shown)}\n")
+    paths[2].write_text(to_latex(shown, caption, f"tab:{base.name}"))
+    return paths

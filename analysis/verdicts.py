@@ -1,0 +1,164 @@
+"""Verdicts: each of the paper's claims tested on our data, with the difference and the tolerance it is held to.
+
+Tolerance for comparing two group means a and b (metric in the report's unit):
+    tol = max(floor, se),  se = sqrt(s_a²/n_a + s_b²/n_b)  (the standard error of the difference of means;
+    groups with a single seed add nothing), floor = 1 point for metrics in %, else 1 % of the larger |mean|.
+"Within" claims agree when |diff| <= tol; "better/worse" claims agree when the difference exceeds tol in the
+claimed direction. Nothing here is written by hand: every number comes from the data or from analysis.paper.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from analysis import paper
+from analysis.tables import fmt_ms
+
+CHI2_1_99 = 6.635  # 99th percentile of chi-square(1): a random unit vector's cos² with a fixed one is below 6.635/k
+TOP_SHARED = 0.5   # paper §7.2: r=8 and r=64 share a top direction "with normalized similarity > 0.5"
+LOW_RANK = 0.5     # "low intrinsic rank": 95 % of the update's energy within half its nominal rank
+
+
+def tolerance(a: pd.Series, b: pd.Series, unit: str) -> float:
+    se2 = sum(float(x["std"]) ** 2 / int(x["n"]) for x in (a, b) if int(x["n"]) > 1 and not math.isnan(float(x["std"])))
+    floor = 1.0 if unit == "%" else 0.01 * max(abs(float(a["mean"])), abs(float(b["mean"])))
+    return max(floor, math.sqrt(se2))
+
+
+def _row(claim: str, paper_says: str, ours: str, diff: float | None, tol: float | None, agree: bool | None,
+         unit: str, how: str) -> dict:
+    if agree is None:
+        verdict = f"n/a ({how})"
+    else:
+        verdict = ("agree" if agree else "disagree") + f" ({how})"
+    return {"claim": claim, "paper": paper_says, "ours": ours,
+            "difference": None if diff is None else round(diff, 3), "tolerance": None if tol is None else round(tol, 3),
+            "verdict": verdict}
+
+
+def _pick(stats: pd.DataFrame, weights: str, r: int | None = None) -> pd.Series | None:
+    sel = stats[stats["weights"] == weights]
+    if r is not None:
+        sel = sel[sel["r"] == r]
+    return None if sel.empty else sel.iloc[0]
+
+
+def _ms(row: pd.Series, unit: str) -> str:
+    return f"{fmt_ms(float(row['mean']), float(row['std']), unit)} (n={int(row['n'])})"
+
+
+def _u(unit: str) -> str:
+    return " pts" if unit == "%" else ""
+
+
+def table5_verdicts(stats: pd.DataFrame, unit: str, mode: str) -> list[dict]:
+    """Equal budget (Table 5): Wq+Wv is the best row; Wq alone and Wk alone are worse than Wq+Wv."""
+    sign = 1.0 if mode == "max" else -1.0
+    qv = _pick(stats, "Wq+Wv")
+    out = []
+    claim = "Wq+Wv is best at an equal parameter budget"
+    p = [(d, paper.table5(("q", "v"), d), max(paper.TABLE5.items(), key=lambda kv: kv[1][1 + i])) for i, d in
+         enumerate(paper.DATASETS)]
+    paper_says = "; ".join(f"{d}: Wq+Wv {v:.1f}, best {paper.label(b[0])} {b[1][1 + i]:.1f} (gap {b[1][1 + i] - v:.1f})"
+                           for i, (d, v, b) in enumerate(p))
+    if qv is None or len(stats) < 2:
+        out.append(_row(claim, paper_says, "–", None, None, None, unit, "needs a Wq+Wv row and another row"))
+    else:
+        best = stats.loc[(sign * stats["mean"]).idxmax()]
+        gap = sign * (float(best["mean"]) - float(qv["mean"]))
+        tol = tolerance(best, qv, unit)
+        rank = int((sign * stats["mean"] > sign * float(qv["mean"])).sum()) + 1
+        ours = f"Wq+Wv {_ms(qv, unit)} is #{rank} of {len(stats)}; best {best['weights']} {_ms(best, unit)}"
+        out.append(_row(claim, paper_says, ours, gap, tol, gap <= tol, unit,
+                        f"gap to the best {gap:.2f} {'≤' if gap <= tol else '>'} {tol:.2f}{_u(unit)}"))
+    for alone in ("Wq", "Wk"):
+        t = (alone[1],)
+        claim = f"{alone} alone (all the budget in one matrix) is worse than Wq+Wv"
+        paper_says = "; ".join(f"{d}: {alone} {paper.table5(t, d):.1f} vs Wq+Wv {paper.table5(('q', 'v'), d):.1f} "
+                               f"({paper.table5(t, d) - paper.table5(('q', 'v'), d):+.1f})" for d in paper.DATASETS)
+        row = _pick(stats, alone)
+        if qv is None or row is None:
+            out.append(_row(claim, paper_says, "–", None, None, None, unit, f"needs {alone} and Wq+Wv rows"))
+            continue
+        diff = sign * (float(qv["mean"]) - float(row["mean"]))  # > 0: Wq+Wv better
+        tol = tolerance(qv, row, unit)
+        ours = f"{alone} {_ms(row, unit)} vs Wq+Wv {_ms(qv, unit)}"
+        out.append(_row(claim, paper_says, ours, diff, tol, diff > tol, unit,
+                        f"Wq+Wv better by {diff:.2f} {'>' if diff > tol else '≤'} {tol:.2f}{_u(unit)}"))
+    return out
+
+
+def table6_verdicts(stats: pd.DataFrame, unit: str) -> list[dict]:
+    """Rank (Table 6): per weight set, the smallest r is within tolerance of the largest (paper: r=1 vs r=64)."""
+    out = []
+    for w in stats["weights"].unique():
+        rows = stats[stats["weights"] == w]
+        ranks = sorted(int(r) for r in rows["r"])
+        lo, hi = ranks[0], ranks[-1]
+        claim = f"{w}: r={lo} is within tolerance of r={hi}"  # the number goes in once it is computed
+        t = tuple(x[1:] if x.startswith("W") else x for x in w.split("+"))
+        refs = [(d, paper.table6(t, lo, d), paper.table6(t, hi, d)) for d in paper.DATASETS]
+        paper_says = "; ".join(f"{d}: {a:.1f} vs {b:.1f} ({a - b:+.1f})" for d, a, b in refs
+                               if a is not None and b is not None) or "– (not in Table 6)"
+        if lo == hi:
+            out.append(_row(claim, paper_says, "–", None, None, None, unit, "needs two ranks"))
+            continue
+        a, b = _pick(stats, w, lo), _pick(stats, w, hi)
+        diff = float(a["mean"]) - float(b["mean"])
+        tol = tolerance(a, b, unit)
+        claim = f"{w}: r={lo} is within {tol:.2f}{_u(unit)} of r={hi}"
+        ours = f"r={lo} {_ms(a, unit)} vs r={hi} {_ms(b, unit)}"
+        out.append(_row(claim, paper_says, ours, diff, tol, abs(diff) <= tol, unit,
+                        f"|{diff:+.2f}| {'≤' if abs(diff) <= tol else '>'} {tol:.2f}{_u(unit)}"))
+    return out
+
+
+def spectra_verdicts(trials: pd.DataFrame) -> list[dict]:
+    """At the largest nominal rank, per module type: how many directions hold 95 % of ΔW's energy (k of r)."""
+    if "r" not in trials or trials["r"].dropna().empty:
+        return []
+    r = int(trials["r"].max())
+    top = trials[trials["r"] == r]
+    out = []
+    paper_says = "ΔW has a very low intrinsic rank: r=1 already performs competitively (§7, Table 6)"
+    for col in sorted(c for c in top.columns if c.startswith("metrics.energy_rank95_") and c.endswith("_mean")
+                      and c != "metrics.energy_rank95_mean"):  # per module type; the overall mean repeats them
+        mtype = col.removeprefix("metrics.energy_rank95_").removesuffix("_mean")
+        vals = top[col].dropna()
+        if mtype == "" or vals.empty:
+            continue
+        k = float(vals.mean())
+        claim = f"ΔW{mtype}: 95 % of the update's energy lies in k of its r={r} directions, k ≤ {LOW_RANK:.0%} of r"
+        if r < 4:
+            out.append(_row(claim, paper_says, f"k = {k:.1f}", None, None, None, "", "needs r ≥ 4"))
+            continue
+        ours = f"k = {k:.1f} ± {vals.std(ddof=1) if len(vals) > 1 else float('nan'):.1f} of r = {r} (n={len(vals)})"
+        out.append(_row(claim, paper_says, ours, k / r, LOW_RANK, k / r <= LOW_RANK, "",
+                        f"k/r = {k / r:.2f} {'≤' if k / r <= LOW_RANK else '>'} {LOW_RANK}"))
+    return out
+
+
+def subspace_verdicts(phi: pd.DataFrame) -> list[dict]:
+    """From per-module φ(1,1) rows (columns figure, module_type, phi11, k, r_a, r_b): Fig. 3 — r_lo and r_hi share
+    their top direction (median φ > 0.5); Fig. 4 — two seeds share it beyond chance (median φ > 6.635/k)."""
+    out = []
+    for (figure, mtype), rows in phi.groupby(["figure", "module_type"], sort=True):
+        med = float(rows["phi11"].median())
+        k = int(rows["k"].iloc[0])
+        ra, rb = int(rows["r_a"].iloc[0]), int(rows["r_b"].iloc[0])
+        ours = f"median φ(1,1) = {med:.3f} over {len(rows)} modules (layers × pairs)"
+        if figure == "fig3":
+            claim = f"ΔW{mtype}: r={ra} and r={rb} of the same config share their top direction (φ(1,1) > {TOP_SHARED})"
+            paper_says = "Fig. 3: ΔWq and ΔWv of r=8 and r=64 share a 1-dimensional subspace with φ > 0.5"
+            out.append(_row(claim, paper_says, ours, med - TOP_SHARED, 0.0, med > TOP_SHARED, "",
+                            f"{med:.3f} {'>' if med > TOP_SHARED else '≤'} {TOP_SHARED}"))
+        else:
+            chance = CHI2_1_99 / k
+            claim = f"ΔW{mtype}: two seeds at r={ra} share their top direction beyond chance (φ(1,1) > {chance:.3f})"
+            paper_says = "Fig. 4: top singular directions of two seeds at r=64 overlap, unlike random matrices"
+            out.append(_row(claim, paper_says, ours, med - chance, 0.0, med > chance, "",
+                            f"{med:.3f} {'>' if med > chance else '≤'} {chance:.3f}, the 99th percentile of chance "
+                            f"for k={k}"))
+    return out
