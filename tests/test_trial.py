@@ -5,7 +5,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import torch
 
 from lorasweep.config import VARIANTS, compose
 from lorasweep.trial import run_trial
