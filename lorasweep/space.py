@@ -177,7 +177,7 @@ def _named(node: Any, where: str, table: Mapping[str, Any], seeded: bool = True)
         from ray.tune.schedulers import ASHAScheduler as target
     params = {p: v for p, v in inspect.signature(target).parameters.items()
               if p not in ("seed", "search_space", "metric", "mode")}
-    if not params:  # nothing to configure (pruner none): `sweep.pruner.name=none` switches it off, options and all
+    if name == "none":  # pruning off: `sweep.pruner.name=none` switches it off, whatever options were set
         opts = {}
     for k, v in opts.items():
         if k not in params:

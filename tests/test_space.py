@@ -62,8 +62,9 @@ def test_shipped_sweep_composes_parses_and_reruns(name: str) -> None:
 
 
 def test_sweep_file_sets_base_fields_and_user_overrides_win() -> None:
-    cfg = compose(["sweep=rank_alpha"])
-    assert cfg.train.max_steps == 150 and cfg.train.eval_every == 25 and cfg.model.name == "minilm"
+    plain, cfg = compose([]), compose(["sweep=rank_alpha"])
+    assert (plain.train.max_steps, plain.train.eval_every) == (80, 40)  # conf/train/default.yaml
+    assert cfg.train.max_steps == 60 and cfg.train.eval_every == 15 and cfg.model.name == "minilm"  # the sweep's base
     cfg = compose(["sweep=rank_alpha", "sweep.num_trials=5", "train.max_steps=200", "sweep.space.adapter.r.values=[4,8]"])
     spec = parse_sweep(cfg)
     assert (spec.num_trials, cfg.train.max_steps, spec.dim("adapter.r").values) == (5, 200, (4, 8))
@@ -223,3 +224,9 @@ def test_every_sampler_builds_and_samples_or_says_what_it_needs(name: str) -> No
                                         ("none", optuna.pruners.NopPruner), ("asha", optuna.pruners.NopPruner)])
 def test_every_pruner_builds(pruner: str, cls: type) -> None:
     assert type(make_pruner(spec_of("sweep=smoke", "~sweep.pruner", f"+sweep.pruner={{name:{pruner}}}"))) is cls
+
+
+def test_pruner_name_none_switches_pruning_off_whatever_its_options() -> None:
+    spec = parse_sweep(compose(["sweep=rank_alpha", "sweep.pruner.name=none"]))  # n_startup_trials etc. stay set
+    assert spec.pruner == "none" and dict(spec.pruner_options) == {}
+    assert isinstance(make_pruner(spec), optuna.pruners.NopPruner)
