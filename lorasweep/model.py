@@ -59,6 +59,10 @@ def _materialize_gguf(m: DictConfig) -> str:
         gguf_file = Path(importlib.import_module(m.path).assemble())
         kw = dict(gguf_file=gguf_file.name)
         model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, dtype=torch.float32, **kw)
+        # The weights are dequantized on load; drop the GGUF quantizer so they save as plain safetensors.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         tok = AutoTokenizer.from_pretrained(gguf_file.parent, **kw)
         tmp = folder.with_suffix(".tmp")
         model.save_pretrained(tmp)
