@@ -35,7 +35,8 @@ OPTIMS = {"adamw_torch": False, "adamw_8bit": True, "paged_adamw_8bit": True, "p
 # Combinations PEFT refuses, with its reason.
 UNSUPPORTED = {("pissa", "nf4"): "PiSSA initialises from an SVD of float weights, not quantized ones",
                ("pissa", "fp4"): "PiSSA initialises from an SVD of float weights, not quantized ones",
-               ("pissa", "int8"): "PiSSA initialises from an SVD of float weights, not quantized ones"}
+               ("pissa", "int8"): "PiSSA initialises from an SVD of float weights, not quantized ones",
+               ("dora", "int8"): "PEFT's DoRA cannot take the weight norm of LLM.int8() weights (use nf4 or fp4)"}
 
 
 def _num(field: str, value, ok: bool, allowed: str) -> None:

@@ -167,8 +167,9 @@ def peft_config(cfg: DictConfig, targets: list[str], total_steps: int | None = N
     if a.variant == "vera":
         return VeraConfig(r=a.r, vera_dropout=a.dropout, projection_prng_key=cfg.seed, **common)
     if a.variant == "adalora":
-        # The rank budget starts at r and is pruned to r/2 between 10% and 70% of training.
-        tinit, tfinal = max(1, total_steps // 10), max(1, total_steps * 3 // 10)
+        # The rank budget starts at r and is pruned to r/2 between 10% and 70% of training
+        # (AdaLoRA needs tinit < total_step - tfinal, so very short runs start pruning at once).
+        tinit, tfinal = total_steps // 10, total_steps * 3 // 10
         return AdaLoraConfig(init_r=a.r, target_r=max(1, a.r // 2), lora_alpha=alpha, lora_dropout=a.dropout,
                              total_step=total_steps, tinit=tinit, tfinal=tfinal, deltaT=max(1, total_steps // 20), **common)
     return LoraConfig(

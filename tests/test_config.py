@@ -20,6 +20,7 @@ BAD = [
     (["adapter.loraplus_ratio=0"], "adapter.loraplus_ratio=0"),
     (["adapter.variant=vera", "adapter.loraplus_ratio=16"], "adapter.loraplus_ratio=16"),
     (["adapter.variant=pissa", "quant=nf4"], "quant.method='nf4'"),
+    (["adapter.variant=dora", "quant=int8"], "quant.method='int8'"),
     (["train.optim=paged_adamw_8bit"], "train.optim='paged_adamw_8bit'"),
     (["model.source=pretrained", "model.path=/no/such/model"], "model.path='/no/such/model'"),
     (["model.source=pretrained", "model.path=nobody/not-cached-model"], "model.path='nobody/not-cached-model'"),

@@ -57,6 +57,14 @@ def test_tiny_llama_trial_per_variant(variant, store):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("variant,quant", [("adalora", "nf4"), ("dora", "fp4"), ("vera", "int8")])
+def test_other_variants_on_quantized_bases(variant, quant, store):
+    summary = run_trial(compose([*TINY, f"quant={quant}", f"adapter.variant={variant}", "train.max_steps=2",
+                                 "tracking.save_adapter=false"]))
+    assert summary["steps"] == 2 and summary["eval_loss"] > 0
+
+
+@pytest.mark.slow
 def test_tiny_llama_nf4_qlora(store):
     summary = run_trial(compose([*TINY, "quant=nf4", "adapter.r=8"]))
     run = _check_run(store, summary, "eval_perplexity")
