@@ -173,7 +173,7 @@ def objective(trials: pd.DataFrame, dims: list[str], metric: str, path: Path) ->
         ax = fig.add_subplot(1, len(dims), i + 1)
         values = trials[f"params.{key}"] if f"params.{key}" in trials else trials[key]
         num = pd.to_numeric(values, errors="coerce")
-        x = num if num.notna().all() else values.astype(str)
+        x = num if num.notna().all() else values.map(lambda v: "-" if pd.isna(v) else str(v))  # pandas 3 keeps NaN in astype(str)
         for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
             sel = (trials["state"] == state) & trials[col].notna()
             if sel.any():

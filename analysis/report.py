@@ -206,7 +206,8 @@ def _subspace(complete: pd.DataFrame, dims: list[str], sweep: runs.Sweep, out: P
         return empty, []
     config = ["weights" if d == "adapter.targets" else f"params.{d}" for d in dims
               if d not in ("adapter.r", "adapter.alpha")]
-    groups = list(complete.groupby(config, sort=True)) if config else [((), complete)]
+    config = [c for c in config if c in complete]  # helper dimensions are not config params
+    groups = list(complete.groupby(config, sort=True, dropna=False)) if config else [((), complete)]
     # the paper's Fig. 3/4 use the Wq+Wv adapter; else the config that adapts the most module types
     _, group = max(groups, key=lambda kv: (kv[1].get("weights", pd.Series([""])).iloc[0] == "Wq+Wv",
                                            len(kv[1].get("weights", pd.Series([""])).iloc[0].split("+")), len(kv[1])))

@@ -425,7 +425,7 @@ def pd_numeric(col):
     import pandas as pd
 
     num = pd.to_numeric(col, errors="coerce")
-    return num if num.notna().all() else col.astype(str)
+    return num if num.notna().all() else col.map(lambda v: "-" if pd.isna(v) else str(v))  # pandas 3 keeps NaN in astype(str)
 
 
 def cli(argv: list[str]) -> int:
