@@ -119,7 +119,8 @@ def log_server(cfg: DictConfig) -> Iterator[str]:
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
            "--port", str(port), "--workers", "1", "--default-artifact-root", str(Path("mlruns").resolve())]
     log = open(Path(cfg.get("_sweep_dir", ".")) / "mlflow-server.log", "ab")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # Same process group as the driver: Ctrl-C or a kill of the group stops the server and its workers too.
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):
@@ -132,12 +133,23 @@ def log_server(cfg: DictConfig) -> Iterator[str]:
                 time.sleep(0.5)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_tree(proc.pid)
         log.close()
+
+
+def stop_tree(pid: int) -> None:
+    """Stop a process and every process it started (the MLflow server runs uvicorn and job workers)."""
+    import psutil
+
+    try:
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for p in alive:
+        p.kill()
 
 
 # ---------------------------------------------------------------- progress and states, seen from the driver
@@ -428,7 +440,15 @@ def pd_numeric(col):
     return num if num.notna().all() else col.map(lambda v: "-" if pd.isna(v) else str(v))  # pandas 3 keeps NaN in astype(str)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def cli(argv: list[str]) -> int:
+    import signal
+
+    # SIGTERM unwinds like Ctrl-C, so the log server is stopped and runs are closed on the way out.
+    signal.signal(signal.SIGTERM, _interrupt)
     s = run_sweep(argv)
     print(f"\n[sweep] finished in {s['wall_s']:.0f}s: " + ", ".join(f"{k.lower()} {v}" for k, v in sorted(s["counts"].items())))
     for i, row in enumerate(s["top"], 1):

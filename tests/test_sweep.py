@@ -105,6 +105,20 @@ def test_kill_driver_then_resume(store, tmp_path):
         time.sleep(1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    time.sleep(1)
+    import psutil
+
+    def leftovers():  # the driver's MLflow log server and its workers share its process group
+        out = []
+        for p in psutil.process_iter(["cmdline"]):
+            try:
+                if str(tmp_path) in " ".join(p.info["cmdline"] or []):
+                    out.append(p)
+            except psutil.Error:
+                pass
+        return out
+
+    assert leftovers() == []
     assert db is not None
     before = optuna.load_study(study_name=db.parent.name, storage=f"sqlite:///{db}")
     finished_before = {t.number for t in before.trials if t.state == optuna.trial.TrialState.COMPLETE}
@@ -125,6 +139,7 @@ def test_kill_driver_then_resume(store, tmp_path):
     assert len(by_state["COMPLETE"]) == 4 and len(by_state["KILLED"]) == len(killed)
     assert all(r.info.status == "KILLED" for r in by_state["KILLED"])
     assert client.get_run(parent_of(db.parent)).info.status == "FINISHED"
+    assert leftovers() == []  # a finished sweep stops its log server
 
 
 def test_two_node_cluster(store):
