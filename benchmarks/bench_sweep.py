@@ -60,7 +60,7 @@ def steps_spent(runs) -> int:
 
 
 def pruning_efficiency(tpe_trials: int) -> dict:
-    common = ["sweep=rank_alpha", "~sweep.space", "train.max_steps=40", "train.eval_every=10"]
+    common = ["sweep=rank_alpha", "~sweep.space", "train.max_steps=40", "train.eval_every=10", "sweep.time_limit_s=3600"]
     out = {}
     for name, extra in [("grid", ["+sweep.space=" + SPACE % ("grid", "grid"), "sweep.num_trials=8",
                                   "~sweep.sampler", "+sweep.sampler={name:grid}", "sweep.pruner.name=none"]),

@@ -264,13 +264,15 @@ def sweep_dir(cfg: DictConfig, argv: list[str]) -> tuple[Path, bool]:
     return path, True
 
 
-def reconcile(client: mlflow.MlflowClient, parent_run_id: str, study: optuna.Study) -> int:
-    """After a dead driver: children left RUNNING become KILLED, Optuna trials left RUNNING become FAIL.
-    Returns how many trials already finished (they count against the budget and are not rerun)."""
+def reconcile(client: mlflow.MlflowClient, parent_run_id: str, study: optuna.Study,
+              reason: str = "the sweep driver died while this trial ran") -> int:
+    """Trials left RUNNING (a dead driver, or the sweep's time limit): MLflow children become KILLED with the
+    reason, Optuna trials become FAIL flagged `killed`. Returns how many trials finished for real (they count
+    against the budget and are not rerun)."""
     exp = client.get_run(parent_run_id).info.experiment_id
     for run in client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'"):
         client.set_tag(run.info.run_id, "trial_state", "KILLED")
-        client.set_tag(run.info.run_id, "failure_reason", "the sweep driver died while this trial ran")
+        client.set_tag(run.info.run_id, "failure_reason", reason)
         client.set_terminated(run.info.run_id, "KILLED")
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study._storage.set_trial_user_attr(t._trial_id, "killed", True)  # not a failure of its config: not counted
@@ -329,6 +331,8 @@ def run_sweep(argv: list[str]) -> dict:
                     _fit(cfg, spec, state, budget, base, log_uri, parent.info.run_id, client, started)
                 finally:
                     ray.shutdown()
+            # Trials Ray cut at the end (sweep.time_limit_s) never reported an end of their own.
+            reconcile(client, parent.info.run_id, study, f"stopped when the sweep reached sweep.time_limit_s={spec.time_limit_s}")
         summary = leaderboard(client, parent.info.run_id, spec, out, base)
     summary["sweep_dir"] = str(out)
     summary["wall_s"] = time.time() - started

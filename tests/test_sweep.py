@@ -155,3 +155,13 @@ def test_two_node_cluster(store):
     finally:
         cluster.shutdown()
     assert s["counts"] == {"COMPLETE": 2}
+
+
+def test_time_limit_stops_the_sweep_and_records_cut_trials(store):
+    """Trials Ray cuts at sweep.time_limit_s end KILLED with that reason: nothing is left RUNNING."""
+    s = run_sweep(["sweep=smoke", "sweep.num_trials=3", "sweep.pruner.name=none", "sweep.time_limit_s=15",
+                   "train.max_steps=400", "train.eval_every=200"])
+    client, runs = children(store, parent_of(s["sweep_dir"]))
+    assert runs and all(r.info.status != "RUNNING" for r in runs)
+    cut = [r for r in runs if r.data.tags.get("trial_state") == "KILLED"]
+    assert cut and all("sweep.time_limit_s=15" in r.data.tags["failure_reason"] for r in cut)
