@@ -117,6 +117,7 @@ def trial(name: str, out: str, overrides: list[str]) -> None:
 def bare(name: str, out: str, overrides: list[str]) -> None:
     """The same model folder, data, tokenization, batch size and steps: a plain PEFT + torch loop."""
     import torch
+    from bare import batch  # benchmarks/ is on sys.path when run as a script
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -155,14 +156,7 @@ def bare(name: str, out: str, overrides: list[str]) -> None:
     times, tokens = [], []
     setup_s = time.perf_counter() - t0
     for step in range(steps):
-        rows = [order[(step * bs + i) % len(order)] for i in range(bs)]
-        n = max(len(ids[r]) for r in rows)
-        x = torch.full((bs, n), tok.pad_token_id, dtype=torch.long)
-        y = torch.full((bs, n), -100, dtype=torch.long)
-        mask = torch.zeros((bs, n), dtype=torch.long)
-        for j, r in enumerate(rows):
-            k = len(ids[r])
-            x[j, :k], y[j, :k], mask[j, :k] = torch.tensor(ids[r]), torch.tensor(labels[r]), 1
+        x, y, mask = batch(ids, labels, order, step, bs, tok.pad_token_id)
         torch.cuda.synchronize()
         t = time.perf_counter()
         loss = net(input_ids=x.cuda(non_blocking=True), attention_mask=mask.cuda(non_blocking=True),

@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
+from bare import batch  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from peft import get_peft_model  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
@@ -68,14 +69,7 @@ def bare(ov: list[str]) -> dict:
     net.train()
     t1 = time.perf_counter()
     for step in range(steps):
-        rows = [order[(step * bs + i) % len(order)] for i in range(bs)]
-        n = max(len(ids[r]) for r in rows)
-        x = torch.full((bs, n), tok.pad_token_id, dtype=torch.long)
-        y = torch.full((bs, n), -100, dtype=torch.long)
-        mask = torch.zeros((bs, n), dtype=torch.long)
-        for j, r in enumerate(rows):
-            k = len(ids[r])
-            x[j, :k], y[j, :k], mask[j, :k] = torch.tensor(ids[r]), torch.tensor(labels[r]), 1
+        x, y, mask = batch(ids, labels, order, step, bs, tok.pad_token_id)
         net(input_ids=x, attention_mask=mask, labels=y).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
