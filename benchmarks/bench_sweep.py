@@ -107,7 +107,7 @@ def main() -> int:
             v = p[k]
             lines.append(f"| {k} | {v['trials']} | {v['counts']} | {v['train_steps']} | {v['best']:.4f} | {v['wall_s']:.0f} |")
         lines += ["", f"TPE + median pruner spent {p['steps_ratio']:.2f}× the grid's train steps; "
-                      f"its best is {p['best_gap']:+.4f} below the grid's best."]
+                      f"its best is {p['best_gap']:.4f} below the grid's best (negative: above)."]
     (RESULTS / "sweep.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
