@@ -92,12 +92,16 @@ def trial_resources(cfg: DictConfig, spec: SweepSpec, base: list[str]):
     return lambda config: {"cpu": e.cpus_per_trial, "gpu": gpu_share(compose([*base, *to_overrides(config, spec)]), gb)}
 
 
-def check_engine(e: DictConfig) -> None:
+def check_engine(cfg: DictConfig) -> None:
+    """Engine fields, before the sweep's MLflow run exists (auto shares need the GPU's size up front)."""
+    e = cfg.engine
     if isinstance(e.cpus_per_trial, bool) or not isinstance(e.cpus_per_trial, (int, float)) or e.cpus_per_trial <= 0:
         raise ConfigError("engine.cpus_per_trial", e.cpus_per_trial, "a number > 0")
     g = e.gpus_per_trial
     if g != "auto" and (isinstance(g, bool) or not isinstance(g, (int, float)) or g < 0 or (g > 1 and g != int(g))):
         raise ConfigError("engine.gpus_per_trial", g, "auto, a share in [0, 1], or a whole number of GPUs")
+    if g == "auto":
+        gpu_memory_gb(cfg)
 
 
 # ---------------------------------------------------------------- the MLflow store the trials write to
@@ -289,7 +293,7 @@ def run_sweep(argv: list[str]) -> dict:
         raise ConfigError("sweep", None, "sweep=<name> naming one of sweeps/*.yaml")
     spec = parse_sweep(cfg)
     validate(cfg)
-    check_engine(cfg.engine)
+    check_engine(cfg)
     base = [a for a in argv if not a.startswith(("resume=", "+resume="))]
     out, resuming = sweep_dir(cfg, argv)
     out.mkdir(parents=True, exist_ok=True)

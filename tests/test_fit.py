@@ -43,4 +43,13 @@ def test_bad_engine_fields(field, value):
     cfg = compose([])
     cfg.engine[field] = value
     with pytest.raises(ConfigError, match=f"engine.{field}"):
-        check_engine(cfg.engine)
+        check_engine(cfg)
+
+
+def test_auto_shares_without_a_gpu_size_are_refused_before_the_sweep_starts(store, capsys):
+    from lorasweep.cli import main
+    from tests.conftest import all_runs
+
+    assert main(["sweep", "sweep=smoke", "engine.gpus_per_trial=auto"]) == 2
+    assert capsys.readouterr().err.strip().startswith("lorasweep: error: engine.gpu_memory_gb=None is not allowed")
+    assert all_runs(store) == []
