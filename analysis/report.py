@@ -71,7 +71,7 @@ def build(ref: str, root: Path = Path("reports"), log: bool = True) -> tuple[Pat
         stats = tables.group_stats(complete, ["weights", "r"], "value")
         md += _paper_tables(shape, stats, complete, metric, unit, out)
         found += verdicts.table5_verdicts(stats, unit, sweep.mode) if shape == "table5" else \
-            verdicts.table6_verdicts(stats, unit)
+            verdicts.table6_verdicts(stats, unit, sweep.mode)
         found += verdicts.spectra_verdicts(complete)
         md += _rank_figures(shape, stats, complete, sweep, ylabel, out)
     with tempfile.TemporaryDirectory(prefix="lorasweep-report-") as tmp:

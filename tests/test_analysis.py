@@ -160,6 +160,25 @@ def test_rank_verdict_agrees_within_tolerance_and_disagrees_beyond_it():
     assert noisy[0]["tolerance"] == pytest.approx(math.sqrt(6), abs=1e-3) and noisy[0]["verdict"].startswith("agree")
 
 
+def test_sufficient_rank_verdict_wq_needs_larger_r_than_wq_wv():
+    # Wq is 4 pts short at r=1 and reaches its best at r=4; Wq+Wv is within 1 pt of its best already at r=1
+    agree = verdicts.table6_verdicts(stats([("Wq", 1, 60.0, 0.5, 3), ("Wq", 4, 64.0, 0.5, 3), ("Wq", 64, 63.5, 0.5, 3),
+                                            ("Wq+Wv", 1, 69.5, 0.5, 3), ("Wq+Wv", 4, 70.0, 0.5, 3),
+                                            ("Wq+Wv", 64, 70.0, 0.5, 3)]), "%")[-1]
+    assert agree["claim"].startswith("Wq alone needs a larger r") and agree["verdict"].startswith("agree")
+    assert agree["difference"] == 2.0 and "Wq r=4" in agree["ours"] and "Wq+Wv r=1" in agree["ours"]
+    assert "WikiSQL: Wq r=2, Wq+Wv r=1; MultiNLI: Wq r=1, Wq+Wv r=1" == agree["paper"]  # from Table 6, 1-pt floor
+    same = verdicts.table6_verdicts(stats([("Wq", 1, 63.5, 0.5, 3), ("Wq", 64, 64.0, 0.5, 3),
+                                           ("Wq+Wv", 1, 66.0, 0.5, 3), ("Wq+Wv", 64, 70.0, 0.5, 3)]), "%")[-1]
+    assert same["verdict"].startswith("disagree") and same["difference"] == -6.0     # log2(1/64): Wq+Wv needs more
+    lower_is_better = verdicts.table6_verdicts(stats([("Wq", 1, 2.0, 0.01, 3), ("Wq", 64, 1.0, 0.01, 3),
+                                                      ("Wq+Wv", 1, 1.0, 0.01, 3), ("Wq+Wv", 64, 1.0, 0.01, 3)]),
+                                               "", "min")[-1]
+    assert lower_is_better["verdict"].startswith("agree")
+    one_rank = verdicts.table6_verdicts(stats([("Wq", 8, 60.0, 0.5, 3), ("Wq+Wv", 8, 61.0, 0.5, 3)]), "%")[-1]
+    assert one_rank["verdict"].startswith("n/a")
+
+
 def test_equal_budget_verdicts_on_agreeing_and_disagreeing_data():
     good = stats([("Wq", 8, 60.0, 0.5, 3), ("Wk", 8, 59.0, 0.5, 3), ("Wv", 8, 63.0, 0.5, 3),
                   ("Wq+Wv", 4, 64.0, 0.5, 3)])
@@ -214,6 +233,8 @@ def test_table6_report_from_mlflow(store, tmp_path):
     v = pd.read_csv(out / "verdicts.csv")
     rank = v[v["claim"].str.contains(" is within ")]
     assert len(rank) == 2 and rank["verdict"].str.startswith("agree").all()   # equal across r by construction
+    needs = v[v["claim"].str.startswith("Wq alone needs a larger r")].iloc[0]
+    assert needs["verdict"].startswith("disagree") and needs["difference"] == 0.0  # both sufficient at r=1
     fig3 = v[v["claim"].str.contains("same config share")]
     fig4 = v[v["claim"].str.contains("two seeds")]
     assert set(fig3["claim"].str[:4]) == {"ΔWq:", "ΔWv:"} and fig3["verdict"].str.startswith("agree").all()
