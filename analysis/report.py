@@ -279,7 +279,8 @@ def _verdict_section(found: list[dict], unit: str, out: Path) -> list[str]:
     tables.write(df, df, out / "verdicts", "The paper's claims tested on this sweep.")
     rule = ("Tolerance for two means a, b: max(1 pt, se) for metrics in %, else max(1 % of the larger |mean|, se), "
             "with se = √(s_a²/n_a + s_b²/n_b) over seeds. 'Within' claims agree when |difference| ≤ tolerance, "
-            "'better/worse' claims when the difference exceeds it in the claimed direction. Rank claims: "
+            "'better/worse' claims when the difference exceeds it in the claimed direction. A set's sufficient r is its "
+            "smallest r within tolerance of the set's best mean. Effective-rank claims: "
             f"agree when k/r ≤ {verdicts.LOW_RANK}. φ claims: Fig. 3 agrees when median φ(1,1) > {verdicts.TOP_SHARED}, "
             "Fig. 4 when it exceeds 6.635/k, the 99th percentile of φ(1,1) for random directions in ℝᵏ.")
     n_agree = int(df["verdict"].str.startswith("agree").sum())
