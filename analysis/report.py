@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 import mlflow
@@ -115,9 +116,21 @@ def _header(sweep: runs.Sweep, trials: pd.DataFrame, dims: list[str], unit: str)
                  f"({sweep.mode}){' in %' if unit == '%' else ''}",
                  f"- trials: {len(trials)} ({states}); swept: {', '.join(f'`{d}`' for d in dims) or 'nothing'}; "
                  f"seeds: {seeds or '–'}",
+                 _provenance(sweep),
                  "- statistics use COMPLETE trials only: mean ± sample std (ddof=1) over seeds, and n",
                  f"- regenerate: `lorasweep report {sweep.sweep_id}`"])]
     return lines
+
+
+def _provenance(sweep: runs.Sweep) -> str:
+    """Where and when the sweep ran, from its parent run: device, versions, commit, start and wall time."""
+    t = sweep.tags
+    start = datetime.fromtimestamp(sweep.start_ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    wall = (f"wall {(sweep.end_ms - sweep.start_ms) / 60000:.1f} min ({sweep.status})" if sweep.end_ms
+            else f"still {sweep.status}")
+    versions = ", ".join(f"{k} {t[f'{k}_version']}" for k in ("torch", "peft", "transformers") if f"{k}_version" in t)
+    return (f"- ran on {t.get('device', '?')} ({versions}), lorasweep commit `{t.get('git_commit', '?')[:7]}`; "
+            f"started {start}, {wall}")
 
 
 def _paper_tables(shape: str, stats: pd.DataFrame, complete: pd.DataFrame, metric: str, unit: str,

@@ -31,6 +31,10 @@ class Sweep:
     mode: str
     params: dict[str, str]
     uri: str
+    tags: dict[str, str]
+    start_ms: int
+    end_ms: int | None      # None while the sweep's parent run is still open
+    status: str
 
     @property
     def name(self) -> str:
@@ -73,7 +77,8 @@ def find_sweep(ref: str, uri: str | None = None) -> Sweep:
     params = dict(p.data.params)
     return Sweep(sweep_id=p.data.tags.get("sweep_id", p.info.run_id), parent_run_id=p.info.run_id,
                  experiment_id=p.info.experiment_id, metric=params.get("sweep.metric", "eval_loss"),
-                 mode=params.get("sweep.mode", "min"), params=params, uri=uri)
+                 mode=params.get("sweep.mode", "min"), params=params, uri=uri, tags=dict(p.data.tags),
+                 start_ms=p.info.start_time, end_ms=p.info.end_time, status=p.info.status)
 
 
 def load_trials(sweep: Sweep) -> pd.DataFrame:
