@@ -129,7 +129,8 @@ def _provenance(sweep: runs.Sweep) -> str:
     wall = (f"wall {(sweep.end_ms - sweep.start_ms) / 60000:.1f} min ({sweep.status})" if sweep.end_ms
             else f"still {sweep.status}")
     versions = ", ".join(f"{k} {t[f'{k}_version']}" for k in ("torch", "peft", "transformers") if f"{k}_version" in t)
-    return (f"- ran on {t.get('device', '?')} ({versions}), lorasweep commit `{t.get('git_commit', '?')[:7]}`; "
+    command = f"`{t['command']}` " if "command" in t else ""
+    return (f"- ran {command}on {t.get('device', '?')} ({versions}), lorasweep commit `{t.get('git_commit', '?')[:7]}`; "
             f"started {start}, {wall}")
 
 

@@ -115,7 +115,9 @@ def table6(stats: pd.DataFrame, metric: str, unit: str) -> tuple[pd.DataFrame, p
 # ------------------------------------------------------------------------------------------ files
 
 def to_markdown(df: pd.DataFrame) -> str:
-    return df.to_markdown(index=False) if len(df) else "_no rows_"
+    if not len(df):
+        return "_no rows_"
+    return df.astype(object).where(df.notna(), None).to_markdown(index=False, missingval="–")  # not "nan"
 
 
 def to_latex(df: pd.DataFrame, caption: str, label: str) -> str:

@@ -322,6 +322,7 @@ def run_sweep(argv: list[str]) -> dict:
             state_file.write_text(json.dumps(state, indent=1))
             mlflow.log_params({k: v for k, v in tracking.flatten(cfg, skip=()).items() if not k.startswith("sweep.space")})
             mlflow.log_dict(OmegaConf.to_container(cfg.sweep, resolve=True), "sweep.yaml")
+            mlflow.set_tag("command", shlex.join(["lorasweep", "sweep", *base]))
         done_before = reconcile(client, parent.info.run_id, study) if resuming else 0
         budget = spec.num_trials - done_before
         print(f"[sweep] {state['sweep_id']}: {spec.num_trials} trials of {spec.metric} ({spec.mode}); "

@@ -59,7 +59,8 @@ def make_sweep(tmp: Path, name: str, cells: list[dict], metric: str = "eval_accu
     exp = mlflow.set_experiment("lorasweep").experiment_id
     sweep_id = f"{name}-{stamp}"
     parent = client.create_run(exp, tags={"lorasweep_role": "sweep", "sweep_id": sweep_id, "device": "cpu (test)",
-                                          "git_commit": "0123456789" * 4, "torch_version": "9.9"}).info.run_id
+                                          "git_commit": "0123456789" * 4, "torch_version": "9.9",
+                                          "command": f"lorasweep sweep sweep={name}"}).info.run_id
     client.log_batch(parent, params=[Param("sweep.metric", metric), Param("sweep.mode", mode),
                                      Param("model.name", "minilm"), Param("data.name", "tweets")])
     for c in cells:
@@ -251,7 +252,7 @@ def test_table6_report_from_mlflow(store, tmp_path):
     for piece in ["![metric against rank](metric_vs_rank.png)", "## Verdicts", "Hu et al. 2021", "## Table 6",
                   "![subspace fig3](subspace_fig3.png)", "## Leaderboard", "## Pruning"]:
         assert piece in readme
-    assert re.search(r"- ran on cpu \(test\) \(torch 9\.9\), lorasweep commit `0123456`; started \d{4}-\d\d-\d\d "
+    assert re.search(r"- ran `lorasweep sweep sweep=paper_table6` on cpu \(test\) \(torch 9\.9\), lorasweep commit `0123456`; started \d{4}-\d\d-\d\d "
                      r"\d\d:\d\d UTC, wall \d+\.\d min \(FINISHED\)", readme)
     logged = {f.path for f in mlflow.MlflowClient().list_artifacts(parent, "report")}
     assert {f"report/{f.name}" for f in out.iterdir()} <= logged

@@ -63,6 +63,7 @@ def test_four_concurrent_trials_lose_no_metric_and_a_failure_is_recorded(store):
     assert {"sweep.yaml", "leaderboard.csv", "leaderboard.md", "objective.png"} <= arts
     assert parent.data.tags["best_run_id"] == s["best_run_id"] and parent.info.status == "FINISHED"
     assert s["best_command"].startswith("lorasweep trial sweep=smoke")
+    assert parent.data.tags["command"].startswith("lorasweep sweep sweep=smoke ")  # the report's provenance line
     study = optuna.load_study(study_name=Path(s["sweep_dir"]).name, storage=f"sqlite:///{s['sweep_dir']}/optuna.db")
     assert sorted(t.state.name for t in study.trials) == sorted("FAIL" if x == "FAILED" else x for x in states)
 
