@@ -171,15 +171,18 @@ def objective(trials: pd.DataFrame, dims: list[str], metric: str, path: Path) ->
     fig = _figure(3.8 * len(dims), 3.4)
     for i, key in enumerate(dims):
         ax = fig.add_subplot(1, len(dims), i + 1)
-        values = trials[f"params.{key}"] if f"params.{key}" in trials else trials[key]
+        if key == "adapter.targets" and "weights" in trials:
+            values = trials["weights"]  # Wq+Wv, not the logged JSON list: short enough to read as a tick label
+        else:
+            values = trials[f"params.{key}"] if f"params.{key}" in trials else trials[key]
         num = pd.to_numeric(values, errors="coerce")
         x = num if num.notna().all() else values.map(lambda v: "-" if pd.isna(v) else str(v))  # pandas 3 keeps NaN in astype(str)
         for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
             sel = (trials["state"] == state) & trials[col].notna()
             if sel.any():
                 ax.scatter(x[sel], trials.loc[sel, col], marker=marker, alpha=0.7, label=state.lower())
-        if x.dtype == object:
-            ax.tick_params(axis="x", rotation=30, labelsize=7)
+        if not pd.api.types.is_numeric_dtype(x):  # pandas 3 strings are not object dtype
+            ax.set_xticks(ax.get_xticks(), ax.get_xticklabels(), rotation=35, ha="right", fontsize=7)
         elif key in ("adapter.r", "r") and (num > 0).all():
             ax.set_xscale("log", base=2)
         ax.set_xlabel(key)
