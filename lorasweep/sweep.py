@@ -1,5 +1,6 @@
 """Sweep: run a search space as Ray Tune trials sampled by Optuna, tracked as one MLflow parent run with children."""
 
+import collections
 import functools
 import json
 import os
@@ -268,21 +269,38 @@ def sweep_dir(cfg: DictConfig, argv: list[str]) -> tuple[Path, bool]:
     return path, True
 
 
-def reconcile(client: mlflow.MlflowClient, parent_run_id: str, study: optuna.Study,
+def reconcile(client: mlflow.MlflowClient, parent_run_id: str, study: optuna.Study, spec: SweepSpec,
               reason: str = "the sweep driver died while this trial ran") -> int:
     """Trials left RUNNING (a dead driver, or the sweep's time limit): MLflow children become KILLED with the
-    reason, Optuna trials become FAIL flagged `killed`. Returns how many trials finished for real (they count
-    against the budget and are not rerun)."""
+    reason, Optuna trials become FAIL flagged `killed`. A trial stopped before its MLflow run began gets a KILLED
+    run, so MLflow records every trial Optuna does. Returns how many trials finished for real (they count against
+    the budget and are not rerun)."""
     exp = client.get_run(parent_run_id).info.experiment_id
+    open_runs = collections.Counter()
     for run in client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'"):
-        client.set_tag(run.info.run_id, "trial_state", "KILLED")
-        client.set_tag(run.info.run_id, "failure_reason", reason)
-        client.set_terminated(run.info.run_id, "KILLED")
+        open_runs[run.data.tags.get("overrides")] += 1
+        _kill(client, run.info.run_id, reason)
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        config = suggest(optuna.trial.FixedTrial(t.params), spec)  # the config Ray was given, derived keys included
+        overrides = shlex.join(to_overrides(config, spec))
+        if open_runs[overrides]:
+            open_runs[overrides] -= 1
+        else:
+            run_id = client.create_run(exp, tags={"mlflow.parentRunId": parent_run_id, "overrides": overrides,
+                                                  "optuna_trial": str(t.number)}).info.run_id
+            for k, v in config.items():
+                client.log_param(run_id, k, v)
+            _kill(client, run_id, f"{reason}, before its MLflow run started")
         study._storage.set_trial_user_attr(t._trial_id, "killed", True)  # not a failure of its config: not counted
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
     return sum(1 for t in study.get_trials(deepcopy=False, states=finished) if not t.user_attrs.get("killed"))
+
+
+def _kill(client: mlflow.MlflowClient, run_id: str, reason: str) -> None:
+    client.set_tag(run_id, "trial_state", "KILLED")
+    client.set_tag(run_id, "failure_reason", reason)
+    client.set_terminated(run_id, "KILLED")
 
 
 # ---------------------------------------------------------------- the driver
@@ -323,7 +341,7 @@ def run_sweep(argv: list[str]) -> dict:
             mlflow.log_params({k: v for k, v in tracking.flatten(cfg, skip=()).items() if not k.startswith("sweep.space")})
             mlflow.log_dict(OmegaConf.to_container(cfg.sweep, resolve=True), "sweep.yaml")
             mlflow.set_tag("command", shlex.join(["lorasweep", "sweep", *base]))
-        done_before = reconcile(client, parent.info.run_id, study) if resuming else 0
+        done_before = reconcile(client, parent.info.run_id, study, spec) if resuming else 0
         budget = spec.num_trials - done_before
         print(f"[sweep] {state['sweep_id']}: {spec.num_trials} trials of {spec.metric} ({spec.mode}); "
               f"{done_before} already finished; mlflow parent run {parent.info.run_id}", flush=True)
@@ -337,7 +355,7 @@ def run_sweep(argv: list[str]) -> dict:
                 finally:
                     ray.shutdown()
             # Trials Ray cut at the end (sweep.time_limit_s) never reported an end of their own.
-            reconcile(client, parent.info.run_id, study, f"stopped when the sweep reached sweep.time_limit_s={spec.time_limit_s}")
+            reconcile(client, parent.info.run_id, study, spec, f"stopped when the sweep reached sweep.time_limit_s={spec.time_limit_s}")
         summary = leaderboard(client, parent.info.run_id, spec, out, base)
     summary["sweep_dir"] = str(out)
     summary["wall_s"] = time.time() - started

@@ -84,6 +84,39 @@ def test_pruned_trials_are_pruned_in_optuna_and_mlflow(store):
             assert max(m.step for m in client.get_metric_history(r.info.run_id, "eval_loss")) < 6
 
 
+def test_reconcile_records_a_trial_killed_before_its_mlflow_run_began(store, tmp_path):
+    """A driver can die after Optuna handed out a trial but before the trial's MLflow run exists: on resume that
+    trial still gets a KILLED child with its config, beside the KILLED child of the trial that had started."""
+    import shlex
+
+    from lorasweep.config import compose
+    from lorasweep.space import parse_sweep, suggest, to_overrides
+    from lorasweep.sweep import reconcile
+
+    spec = parse_sweep(compose(["sweep=smoke"]))
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/optuna.db", sampler=optuna.samplers.RandomSampler(seed=0))
+    started, unstarted = study.ask(), study.ask()
+    configs = [suggest(t, spec) for t in (started, unstarted)]
+    finished = study.ask()
+    suggest(finished, spec)
+    study.tell(finished, 1.0)
+    client = mlflow.MlflowClient(store)
+    exp = client.create_experiment("lorasweep")
+    parent = client.create_run(exp).info.run_id
+    client.create_run(exp, tags={"mlflow.parentRunId": parent, "overrides": shlex.join(to_overrides(configs[0], spec))})
+
+    assert reconcile(client, parent, study, spec) == 1          # the finished trial counts against the budget
+    runs = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'")
+    assert len(runs) == 2 and all(r.info.status == "KILLED" and r.data.tags["trial_state"] == "KILLED" for r in runs)
+    late = [r for r in runs if r.data.tags["failure_reason"].endswith("before its MLflow run started")]
+    assert len(late) == 1 and late[0].data.tags["optuna_trial"] == str(unstarted.number)
+    assert late[0].data.tags["overrides"] == shlex.join(to_overrides(configs[1], spec))
+    assert late[0].data.params == {k: str(v) for k, v in configs[1].items()}   # derived alpha included
+    assert "adapter.alpha" in late[0].data.params and "alpha_mult" not in late[0].data.params
+    states = {t.number: (t.state, t.user_attrs.get("killed")) for t in study.trials}
+    assert states[started.number] == states[unstarted.number] == (optuna.trial.TrialState.FAIL, True)
+
+
 def test_kill_driver_then_resume(store, tmp_path):
     """SIGKILL the driver mid-sweep; resume=true finishes the budget without rerunning finished trials."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": store}
