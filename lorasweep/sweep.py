@@ -441,6 +441,7 @@ def leaderboard(client: mlflow.MlflowClient, parent_run_id: str, spec: SweepSpec
 
 
 def _plot(df, spec: SweepSpec, keys: list[str], path: Path) -> None:
+    import pandas as pd
     from matplotlib.figure import Figure
 
     keys = keys or ["overrides"]
@@ -455,6 +456,8 @@ def _plot(df, spec: SweepSpec, keys: list[str], path: Path) -> None:
         ax.set_ylabel(spec.metric)
         if k == "adapter.r":
             ax.set_xscale("log", base=2)
+        elif not pd.api.types.is_numeric_dtype(pd_numeric(df[k])):  # category labels such as ["q","v"]: tilt them
+            ax.set_xticks(ax.get_xticks(), ax.get_xticklabels(), rotation=35, ha="right", fontsize=7)
     fig.axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
