@@ -278,13 +278,14 @@ def reconcile(client: mlflow.MlflowClient, parent_run_id: str, study: optuna.Stu
     exp = client.get_run(parent_run_id).info.experiment_id
     open_runs = collections.Counter()
     for run in client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'"):
-        open_runs[run.data.tags.get("overrides")] += 1
+        open_runs[frozenset(shlex.split(run.data.tags.get("overrides", "")))] += 1  # Ray may reorder the keys
         _kill(client, run.info.run_id, reason)
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         config = suggest(optuna.trial.FixedTrial(t.params), spec)  # the config Ray was given, derived keys included
         overrides = shlex.join(to_overrides(config, spec))
-        if open_runs[overrides]:
-            open_runs[overrides] -= 1
+        key = frozenset(shlex.split(overrides))
+        if open_runs[key]:
+            open_runs[key] -= 1
         else:
             run_id = client.create_run(exp, tags={"mlflow.parentRunId": parent_run_id, "overrides": overrides,
                                                   "optuna_trial": str(t.number)}).info.run_id
