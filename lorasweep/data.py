@@ -18,10 +18,15 @@ READERS = {
 
 
 def read_table(d: DictConfig) -> pd.DataFrame:
-    if d.source == "hub":
+    if d.source == "hub":  # a hub id, or a local dataset folder: load_dataset resolves both
         from datasets import load_dataset
 
-        return load_dataset(d.path, split="train").to_pandas()
+        try:
+            return load_dataset(str(d.path), split="train").to_pandas()
+        except (ConnectionError, FileNotFoundError, ValueError) as e:  # offline and not cached, unknown, no train split
+            why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            raise ConfigError("data.path", d.path, f"a dataset with a train split, on the hub (cached, when offline) "
+                                                   f"or in a local folder ({why})") from None
     if d.format not in READERS:
         raise ConfigError("data.format", d.format, f"one of {sorted(READERS)}")
     if d.source == "package":  # "<distribution>:<file inside it>", read from the installed package

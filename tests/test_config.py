@@ -25,6 +25,7 @@ BAD = [
     (["model.source=pretrained", "model.path=/no/such/model"], "model.path='/no/such/model'"),
     (["model.source=pretrained", "model.path=nobody/not-cached-model"], "model.path='nobody/not-cached-model'"),
     (["data.text_column=tweet"], "data.text_column='tweet'"),
+    (["data.source=hub", "data.path=nobody/not-cached-dataset"], "data.path='nobody/not-cached-dataset'"),
     (["data.eval_size=0"], "data.eval_size=0"),
     (["data.train_size=100000"], "data.train_size=100000"),
     (["adapter.r=8", "adapter.nope=1"], "override="),
