@@ -196,11 +196,7 @@ def _progress_callback(spec: SweepSpec, budget: int, started: float, client: mlf
             self.states[trial.trial_id] = state
             run_id = self.runs.get(trial.trial_id) or find_child(client, parent_run_id, trial.trial_id)
             if run_id is None:  # failed before its run began (e.g. a sampled config the validator refuses)
-                run_id = client.create_run(client.get_run(parent_run_id).info.experiment_id,
-                                           tags={"mlflow.parentRunId": parent_run_id, "ray_trial_id": trial.trial_id,
-                                                 "overrides": shlex.join(to_overrides(trial.config, spec))}).info.run_id
-                for k, v in trial.config.items():
-                    client.log_param(run_id, k, v)
+                run_id = _late_child(client, parent_run_id, trial.config, spec, ray_trial_id=trial.trial_id)
             self.runs[trial.trial_id] = run_id
             client.set_tag(run_id, "trial_state", state)
             if reason:
@@ -282,20 +278,26 @@ def reconcile(client: mlflow.MlflowClient, parent_run_id: str, study: optuna.Stu
         _kill(client, run.info.run_id, reason)
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         config = suggest(optuna.trial.FixedTrial(t.params), spec)  # the config Ray was given, derived keys included
-        overrides = shlex.join(to_overrides(config, spec))
-        key = frozenset(shlex.split(overrides))
+        key = frozenset(to_overrides(config, spec))
         if open_runs[key]:
             open_runs[key] -= 1
         else:
-            run_id = client.create_run(exp, tags={"mlflow.parentRunId": parent_run_id, "overrides": overrides,
-                                                  "optuna_trial": str(t.number)}).info.run_id
-            for k, v in config.items():
-                client.log_param(run_id, k, v)
-            _kill(client, run_id, f"{reason}, before its MLflow run started")
+            _kill(client, _late_child(client, parent_run_id, config, spec, optuna_trial=str(t.number)),
+                  f"{reason}, before its MLflow run started")
         study._storage.set_trial_user_attr(t._trial_id, "killed", True)  # not a failure of its config: not counted
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
     return sum(1 for t in study.get_trials(deepcopy=False, states=finished) if not t.user_attrs.get("killed"))
+
+
+def _late_child(client: mlflow.MlflowClient, parent_run_id: str, config: dict, spec: SweepSpec, **tags: str) -> str:
+    """A child run for a trial that ended before its own run began: its overrides and sampled params, so the
+    comparison view still lists it."""
+    exp = client.get_run(parent_run_id).info.experiment_id
+    run_id = client.create_run(exp, tags={"mlflow.parentRunId": parent_run_id,
+                                          "overrides": shlex.join(to_overrides(config, spec)), **tags}).info.run_id
+    client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in config.items()])
+    return run_id
 
 
 def _kill(client: mlflow.MlflowClient, run_id: str, reason: str) -> None:
