@@ -198,11 +198,26 @@ def load(cfg: DictConfig, targets: list[str], total_steps: int, labels: list[str
         tok.pad_token = tok.eos_token or tok.sep_token
     model.config.pad_token_id = tok.pad_token_id
     if qc is not None:
+        keep_4bit_training_layout(model)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(cfg.train.gradient_checkpointing))
     elif cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
     return get_peft_model(model, peft_config(cfg, targets, total_steps)), tok
+
+
+def keep_4bit_training_layout(model: nn.Module) -> None:
+    """Keep bitsandbytes' AVX512-BF16 CPU repacking off every 4-bit layer of a model being trained.
+
+    On such CPUs, Linear4bit repacks its weight at the first no-grad eval forward and keeps it packed. That
+    layout is inference-only (later training steps would run through its gemv kernel) and asserts
+    out_features % 32 == 0, so a layer of width 172 crashes the first eval. A trial alternates train and eval.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False  # the flag Linear4bit.forward reads
 
 
 def targets(cfg: DictConfig, num_labels: int | None) -> tuple[list[str], str]:

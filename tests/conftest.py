@@ -27,3 +27,11 @@ def all_runs(uri: str):
     client = mlflow.MlflowClient(uri)
     exps = [e.experiment_id for e in client.search_experiments()]
     return client.search_runs(exps) if exps else []
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """What a host without CUDA sees, on any host: tests of GPU-less behaviour hold on a GPU box too."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

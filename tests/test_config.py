@@ -35,7 +35,7 @@ BAD = [
 
 
 @pytest.mark.parametrize("overrides,starts", BAD, ids=[" ".join(o) for o, _ in BAD])
-def test_bad_input_is_one_line_exit_2(overrides, starts, store, capsys):
+def test_bad_input_is_one_line_exit_2(overrides, starts, store, capsys, no_gpu):  # 8-bit optims need CUDA
     assert main(["trial", *overrides]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err

@@ -30,7 +30,7 @@ def test_fit_check_refuses_with_both_sizes(tiny):
     assert str(e.value).startswith(f"would need {need:.1f} GB, has {need / 2:.1f} GB (0.25 of a GPU)")
 
 
-def test_fit_check_needs_a_gpu_size_without_a_gpu(tiny):
+def test_fit_check_needs_a_gpu_size_without_a_gpu(tiny, no_gpu):
     cfg, _ = tiny
     cfg.engine.gpu_memory_gb = None
     with pytest.raises(ConfigError, match="engine.gpu_memory_gb"):
@@ -46,7 +46,7 @@ def test_bad_engine_fields(field, value):
         check_engine(cfg)
 
 
-def test_auto_shares_without_a_gpu_size_are_refused_before_the_sweep_starts(store, capsys):
+def test_auto_shares_without_a_gpu_size_are_refused_before_the_sweep_starts(store, capsys, no_gpu):
     from lorasweep.cli import main
     from tests.conftest import all_runs
 

@@ -111,3 +111,22 @@ def test_failed_trial_is_recorded_failed(store, monkeypatch):
         run_trial(compose(TINY))
     (run,) = all_runs(store)
     assert run.info.status == "FAILED" and "out of memory" in run.data.tags["failure_reason"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cpu_kernel", [True, False], ids=["avx512bf16-on", "avx512bf16-off"])
+def test_4bit_layers_whose_width_does_not_divide_by_32_train_and_eval(cpu_kernel, store, monkeypatch):
+    """bitsandbytes repacks 4-bit weights at eval on CPUs with AVX512-BF16 (and asserts width % 32 == 0); both
+    sides of that CPU check are forced here, so the test does not depend on the machine that runs it."""
+    import bitsandbytes as bnb
+
+    monkeypatch.setattr(bnb.nn.modules, "has_avx512bf16", lambda: cpu_kernel)  # read by Linear4bit.__init__
+    odd = [*TINY, "quant=nf4", "model.config.intermediate_size=172", "train.max_steps=2", "train.eval_every=1",
+           "tracking.save_adapter=false", "adapter.targets=[q,v]"]
+    summary = run_trial(compose(odd))
+    assert summary["steps"] == 2 and summary["eval_loss"] > 0
+    from lorasweep import model
+
+    peft_model, _ = model.load(compose(odd), ["model.layers.0.self_attn.q_proj"], 2, None)
+    layers = [m for m in peft_model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert {m.out_features for m in layers} >= {172, 64} and not any(m.support_avx512bf16_for_cpu for m in layers)
