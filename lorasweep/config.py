@@ -14,16 +14,45 @@ from lorasweep.errors import ConfigError
 CONF_DIR = Path(os.environ.get("LORASWEEP_CONF", Path(__file__).resolve().parent.parent / "conf"))
 
 
+# Sections whose keys are the user's own: an architecture dict, a sweep file. Elsewhere `+key=` must name a field.
+FREE_FORM = ("model.config", "sweep")
+# The metrics each task reports at every eval (and so can be a sweep's metric).
+TASK_METRICS = {"seq_cls": ["eval_loss", "eval_accuracy", "eval_macro_f1"], "causal_lm": ["eval_loss", "eval_perplexity"]}
+
+
 def compose(overrides: list[str] = (), config_name: str = "config") -> DictConfig:
     """Compose conf/<config_name>.yaml with Hydra overrides; a bad override is a ConfigError."""
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name="lorasweep"):
             cfg = hydra_compose(config_name, overrides=list(overrides))
+            added = [o for o in overrides if o.startswith("+") and not o.lstrip("+").startswith(FREE_FORM)]
+            if added:  # Hydra adds any `+key`: a typo in a field name would be silently ignored
+                known = hydra_compose(config_name, overrides=[o for o in overrides if not o.startswith(("+", "~"))])
+                _check_added(added, known)
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError("override", " ".join(overrides), f"Hydra rejected it: {first}") from None
     return cfg
+
+
+def _check_added(added: list[str], known: DictConfig) -> None:
+    import difflib
+
+    for o in added:
+        key, _, value = o.lstrip("+").partition("=")
+        if OmegaConf.select(known, key, default=_MISSING) is not _MISSING:
+            continue
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(known, parent, default=None) if parent else known
+        fields = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+        close = difflib.get_close_matches(leaf, fields, n=3)
+        hint = f"did you mean {', '.join(f'{parent}.{c}'.lstrip('.') for c in close)}?" if close else \
+            f"one of {', '.join(f'{parent}.{c}'.lstrip('.') for c in fields)}"
+        raise ConfigError(key, value, f"not a config field; {hint}")
+
+
+_MISSING = object()
 
 
 VARIANTS = ["lora", "rslora", "dora", "pissa", "vera", "adalora"]

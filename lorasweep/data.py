@@ -1,11 +1,13 @@
 """Data: read a table from a package file, a local file or the hub; check it; split it; tokenize it."""
 
+import collections
 import importlib.metadata
+import json
 from pathlib import Path
 
 import pandas as pd
 from datasets import Dataset
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lorasweep.errors import ConfigError
 
@@ -49,11 +51,34 @@ def columns(cfg: DictConfig) -> list[str]:
     return [d.text_column, d.label_column] if cfg.model.task == "seq_cls" else [d.prompt_column, d.response_column]
 
 
+# Warm workers: the splits and their tokenized form, kept per process for the next trial with the same data config
+# (and tokenizer). A few entries: a sweep rarely searches over data.
+_CACHE: "collections.OrderedDict[str, object]" = collections.OrderedDict()
+
+
+def _cached(key: str, make):
+    if key not in _CACHE:
+        _CACHE[key] = make()
+        while len(_CACHE) > 4:
+            _CACHE.popitem(last=False)
+    _CACHE.move_to_end(key)
+    return _CACHE[key]
+
+
+def _key(*parts) -> str:
+    return json.dumps([OmegaConf.to_container(p, resolve=True) if isinstance(p, DictConfig) else p for p in parts],
+                      sort_keys=True, default=str)
+
+
 def splits(cfg: DictConfig) -> dict[str, pd.DataFrame]:
     """Check the columns, then a fixed seeded split: test first, then eval, then train.
 
     Carving test and eval first keeps them fixed when train_size or max_train_samples change.
     """
+    return _cached(_key("splits", cfg.data, cfg.model.task), lambda: _splits(cfg))
+
+
+def _splits(cfg: DictConfig) -> dict[str, pd.DataFrame]:
     d = cfg.data
     table = read_table(d)
     for role, col in zip(("text_column", "label_column") if cfg.model.task == "seq_cls" else ("prompt_column", "response_column"), columns(cfg)):
@@ -86,6 +111,11 @@ def labels(cfg: DictConfig, parts: dict[str, pd.DataFrame]) -> list[str] | None:
 
 
 def tokenize(cfg: DictConfig, parts: dict[str, pd.DataFrame], tok, label_names: list[str] | None) -> dict[str, Dataset]:
+    key = _key("tokenized", cfg.data, cfg.model.task, tok.name_or_path, label_names)
+    return _cached(key, lambda: _tokenize(cfg, parts, tok, label_names))
+
+
+def _tokenize(cfg: DictConfig, parts: dict[str, pd.DataFrame], tok, label_names: list[str] | None) -> dict[str, Dataset]:
     d = cfg.data
     if cfg.model.task == "seq_cls":
         index = {l: i for i, l in enumerate(label_names)}

@@ -316,10 +316,12 @@ def cli(argv: list[str]) -> int:
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=llama2_7b quant=nf4 estimate.seq_len=2048")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = ap.parse_args(argv)
+    from lorasweep.config import validate
+
     try:
-        est = estimate(compose(args.overrides))
+        est = estimate(validate(compose(args.overrides), has_cuda=True))  # sizing a GPU job from any machine
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"lorasweep: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(est, indent=2) if args.json else table(est))
     return 0

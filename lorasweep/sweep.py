@@ -1,247 +1,240 @@
-"""Sweep: run a search space as Ray Tune trials sampled by Optuna, tracked as one MLflow parent run with children."""
+"""Sweep: the driver. It asks the Optuna study for each trial, opens the trial's MLflow child run, hands both to a
+warm Ray worker, and writes each end state once, to both stores. Reads top to bottom like trial.py.
 
-import collections
-import functools
+Ray core places the work (tasks with per-trial CPUs and GPU share, on worker processes that serve many trials);
+Optuna owns sampling, pruning and each trial's state; MLflow records it. Why not Ray Tune: see docs/sweep-engine.md.
+"""
+
+from __future__ import annotations
+
 import json
 import os
 import shlex
-import socket
-import subprocess
-import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import mlflow
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
-from lorasweep import tracking
-from lorasweep.config import compose, validate
+from lorasweep import ledger, tracking
+from lorasweep.config import TASK_METRICS, compose, validate
 from lorasweep.errors import ConfigError
-from lorasweep.space import SweepSpec, parse_sweep, suggest, to_overrides, make_sampler
+from lorasweep.space import SweepSpec, make_sampler, parse_sweep, suggest, to_overrides
 
 SWEEPS_DIR = Path(os.environ.get("LORASWEEP_SWEEPS_DIR", "sweeps_out"))
-SHARES = (0.125, 0.25, 0.5, 1.0)  # GPU shares gpus_per_trial=auto picks from
-OOM_HINT = " (out of memory: try a smaller train.batch_size, quant=nf4, or train.gradient_checkpointing=true)"
 
 
-# ---------------------------------------------------------------- a trial inside a Ray worker
+def run_sweep(argv: list[str]) -> dict:
+    """Run (or resume) the sweep the overrides describe; returns its summary (counts, best trial, leaderboard)."""
+    # 1. Everything that can be wrong with the input, before a run, a folder or a process exists.
+    cfg = compose(argv)
+    spec = parse_sweep(cfg)
+    out, resuming = sweep_dir(cfg, argv)
+    base = [a for a in argv if not a.startswith(("resume=", "+resume="))]
+    if resuming:
+        state = json.loads((out / "state.json").read_text())
+        base = state["argv"]
+        cfg = compose([*base, *[a for a in argv if a.startswith("sweep.")]])
+        spec = parse_sweep(cfg)
+    check(cfg, spec)
 
-def trainable(config: dict, *, base: list[str], spec: SweepSpec, parent_run_id: str, tracking_uri: str, sweep_id: str):
-    """One Ray Tune trial: the sampled values as Hydra overrides on the sweep's base, through the same run_trial."""
-    from ray import tune
+    # 2. The study, the parent run, the log server and Ray: started side by side.
+    import ray
 
-    from lorasweep.trial import run_trial
+    from lorasweep import logserver
 
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    overrides = [*base, *to_overrides(config, spec)]
-    cfg = compose(overrides)
-    trial_id = tune.get_context().get_trial_id()
-    share = float(tune.get_context().get_trial_resources().required_resources.get("GPU", 0))
+    out.mkdir(parents=True, exist_ok=True)
+    state = state if resuming else {"sweep_id": out.name, "argv": base, "study_name": out.name, "parent_run_id": None,
+                                    "storage": cfg.engine.storage or f"sqlite:///{(out / 'optuna.db').resolve()}"}
+    started = time.time()
+    direct = tracking.uri(cfg)
+    serve = cfg.engine.log_server == "auto" and direct.startswith("sqlite:")
+    server = logserver.start(direct, Path("mlruns").resolve(), out, cfg.engine.log_server_host or "127.0.0.1") \
+        if serve else None
+    ray.init(address=cfg.engine.address, num_cpus=cfg.engine.num_cpus, num_gpus=cfg.engine.num_gpus,
+             include_dashboard=False, ignore_reinit_error=True, log_to_driver=False, configure_logging=False)
+    try:
+        mlflow.set_tracking_uri(direct)
+        client = mlflow.MlflowClient(direct)
+        tracking.experiment(cfg)
+        storage = optuna.storages.RDBStorage(state["storage"], engine_kwargs=_engine_kwargs(state["storage"]))
+        study = optuna.create_study(study_name=state["study_name"], storage=storage, load_if_exists=True,
+                                    sampler=make_sampler(spec), direction="maximize" if spec.mode == "max" else "minimize")
+        study.set_metric_names([spec.metric])
+        with tracking.run(cfg, run_id=state["parent_run_id"], tags={"sweep_id": state["sweep_id"],
+                                                                    "lorasweep_role": "sweep"}) as parent:
+            if not resuming:
+                client.update_run(parent.info.run_id, name=state["sweep_id"])
+                state["parent_run_id"] = parent.info.run_id
+                (out / "state.json").write_text(json.dumps(state, indent=1))
+                mlflow.log_params({k: v for k, v in tracking.flatten(cfg, skip=()).items() if not k.startswith("sweep.space")})
+                mlflow.log_dict(OmegaConf.to_container(cfg.sweep, resolve=True), "sweep.yaml")
+                mlflow.set_tag("command", shlex.join(["lorasweep", "sweep", *base]))
+            pid = parent.info.run_id
+            # Resume: every trial the dead driver left RUNNING is KILLED in MLflow and FAIL in Optuna.
+            if resuming:
+                ledger.kill_running(client, pid, storage, study, "the sweep driver died while this trial ran")
+            done_before = ledger.finished(study)
+            budget = spec.num_trials - done_before
+            print(f"[sweep] {state['sweep_id']}: {spec.num_trials} trials of {spec.metric} ({spec.mode}); "
+                  f"{done_before} already finished; mlflow parent run {pid}", flush=True)
+
+            # 3. Trials: ask, open the child run, run it on a warm worker, write its end state to both stores.
+            if budget > 0:
+                log_uri = direct
+                if server is not None:
+                    logserver.wait(*server)
+                    log_uri = server[1]
+                loop(cfg, spec, base, study, storage, client, pid, state, log_uri, budget, started)
+
+            # 4. The leaderboard, the plot and the best trial, on the parent run.
+            summary = leaderboard(client, pid, spec, out, base)
+    finally:
+        ray.shutdown()
+        if server is not None:
+            logserver.stop(server[0])
+    summary["sweep_dir"] = str(out)
+    summary["wall_s"] = time.time() - started
+    return summary
+
+
+# ---------------------------------------------------------------- checks before anything starts
+
+def check(cfg: DictConfig, spec: SweepSpec) -> None:
+    """The base config, the metric, the engine and the data, once, in the driver."""
+    from lorasweep import data, model
+    from lorasweep.resources import check_engine
+
+    validate(cfg)
+    reported = TASK_METRICS[cfg.model.task]
+    if spec.metric not in reported:
+        raise ConfigError("sweep.metric", spec.metric, f"a metric a {cfg.model.task} trial reports: {', '.join(reported)}")
+    check_engine(cfg)
+    local_store = tracking.uri(cfg).startswith(("sqlite:", "file:", "/", "."))
+    if cfg.engine.address and local_store and cfg.engine.log_server == "auto" and not cfg.engine.log_server_host:
+        raise ConfigError("tracking.uri", tracking.uri(cfg), "on a cluster (engine.address set), a tracking server the "
+                          "nodes reach: tracking.uri=http://host:port, or engine.log_server_host=<an address of this "
+                          "machine they reach> for the sweep's own log server")
+    parts = data.splits(cfg)
+    labels = data.labels(cfg, parts)
+    model.targets(cfg, len(labels) if labels else None)
+
+
+def trial_config(base: list[str], overrides: list[str]) -> tuple[DictConfig, float]:
+    """A sampled trial's config, checked as `lorasweep trial` would check it, and its GPU share (fit-checked)."""
+    from lorasweep import data, model
+    from lorasweep.resources import fit_check, share_of
+
+    cfg = validate(compose([*base, *overrides]))
+    parts = data.splits(cfg)
+    labels = data.labels(cfg, parts)
+    model.targets(cfg, len(labels) if labels else None)
+    share = share_of(cfg)
     if share and not cfg.engine.skip_fit_check:
         fit_check(cfg, share)
-
-    def report(metrics: dict[str, float], step: int) -> None:
-        if spec.metric in metrics:
-            tune.report({**metrics, "step": step, "mlflow_run_id": mlflow.active_run().info.run_id})
-
-    summary = run_trial(cfg, listeners=(report,), parent_run_id=parent_run_id,
-                        tags={"sweep_id": sweep_id, "ray_trial_id": trial_id, "gpu_share": f"{share:g}", "overrides": shlex.join(to_overrides(config, spec))})
-    tune.report({**{k: v for k, v in summary.items() if v is not None}, "step": summary["steps"], "mlflow_run_id": summary["run_id"]})
+    return cfg, share
 
 
-# ---------------------------------------------------------------- GPU shares and the fit check
+# ---------------------------------------------------------------- the loop
 
-def gpu_memory_gb(cfg: DictConfig) -> float:
-    if cfg.engine.gpu_memory_gb:
-        return float(cfg.engine.gpu_memory_gb)
-    import torch
+def loop(cfg, spec: SweepSpec, base, study, storage, client, parent_run_id: str, state: dict, log_uri: str,
+         budget: int, started: float) -> None:
+    """Keep max_concurrent trials in flight until the budget, the time limit or max_failures ends the sweep."""
+    import ray
 
-    if not torch.cuda.is_available():
-        raise ConfigError("engine.gpu_memory_gb", None, "the GiB of one GPU: this machine has no GPU to read it from")
-    return torch.cuda.get_device_properties(0).total_memory / 2**30
+    from lorasweep import worker
 
+    task = ray.remote(max_calls=0)(worker.run)  # max_calls=0: GPU tasks reuse their worker too (Ray's default is 1)
+    pruner = {"name": spec.pruner, **spec.pruner_options}
+    in_flight: dict = {}                         # Ray ObjectRef -> (trial number, MLflow run id)
+    counts = {s: 0 for s in ("COMPLETE", "PRUNED", "FAILED", "KILLED", "REUSED")}
+    best: float | None = None
+    launched, stop = 0, None
+    deadline = started + spec.time_limit_s if spec.time_limit_s else None
 
-def gpu_share(cfg: DictConfig, gpu_gb: float) -> float:
-    """gpus_per_trial=auto: the smallest share of one GPU (1/8 ... 1) that holds the trial's estimated peak."""
-    from lorasweep.estimate import estimate, gpu_fraction
+    def end(number: int, run_id: str, result: dict) -> None:
+        nonlocal best, stop
+        s = result["state"]
+        tags = {k: result[k] for k in ("node", "ray_node_id", "pid") if k in result}
+        if s == "PRUNED":
+            tags["pruned_at_step"] = result["step"]
+        ledger.finish(client, study, number, run_id, s, value=result.get("value"), reason=result.get("reason"), tags=tags)
+        counts[s] += 1
+        if s in ("COMPLETE", "REUSED"):
+            v = result["value"]
+            best = v if best is None or (v > best if spec.mode == "max" else v < best) else best
+        if s == "FAILED" and spec.max_failures is not None and counts["FAILED"] > spec.max_failures:
+            stop = stop or f"stopped launching: more than sweep.max_failures={spec.max_failures} trials failed"
+        show()
 
-    need = gpu_fraction(estimate(cfg), gpu_gb)
-    return next((s for s in SHARES if need <= s), 1.0)
+    def show() -> None:
+        done, elapsed = sum(counts.values()), time.time() - started
+        eta = f"{elapsed / done * (budget - done):.0f}s" if done else "-"
+        line = "  ".join(f"{k.lower()} {v}" for k, v in counts.items() if v or k in ("COMPLETE", "PRUNED", "FAILED"))
+        print(f"[sweep] done {done}/{budget}  running {len(in_flight)}  {line}  best {spec.metric}="
+              f"{'-' if best is None else f'{best:.4f}'}  elapsed {elapsed:.0f}s  eta {eta}", flush=True)
 
-
-def fit_check(cfg: DictConfig, share: float) -> None:
-    """A trial the estimator says cannot fit its GPU share fails at once, with both sizes, before it loads anything."""
-    from lorasweep.estimate import estimate
-
-    have = share * gpu_memory_gb(cfg)
-    need = estimate(cfg)["memory"]["total"]["bytes"] / 2**30
-    if need > have:
-        raise MemoryError(f"would need {need:.1f} GB, has {have:.1f} GB ({share:g} of a GPU); "
-                          "try quant=nf4, a smaller train.batch_size or train.gradient_checkpointing=true, "
-                          "or engine.skip_fit_check=true to run it anyway")
-
-
-def trial_resources(cfg: DictConfig, spec: SweepSpec, base: list[str]):
-    """Ray resources per trial: fixed, or (gpus_per_trial=auto) sized from each sampled config's estimate."""
-    e = cfg.engine
-    if e.gpus_per_trial != "auto":
-        return {"cpu": e.cpus_per_trial, "gpu": e.gpus_per_trial}
-    gb = gpu_memory_gb(cfg)
-    return lambda config: {"cpu": e.cpus_per_trial, "gpu": gpu_share(compose([*base, *to_overrides(config, spec)]), gb)}
-
-
-def check_engine(cfg: DictConfig) -> None:
-    """Engine fields, before the sweep's MLflow run exists (auto shares need the GPU's size up front)."""
-    e = cfg.engine
-    if isinstance(e.cpus_per_trial, bool) or not isinstance(e.cpus_per_trial, (int, float)) or e.cpus_per_trial <= 0:
-        raise ConfigError("engine.cpus_per_trial", e.cpus_per_trial, "a number > 0")
-    g = e.gpus_per_trial
-    if g != "auto" and (isinstance(g, bool) or not isinstance(g, (int, float)) or g < 0 or (g > 1 and g != int(g))):
-        raise ConfigError("engine.gpus_per_trial", g, "auto, a share in [0, 1], or a whole number of GPUs")
-    if g == "auto":
-        gpu_memory_gb(cfg)
-
-
-# ---------------------------------------------------------------- the MLflow store the trials write to
-
-@contextmanager
-def log_server(cfg: DictConfig) -> Iterator[str]:
-    """Concurrent trials log through one MLflow server on loopback when the store is a local sqlite file.
-
-    sqlite allows one writer at a time; a single server process serialises every trial's writes, so none is
-    lost to a 'database is locked' error. Remote stores (http, postgres, ...) are used as they are.
-    """
-    uri = tracking.uri(cfg)
-    if cfg.engine.log_server != "auto" or not uri.startswith("sqlite:"):
-        yield uri
-        return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
-           "--port", str(port), "--workers", "1", "--default-artifact-root", str(Path("mlruns").resolve())]
-    log = open(Path(cfg.get("_sweep_dir", ".")) / "mlflow-server.log", "ab")
-    # Same process group as the driver: Ctrl-C or a kill of the group stops the server and its workers too.
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
+    while True:
+        while stop is None and launched < budget and len(in_flight) < spec.max_concurrent:
+            launched += 1
+            trial = study.ask()
+            values = suggest(trial, spec)
+            overrides = to_overrides(values, spec)
+            sampled = {k: v for k, v in values.items() if spec.dim(k) and not spec.dim(k).helper}
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the MLflow server exited; see {log.name}")
-                time.sleep(0.5)
-        yield url
-    finally:
-        stop_tree(proc.pid)
-        log.close()
+                trial_cfg, share = trial_config(base, overrides)
+                params = tracking.flatten(trial_cfg)
+            except (ConfigError, MemoryError) as e:  # refused before any work: FAILED with the reason
+                run_id = ledger.open_child(client, parent_run_id, study, trial, sampled, overrides, sampled, state["sweep_id"])
+                end(trial.number, run_id, {"state": "FAILED", "reason": f"{type(e).__name__}: {e}" if isinstance(e, MemoryError) else str(e)})
+                continue
+            run_id = ledger.open_child(client, parent_run_id, study, trial, sampled, overrides, params, state["sweep_id"])
+            twin = ledger.twin(study, trial.params)
+            if twin is not None:  # the same config finished before: its result stands, no second training
+                client.log_metric(run_id, spec.metric, twin.value)
+                end(trial.number, run_id, {"state": "REUSED", "value": twin.value})
+                client.set_tag(run_id, "reused_from", f"t{twin.number:03d} ({twin.user_attrs.get(ledger.RUN_ID)})")
+                continue
+            job = worker.Job(number=trial.number, run_id=run_id, overrides=[*base, *overrides],
+                             study_name=state["study_name"], storage=state["storage"], pruner=pruner,
+                             metric=spec.metric, tracking_uri=log_uri, gpu_share=share,
+                             threads=max(1, int(cfg.engine.cpus_per_trial)))
+            client.set_tag(run_id, "gpu_share", f"{share:g}")
+            ref = task.options(num_cpus=cfg.engine.cpus_per_trial, num_gpus=share).remote(job)
+            in_flight[ref] = (trial.number, run_id)
+        if not in_flight:
+            break
+        timeout = None if deadline is None else max(0.0, deadline - time.time())
+        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=timeout)
+        for ref in ready:
+            number, run_id = in_flight.pop(ref)
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayError as e:  # the worker process died (e.g. killed for memory)
+                result = {"state": "FAILED", "reason": f"the trial's worker died: {str(e).strip().splitlines()[0][:500]}"}
+            end(number, run_id, result)
+        if deadline is not None and time.time() >= deadline:
+            stop = f"stopped when the sweep reached sweep.time_limit_s={spec.time_limit_s:g}"
+            for ref in in_flight:
+                ray.cancel(ref, force=True)
+            for number, run_id in in_flight.values():
+                ledger.finish(client, study, number, run_id, "KILLED", reason=stop)
+                ledger.live_trial(storage, study, number).set_user_attr(ledger.KILLED, True)
+                counts["KILLED"] += 1
+            in_flight.clear()
+            break
+    if stop:
+        print(f"[sweep] {stop}", flush=True)
 
 
-def stop_tree(pid: int) -> None:
-    """Stop a process and every process it started (the MLflow server runs uvicorn and job workers)."""
-    import psutil
+def _engine_kwargs(url: str) -> dict:
+    from lorasweep.worker import engine_kwargs
 
-    try:
-        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    for p in procs:
-        p.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=10)
-    for p in alive:
-        p.kill()
+    return engine_kwargs(url)
 
 
-# ---------------------------------------------------------------- progress and states, seen from the driver
-
-def _progress_callback(spec: SweepSpec, budget: int, started: float, client: mlflow.MlflowClient, parent_run_id: str,
-                       scheduler):
-    from ray.tune import Callback
-
-    class Progress(Callback):
-        """Live progress, and each trial's final state written once, by the driver, onto its MLflow child run."""
-
-        def __init__(self):
-            self.runs: dict[str, str] = {}      # Ray trial id -> MLflow run id
-            self.states: dict[str, str] = {}
-            self.best: float | None = None
-            self.failures = 0
-            self.last_line = ""
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            if "mlflow_run_id" in result:
-                self.runs[trial.trial_id] = result["mlflow_run_id"]
-            self._print(trials)
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            pruned = trial.trial_id in scheduler_pruned(scheduler)
-            self._finish(trial, "PRUNED" if pruned else "COMPLETE", None)
-            if not pruned and trial.last_result.get(spec.metric) is not None:
-                v = float(trial.last_result[spec.metric])
-                better = self.best is None or (v > self.best if spec.mode == "max" else v < self.best)
-                self.best = v if better else self.best
-            self._print(trials)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self.failures += 1
-            self._finish(trial, "FAILED", error_reason(trial))
-            self._print(trials)
-
-        def _finish(self, trial, state: str, reason: str | None) -> None:
-            self.states[trial.trial_id] = state
-            run_id = self.runs.get(trial.trial_id) or find_child(client, parent_run_id, trial.trial_id)
-            if run_id is None:  # failed before its run began (e.g. a sampled config the validator refuses)
-                run_id = _late_child(client, parent_run_id, trial.config, spec, ray_trial_id=trial.trial_id)
-            self.runs[trial.trial_id] = run_id
-            client.set_tag(run_id, "trial_state", state)
-            if reason:
-                client.set_tag(run_id, "failure_reason", reason)
-            client.set_terminated(run_id, "FAILED" if state == "FAILED" else "FINISHED")
-
-        def _print(self, trials) -> None:
-            n = {s: sum(1 for t in trials if self.states.get(t.trial_id) == s) for s in ("COMPLETE", "PRUNED", "FAILED")}
-            running = sum(1 for t in trials if t.status == "RUNNING")
-            done = sum(n.values())
-            elapsed = time.time() - started
-            eta = f"{elapsed / done * (budget - done):.0f}s" if done else "-"
-            best = f"{self.best:.4f}" if self.best is not None else "-"
-            line = (f"done {done}/{budget}  running {running}  complete {n['COMPLETE']}  pruned {n['PRUNED']}  "
-                    f"failed {n['FAILED']}  best {spec.metric}={best}")
-            if line != self.last_line:
-                self.last_line = line
-                print(f"[sweep] {line}  elapsed {elapsed:.0f}s  eta {eta}", flush=True)
-
-    return Progress()
-
-
-def scheduler_pruned(scheduler) -> set[str]:
-    return getattr(scheduler, "pruned", set())
-
-
-def error_reason(trial) -> str:
-    """The last line of the trial's error (the exception and its message), with a hint for out-of-memory."""
-    text = ""
-    path = getattr(trial, "error_file", None) or ""
-    if path and Path(path).exists():
-        text = Path(path).read_text()
-    lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
-    reason = lines[-1] if lines else "unknown error"
-    reason = reason.split("ray.exceptions.RayTaskError", 1)[0].strip()
-    return reason + (OOM_HINT if "out of memory" in reason.lower() else "")
-
-
-def find_child(client: mlflow.MlflowClient, parent_run_id: str, ray_trial_id: str) -> str | None:
-    exp = client.get_run(parent_run_id).info.experiment_id
-    found = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.ray_trial_id = '{ray_trial_id}'")
-    return found[0].info.run_id if found else None
-
-
-# ---------------------------------------------------------------- resume
+# ---------------------------------------------------------------- where a sweep lives
 
 def sweep_name(argv: list[str]) -> str:
     return next((a.split("=", 1)[1] for a in argv if a.startswith(("sweep=", "+sweep="))), "sweep")
@@ -252,7 +245,12 @@ def sweep_dir(cfg: DictConfig, argv: list[str]) -> tuple[Path, bool]:
     name = sweep_name(argv)
     resume = cfg.resume
     if resume in (False, None, "false"):
-        return SWEEPS_DIR / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", False
+        stem = SWEEPS_DIR / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        path, n = stem, 1
+        while path.exists():  # two sweeps of one name started in the same second
+            n += 1
+            path = Path(f"{stem}-{n}")
+        return path, False
     if resume in (True, "true"):
         found = sorted(SWEEPS_DIR.glob(f"{name}-*/state.json"), key=lambda p: p.stat().st_mtime)
         if not found:
@@ -265,141 +263,7 @@ def sweep_dir(cfg: DictConfig, argv: list[str]) -> tuple[Path, bool]:
     return path, True
 
 
-def reconcile(client: mlflow.MlflowClient, parent_run_id: str, study: optuna.Study, spec: SweepSpec,
-              reason: str = "the sweep driver died while this trial ran") -> int:
-    """Trials left RUNNING (a dead driver, or the sweep's time limit): MLflow children become KILLED with the
-    reason, Optuna trials become FAIL flagged `killed`. A trial stopped before its MLflow run began gets a KILLED
-    run, so MLflow records every trial Optuna does. Returns how many trials finished for real (they count against
-    the budget and are not rerun)."""
-    exp = client.get_run(parent_run_id).info.experiment_id
-    open_runs = collections.Counter()
-    for run in client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'"):
-        open_runs[frozenset(shlex.split(run.data.tags.get("overrides", "")))] += 1  # Ray may reorder the keys
-        _kill(client, run.info.run_id, reason)
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        config = suggest(optuna.trial.FixedTrial(t.params), spec)  # the config Ray was given, derived keys included
-        key = frozenset(to_overrides(config, spec))
-        if open_runs[key]:
-            open_runs[key] -= 1
-        else:
-            _kill(client, _late_child(client, parent_run_id, config, spec, optuna_trial=str(t.number)),
-                  f"{reason}, before its MLflow run started")
-        study._storage.set_trial_user_attr(t._trial_id, "killed", True)  # not a failure of its config: not counted
-        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-    return sum(1 for t in study.get_trials(deepcopy=False, states=finished) if not t.user_attrs.get("killed"))
-
-
-def _late_child(client: mlflow.MlflowClient, parent_run_id: str, config: dict, spec: SweepSpec, **tags: str) -> str:
-    """A child run for a trial that ended before its own run began: its overrides and sampled params, so the
-    comparison view still lists it."""
-    exp = client.get_run(parent_run_id).info.experiment_id
-    run_id = client.create_run(exp, tags={"mlflow.parentRunId": parent_run_id,
-                                          "overrides": shlex.join(to_overrides(config, spec)), **tags}).info.run_id
-    client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in config.items()])
-    return run_id
-
-
-def _kill(client: mlflow.MlflowClient, run_id: str, reason: str) -> None:
-    client.set_tag(run_id, "trial_state", "KILLED")
-    client.set_tag(run_id, "failure_reason", reason)
-    client.set_terminated(run_id, "KILLED")
-
-
-# ---------------------------------------------------------------- the driver
-
-def run_sweep(argv: list[str]) -> dict:
-    cfg = compose(argv)
-    if not cfg.get("sweep"):
-        raise ConfigError("sweep", None, "sweep=<name> naming one of sweeps/*.yaml")
-    spec = parse_sweep(cfg)
-    validate(cfg)
-    check_engine(cfg)
-    base = [a for a in argv if not a.startswith(("resume=", "+resume="))]
-    out, resuming = sweep_dir(cfg, argv)
-    out.mkdir(parents=True, exist_ok=True)
-    state_file = out / "state.json"
-    state = json.loads(state_file.read_text()) if resuming else {
-        "sweep_id": out.name, "argv": base, "storage": f"sqlite:///{(out / 'optuna.db').resolve()}",
-        "study_name": out.name, "parent_run_id": None}
-    if resuming:
-        base = state["argv"]
-        cfg = compose([*base, *[a for a in argv if a.startswith("sweep.")]])
-        spec = parse_sweep(cfg)
-
-    import ray
-
-    direct = tracking.uri(cfg)
-    mlflow.set_tracking_uri(direct)
-    client = mlflow.MlflowClient(direct)
-    mlflow.set_experiment(str(cfg.tracking.experiment))  # created on the store itself, so artifacts stay local
-    storage = optuna.storages.RDBStorage(state["storage"])
-    study = optuna.create_study(study_name=state["study_name"], storage=storage, load_if_exists=True,
-                                direction="maximize" if spec.mode == "max" else "minimize")
-    started = time.time()
-    with tracking.run(cfg, run_id=state["parent_run_id"], tags={"sweep_id": state["sweep_id"], "lorasweep_role": "sweep"}) as parent:
-        if not resuming:
-            state["parent_run_id"] = parent.info.run_id
-            state_file.write_text(json.dumps(state, indent=1))
-            mlflow.log_params({k: v for k, v in tracking.flatten(cfg, skip=()).items() if not k.startswith("sweep.space")})
-            mlflow.log_dict(OmegaConf.to_container(cfg.sweep, resolve=True), "sweep.yaml")
-            mlflow.set_tag("command", shlex.join(["lorasweep", "sweep", *base]))
-        done_before = reconcile(client, parent.info.run_id, study, spec) if resuming else 0
-        budget = spec.num_trials - done_before
-        print(f"[sweep] {state['sweep_id']}: {spec.num_trials} trials of {spec.metric} ({spec.mode}); "
-              f"{done_before} already finished; mlflow parent run {parent.info.run_id}", flush=True)
-        if budget > 0:
-            with log_server(cfg) as log_uri:
-                ray.init(address=cfg.engine.address, num_cpus=cfg.engine.num_cpus, num_gpus=cfg.engine.num_gpus,
-                         include_dashboard=False,
-                         ignore_reinit_error=True, log_to_driver=False, configure_logging=False)
-                try:
-                    _fit(cfg, spec, state, budget, base, log_uri, parent.info.run_id, client, started)
-                finally:
-                    ray.shutdown()
-            # Trials Ray cut at the end (sweep.time_limit_s) never reported an end of their own.
-            reconcile(client, parent.info.run_id, study, spec, f"stopped when the sweep reached sweep.time_limit_s={spec.time_limit_s}")
-        summary = leaderboard(client, parent.info.run_id, spec, out, base)
-    summary["sweep_dir"] = str(out)
-    summary["wall_s"] = time.time() - started
-    return summary
-
-
-def _fit(cfg, spec, state, budget, base, log_uri, parent_run_id, client, started):
-    from ray import tune
-    from ray.tune import Stopper
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
-
-    from lorasweep.prune import make_scheduler
-
-    searcher = OptunaSearch(space=functools.partial(suggest, spec=spec), metric=spec.metric, mode=spec.mode,
-                            sampler=make_sampler(spec), study_name=state["study_name"],
-                            storage=optuna.storages.RDBStorage(state["storage"]))
-    limited = ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent)
-    scheduler = make_scheduler(spec, limited)
-    progress = _progress_callback(spec, budget, started, client, parent_run_id, scheduler)
-
-    class TooManyFailures(Stopper):
-        def __call__(self, trial_id, result):
-            return False
-
-        def stop_all(self):
-            return spec.max_failures is not None and progress.failures > spec.max_failures
-
-    resources = trial_resources(cfg, spec, base)
-    fn = tune.with_resources(functools.partial(trainable, base=base, spec=spec, parent_run_id=parent_run_id,
-                                               tracking_uri=log_uri, sweep_id=state["sweep_id"]), resources)
-    tuner = tune.Tuner(
-        fn,
-        tune_config=tune.TuneConfig(search_alg=limited, scheduler=scheduler, num_samples=budget,
-                                    time_budget_s=spec.time_limit_s, reuse_actors=True),  # imports once per worker
-        run_config=tune.RunConfig(name="ray", storage_path=str((Path(state["storage"][10:]).parent).resolve()),
-                                  callbacks=[progress], stop=TooManyFailures(), verbose=0,
-                                  failure_config=tune.FailureConfig(fail_fast=False)),
-    )
-    return tuner.fit()
-
+# ---------------------------------------------------------------- results
 
 def leaderboard(client: mlflow.MlflowClient, parent_run_id: str, spec: SweepSpec, out: Path, base: list[str]) -> dict:
     """Top trials from the child runs; CSV, Markdown and a plot of the objective per dimension on the parent run."""
@@ -410,7 +274,8 @@ def leaderboard(client: mlflow.MlflowClient, parent_run_id: str, spec: SweepSpec
     rows = []
     keys = [d.key for d in spec.dims if not d.helper]
     for r in runs:
-        row = {"state": r.data.tags.get("trial_state", r.info.status), spec.metric: r.data.metrics.get(spec.metric)}
+        row = {"trial": r.data.tags.get("optuna_trial"), "state": r.data.tags.get("trial_state", r.info.status),
+               spec.metric: r.data.metrics.get(spec.metric)}
         row.update({k: v for k, v in sorted(r.data.metrics.items()) if k.startswith("eval_") and k != spec.metric})
         row.update({"overrides": r.data.tags.get("overrides", ""), **{k: r.data.params.get(k) for k in keys},
                     "failure_reason": r.data.tags.get("failure_reason", ""), "run_id": r.info.run_id})
@@ -418,8 +283,8 @@ def leaderboard(client: mlflow.MlflowClient, parent_run_id: str, spec: SweepSpec
     df = pd.DataFrame(rows)
     counts = df["state"].value_counts().to_dict() if len(df) else {}
     if len(df):  # finished trials first, best first; then pruned, failed, killed
-        order = {"COMPLETE": 0, "PRUNED": 1, "FAILED": 2, "KILLED": 3}
-        df = df.assign(_o=df["state"].map(order).fillna(4), _v=df[spec.metric] * (-1 if spec.mode == "max" else 1))
+        order = {"COMPLETE": 0, "REUSED": 1, "PRUNED": 2, "FAILED": 3, "KILLED": 4}
+        df = df.assign(_o=df["state"].map(order).fillna(5), _v=df[spec.metric] * (-1 if spec.mode == "max" else 1))
         df = df.sort_values(["_o", "_v"], na_position="last").drop(columns=["_o", "_v"])
     complete = df[df["state"] == "COMPLETE"].dropna(subset=[spec.metric]) if len(df) else df
     df.to_csv(out / "leaderboard.csv", index=False)

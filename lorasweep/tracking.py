@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 import lorasweep
 
 REPO = Path(__file__).resolve().parent.parent
+EXPERIMENT_KIND = "mlflow.experimentKind"
 
 
 def uri(cfg: DictConfig) -> str:
@@ -57,19 +58,30 @@ def environment_tags() -> dict[str, str]:
             "transformers_version": transformers.__version__}
 
 
+def experiment(cfg: DictConfig) -> str:
+    """The experiment, tagged so the MLflow UI opens it on model training, not its GenAI overview."""
+    exp = mlflow.set_experiment(str(cfg.tracking.experiment))
+    if exp.tags.get(EXPERIMENT_KIND) != "custom_model_development":
+        mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, "custom_model_development")
+    return exp.experiment_id
+
+
 @contextmanager
-def run(cfg: DictConfig, parent_run_id: str | None = None, tags: dict[str, str] | None = None,
-        run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run that ends FINISHED, or FAILED with `failure_reason`, never left RUNNING."""
+def run(cfg: DictConfig, run_id: str | None = None, tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run that ends FINISHED, or FAILED with `failure_reason`, never left RUNNING. With run_id it resumes
+    a run someone else created (a sweep's child or parent run)."""
+    import optuna
+
     mlflow.set_tracking_uri(uri(cfg))
     if run_id is None:
-        mlflow.set_experiment(str(cfg.tracking.experiment))
-    active = mlflow.start_run(run_id=run_id, run_name=cfg.tracking.run_name, parent_run_id=parent_run_id,
+        experiment(cfg)
+    active = mlflow.start_run(run_id=run_id, run_name=None if run_id else cfg.tracking.run_name,
                               tags={**environment_tags(), **(tags or {})},
                               log_system_metrics=bool(cfg.tracking.system_metrics))
     try:
         yield active
-    except SystemExit:  # Ray Tune stopping a trial (pruned, out of time): the sweep driver records the state
+    except optuna.TrialPruned:  # a sweep's pruner stopped it: not a failure; the sweep's ledger records PRUNED
+        mlflow.end_run("FINISHED")
         raise
     except BaseException as e:
         reason = f"{type(e).__name__}: {e}".strip()[:4000]

@@ -13,17 +13,16 @@ from lorasweep.targets import family
 from lorasweep.train import OnMetrics
 
 
-def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), parent_run_id: str | None = None,
-              tags: dict[str, str] | None = None) -> dict[str, object]:
+def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), run_id: str | None = None) -> dict[str, object]:
     """Run one trial; returns its final metrics, run id and adapter location. Bad input raises ConfigError
-    before any MLflow run exists."""
+    before any MLflow run exists. A sweep passes the run_id of the child run its driver created."""
     # 1. Everything that can be wrong with the input, before a model loads or a run starts.
     validate(cfg)
     parts = data.splits(cfg)
     labels = data.labels(cfg, parts)
     targets, model_type = model.targets(cfg, len(labels) if labels else None)
 
-    with tracking.run(cfg, parent_run_id=parent_run_id, tags=tags) as active, \
+    with tracking.run(cfg, run_id=run_id) as active, \
             tempfile.TemporaryDirectory(prefix="lorasweep-trial-") as tmp:
         out = Path(tmp)
         mlflow.log_params(tracking.flatten(cfg))
@@ -78,4 +77,5 @@ def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), parent_run
         summary["run_id"] = active.info.run_id
         summary["adapter_uri"] = f"{active.info.artifact_uri}/adapter" if cfg.tracking.save_adapter else None
         summary["steps"] = trainer.state.global_step
+    model.release(cfg, peft_model, tok, labels)  # a warm worker's next trial may reuse the base model
     return summary

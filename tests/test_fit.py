@@ -5,7 +5,7 @@ import pytest
 from lorasweep.config import compose
 from lorasweep.errors import ConfigError
 from lorasweep.estimate import estimate
-from lorasweep.sweep import check_engine, fit_check, gpu_share
+from lorasweep.resources import check_engine, fit_check, gpu_share
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,95 @@
+"""Ledger: one trial, one identity. The Optuna trial number keys its MLflow child run; end states go to both stores.
+
+The driver creates the child run before any work starts and writes the run id onto the Optuna trial, so each store
+can name the other's record of the trial before anything can fail. Every end state (COMPLETE, PRUNED, FAILED,
+KILLED, REUSED) is written here, once, to both.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+import mlflow
+import optuna
+from mlflow.entities import Param, RunTag
+from optuna.trial import TrialState
+
+RUN_ID = "mlflow_run_id"     # Optuna user attribute: the trial's MLflow child run
+KILLED = "killed"            # Optuna user attribute: FAIL because the sweep stopped it, not because of its config
+OPTUNA_STATE = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED, "FAILED": TrialState.FAIL,
+                "KILLED": TrialState.FAIL, "REUSED": TrialState.COMPLETE}
+MLFLOW_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "REUSED": "FINISHED", "FAILED": "FAILED",
+                 "KILLED": "KILLED"}
+
+
+def run_name(number: int, config: dict) -> str:
+    """`t007 r=8 alpha=16 lr=0.003`: the trial number, then each sampled field by its last name."""
+    def show(v):
+        return f"{v:.3g}" if isinstance(v, float) else (",".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
+
+    return " ".join([f"t{number:03d}", *(f"{k.rsplit('.', 1)[-1]}={show(v)}" for k, v in config.items())])[:250]
+
+
+def open_child(client: mlflow.MlflowClient, parent_run_id: str, study: optuna.Study, trial: optuna.Trial,
+               config: dict, overrides: list[str], params: dict[str, object], sweep_id: str) -> str:
+    """The trial's MLflow child run, created RUNNING before any work; its id is stored on the Optuna trial."""
+    exp = client.get_run(parent_run_id).info.experiment_id
+    tags = {"mlflow.parentRunId": parent_run_id, "optuna_trial": str(trial.number), "sweep_id": sweep_id,
+            "overrides": shlex.join(overrides), "trial_state": "RUNNING"}
+    run_id = client.create_run(exp, run_name=run_name(trial.number, config), tags=tags).info.run_id
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    trial.set_user_attr(RUN_ID, run_id)
+    return run_id
+
+
+def finish(client: mlflow.MlflowClient, study: optuna.Study, number: int, run_id: str, state: str,
+           value: float | None = None, reason: str | None = None, tags: dict[str, str] | None = None) -> None:
+    """Write a trial's end state to both stores. COMPLETE and REUSED carry the objective value; PRUNED takes the
+    last value the trial reported (Optuna's rule); FAILED and KILLED carry the reason."""
+    extra = {"trial_state": state, **(tags or {})}
+    if reason:
+        extra["failure_reason"] = reason[:4000]
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in extra.items()])
+    client.set_terminated(run_id, MLFLOW_STATUS[state])
+    if state in ("COMPLETE", "REUSED"):
+        study.tell(number, value)
+    else:
+        study.tell(number, state=OPTUNA_STATE[state])
+
+
+def live_trial(storage: optuna.storages.BaseStorage, study: optuna.Study, number: int) -> optuna.Trial:
+    """A handle on a RUNNING trial by its number, as a worker or a resumed driver needs (the storage's public API)."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    return optuna.trial.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, number))
+
+
+def kill_running(client: mlflow.MlflowClient, parent_run_id: str, storage: optuna.storages.BaseStorage,
+                 study: optuna.Study, reason: str) -> int:
+    """Every trial still RUNNING (a dead driver's, or one cut by the time limit): KILLED in MLflow, FAIL flagged
+    `killed` in Optuna. Returns how many."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in running:
+        live_trial(storage, study, t.number).set_user_attr(KILLED, True)
+        run_id = t.user_attrs.get(RUN_ID) or _bare_child(client, parent_run_id, t)  # died between ask and run
+        finish(client, study, t.number, run_id, "KILLED", reason=reason)
+    return len(running)
+
+
+def _bare_child(client: mlflow.MlflowClient, parent_run_id: str, t: optuna.trial.FrozenTrial) -> str:
+    exp = client.get_run(parent_run_id).info.experiment_id
+    tags = {"mlflow.parentRunId": parent_run_id, "optuna_trial": str(t.number)}
+    run_id = client.create_run(exp, run_name=run_name(t.number, t.params), tags=tags).info.run_id
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in t.params.items()])
+    return run_id
+
+
+def finished(study: optuna.Study) -> int:
+    """Trials that count against the budget: all that ended, except those the sweep itself killed."""
+    ended = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return sum(1 for t in study.get_trials(deepcopy=False, states=ended) if not t.user_attrs.get(KILLED))
+
+
+def twin(study: optuna.Study, params: dict) -> optuna.trial.FrozenTrial | None:
+    """A COMPLETE trial that sampled exactly these values: its result stands for this one (no trial twice)."""
+    return next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.params == params),
+                None)

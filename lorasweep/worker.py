@@ -1,0 +1,82 @@
+"""Worker: one sweep trial inside a long-lived Ray worker process, through the same run_trial as `lorasweep trial`.
+
+The process outlives the trial: imports, tokenized splits and (where safe) the base model stay warm for the next
+trial it serves (lorasweep.data and lorasweep.model keep them). Each eval is reported to the trial's Optuna
+trial, and should_prune() decides, against the storage the driver and every worker share: Optuna's own idiom,
+whoever runs the trial. The worker returns an end state; the driver's ledger writes it to both stores.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+OOM_HINT = " (out of memory: try a smaller train.batch_size, quant=nf4, or train.gradient_checkpointing=true)"
+
+
+@dataclass(frozen=True)
+class Job:
+    """What the driver hands a worker: the trial's identity in both stores, and how to build its config."""
+
+    number: int                 # the Optuna trial number: the trial's one identity
+    run_id: str                 # its MLflow child run, created by the driver
+    overrides: list[str]        # Hydra overrides: the sweep's base, then the sampled values
+    study_name: str
+    storage: str                # Optuna storage URL the workers share
+    pruner: dict                # {"name": ..., **options}, built into the same Optuna pruner as the driver's
+    metric: str
+    tracking_uri: str
+    gpu_share: float
+    threads: int
+
+
+def run(job: Job) -> dict:
+    """Train one trial; returns {"state": COMPLETE | PRUNED | FAILED, "value", "step", "reason", "node", ...}."""
+    import optuna
+    import torch
+
+    from lorasweep import ledger, space
+    from lorasweep.config import compose
+    from lorasweep.trial import run_trial
+
+    os.environ["MLFLOW_TRACKING_URI"] = job.tracking_uri
+    torch.set_num_threads(max(1, job.threads))
+    node = {"node": socket.gethostname(), "pid": os.getpid()}
+    try:
+        import ray
+
+        node["ray_node_id"] = ray.get_runtime_context().get_node_id()
+    except Exception:  # not inside Ray (a test calling run directly)
+        pass
+    storage = optuna.storages.RDBStorage(job.storage, engine_kwargs=engine_kwargs(job.storage))
+    study = optuna.load_study(study_name=job.study_name, storage=storage, pruner=space.build_pruner(job.pruner))
+    trial = ledger.live_trial(storage, study, job.number)
+    last = {"step": 0, "value": None}
+
+    def prune(metrics: dict[str, float], step: int) -> None:
+        if job.metric not in metrics or step <= last["step"]:
+            return
+        last.update(step=step, value=float(metrics[job.metric]))
+        trial.report(last["value"], step)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step}: {job.metric}={last['value']:.4g}")
+
+    try:
+        cfg = compose(job.overrides)  # validated by the driver, fit check included
+        summary = run_trial(cfg, listeners=(prune,), run_id=job.run_id)
+    except optuna.TrialPruned as e:
+        return {"state": "PRUNED", "value": last["value"], "step": last["step"], "reason": str(e), **node}
+    except Exception as e:  # recorded with its reason; the sweep goes on
+        reason = f"{type(e).__name__}: {e}".strip().splitlines()[0][:2000]
+        return {"state": "FAILED", "reason": reason + (OOM_HINT if "out of memory" in reason.lower() else ""), **node}
+    value = summary.get(job.metric)
+    if value is None:
+        return {"state": "FAILED", "reason": f"the trial never reported {job.metric}", **node}
+    return {"state": "COMPLETE", "value": float(value), "step": summary["steps"],
+            "train_runtime_s": summary["train_runtime_s"], **node}
+
+
+def engine_kwargs(url: str) -> dict:
+    """sqlite: wait for the lock instead of failing when the driver and workers write at once."""
+    return {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
