@@ -42,7 +42,7 @@ def run_sweep(argv: list[str]) -> dict:
     # 2. The study, the parent run, the log server and Ray: started side by side.
     import ray
 
-    from lorasweep import logserver
+    from lorasweep import lifeline, logserver
 
     out.mkdir(parents=True, exist_ok=True)
     state = state if resuming else {"sweep_id": out.name, "argv": base, "study_name": out.name, "parent_run_id": None,
@@ -52,8 +52,10 @@ def run_sweep(argv: list[str]) -> dict:
     serve = cfg.engine.log_server == "auto" and direct.startswith("sqlite:")
     server = logserver.start(direct, Path("mlruns").resolve(), out, cfg.engine.log_server_host or "127.0.0.1") \
         if serve else None
+    watcher = lifeline.start()
     ray.init(address=cfg.engine.address, num_cpus=cfg.engine.num_cpus, num_gpus=cfg.engine.num_gpus,
              include_dashboard=False, ignore_reinit_error=True, log_to_driver=False, configure_logging=False)
+    lifeline.hold(watcher)
     try:
         mlflow.set_tracking_uri(direct)
         client = mlflow.MlflowClient(direct)
@@ -61,6 +63,8 @@ def run_sweep(argv: list[str]) -> dict:
         storage = optuna.storages.RDBStorage(state["storage"], engine_kwargs=_engine_kwargs(state["storage"]))
         study = optuna.create_study(study_name=state["study_name"], storage=storage, load_if_exists=True,
                                     sampler=make_sampler(spec), direction="maximize" if spec.mode == "max" else "minimize")
+        if resuming:
+            study.sampler = make_sampler(spec, resumed_after=len(study.trials))
         study.set_metric_names([spec.metric])
         with tracking.run(cfg, run_id=state["parent_run_id"], tags={"sweep_id": state["sweep_id"],
                                                                     "lorasweep_role": "sweep"}) as parent:
@@ -94,6 +98,7 @@ def run_sweep(argv: list[str]) -> dict:
         ray.shutdown()
         if server is not None:
             logserver.stop(server[0])
+        lifeline.stop(watcher)
     summary["sweep_dir"] = str(out)
     summary["wall_s"] = time.time() - started
     return summary
@@ -185,9 +190,10 @@ def loop(cfg, spec: SweepSpec, base, study, storage, client, parent_run_id: str,
             try:
                 trial_cfg, share = trial_config(base, overrides)
                 params = tracking.flatten(trial_cfg)
-            except (ConfigError, MemoryError) as e:  # refused before any work: FAILED with the reason
+            except Exception as e:  # refused before any work (bad sampled config, cannot fit): FAILED with the reason
                 run_id = ledger.open_child(client, parent_run_id, study, trial, sampled, overrides, sampled, state["sweep_id"])
-                end(trial.number, run_id, {"state": "FAILED", "reason": f"{type(e).__name__}: {e}" if isinstance(e, MemoryError) else str(e)})
+                end(trial.number, run_id, {"state": "FAILED", "reason": str(e) if isinstance(e, ConfigError) else
+                                           f"{type(e).__name__}: {e}".splitlines()[0]})
                 continue
             run_id = ledger.open_child(client, parent_run_id, study, trial, sampled, overrides, params, state["sweep_id"])
             twin = ledger.twin(study, trial.params)
@@ -219,8 +225,8 @@ def loop(cfg, spec: SweepSpec, base, study, storage, client, parent_run_id: str,
             for ref in in_flight:
                 ray.cancel(ref, force=True)
             for number, run_id in in_flight.values():
-                ledger.finish(client, study, number, run_id, "KILLED", reason=stop)
                 ledger.live_trial(storage, study, number).set_user_attr(ledger.KILLED, True)
+                ledger.finish(client, study, number, run_id, "KILLED", reason=stop)
                 counts["KILLED"] += 1
             in_flight.clear()
             break
