@@ -11,6 +11,8 @@ import json
 import os
 import shlex
 import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
@@ -27,45 +29,57 @@ SWEEPS_DIR = Path(os.environ.get("LORASWEEP_SWEEPS_DIR", "sweeps_out"))
 
 def run_sweep(argv: list[str]) -> dict:
     """Run (or resume) the sweep the overrides describe; returns its summary (counts, best trial, leaderboard)."""
-    # 1. Everything that can be wrong with the input, before a run, a folder or a process exists.
+    started = time.time()
+    # 1. What can be wrong with the input and needs no heavy import, before a run, a folder or a process exists.
     cfg = compose(argv)
     spec = parse_sweep(cfg)
     out, resuming = sweep_dir(cfg, argv)
     base = [a for a in argv if not a.startswith(("resume=", "+resume="))]
+    state = json.loads((out / "state.json").read_text()) if resuming else None
     if resuming:
-        state = json.loads((out / "state.json").read_text())
         base = state["argv"]
         cfg = compose([*base, *[a for a in argv if a.startswith("sweep.")]])
         spec = parse_sweep(cfg)
-    check(cfg, spec)
+    check_engine_and_metric(cfg, spec)
 
-    # 2. The study, the parent run, the log server and Ray: started side by side.
+    # 2. Ray starts, and its workers import and load what the trials need, while the driver checks the base config
+    #    and the data (the biggest start-up costs, side by side). Bad input still stops before any run or folder.
     import ray
 
-    from lorasweep import lifeline, logserver
+    from lorasweep import lifeline, logserver, worker
 
-    out.mkdir(parents=True, exist_ok=True)
-    state = state if resuming else {"sweep_id": out.name, "argv": base, "study_name": out.name, "parent_run_id": None,
-                                    "storage": cfg.engine.storage or f"sqlite:///{(out / 'optuna.db').resolve()}"}
-    started = time.time()
-    direct = tracking.uri(cfg)
-    serve = cfg.engine.log_server == "auto" and direct.startswith("sqlite:")
-    server = logserver.start(direct, Path("mlruns").resolve(), out, cfg.engine.log_server_host or "127.0.0.1") \
-        if serve else None
     watcher = lifeline.start()
+    checking = ThreadPoolExecutor(1).submit(check_config_and_data, cfg)
     ray.init(address=cfg.engine.address, num_cpus=cfg.engine.num_cpus, num_gpus=cfg.engine.num_gpus,
              include_dashboard=False, ignore_reinit_error=True, log_to_driver=False, configure_logging=False)
     lifeline.hold(watcher)
+    server = None
     try:
+        task = ray.remote(max_calls=0)(worker.run)  # max_calls=0: GPU tasks reuse their worker too (Ray's default: 1)
+        warm = ray.remote(max_calls=0)(worker.warm)
+        slots = [warm.options(num_cpus=cfg.engine.cpus_per_trial).remote(base, int(cfg.engine.cpus_per_trial))
+                 for _ in range(min(spec.max_concurrent, spec.num_trials))]
+        checking.result()
+
+        # 3. The sweep's folder, study, parent run and log server.
+        out.mkdir(parents=True, exist_ok=True)
+        state = state or {"sweep_id": out.name, "argv": base, "study_name": out.name, "parent_run_id": None,
+                          "storage": cfg.engine.storage or f"sqlite:///{(out / 'optuna.db').resolve()}"}
+        direct = tracking.uri(cfg)
+        if cfg.engine.log_server == "auto" and direct.startswith("sqlite:"):
+            server = logserver.start(direct, Path("mlruns").resolve(), out, cfg.engine.log_server_host or "127.0.0.1")
+            lifeline.hold(watcher)
         mlflow.set_tracking_uri(direct)
         client = mlflow.MlflowClient(direct)
         tracking.experiment(cfg)
-        storage = optuna.storages.RDBStorage(state["storage"], engine_kwargs=_engine_kwargs(state["storage"]))
+        storage = optuna.storages.RDBStorage(state["storage"], engine_kwargs=worker.engine_kwargs(state["storage"]))
         study = optuna.create_study(study_name=state["study_name"], storage=storage, load_if_exists=True,
                                     sampler=make_sampler(spec), direction="maximize" if spec.mode == "max" else "minimize")
         if resuming:
             study.sampler = make_sampler(spec, resumed_after=len(study.trials))
-        study.set_metric_names([spec.metric])
+        with warnings.catch_warnings():  # experimental in Optuna since 3.2, and what optuna-dashboard reads
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([spec.metric])
         with tracking.run(cfg, run_id=state["parent_run_id"], tags={"sweep_id": state["sweep_id"],
                                                                     "lorasweep_role": "sweep"}) as parent:
             if not resuming:
@@ -84,15 +98,17 @@ def run_sweep(argv: list[str]) -> dict:
             print(f"[sweep] {state['sweep_id']}: {spec.num_trials} trials of {spec.metric} ({spec.mode}); "
                   f"{done_before} already finished; mlflow parent run {pid}", flush=True)
 
-            # 3. Trials: ask, open the child run, run it on a warm worker, write its end state to both stores.
+            # 4. Trials: ask, open the child run, run it on a warm worker, write its end state to both stores.
             if budget > 0:
                 log_uri = direct
                 if server is not None:
                     logserver.wait(*server)
                     log_uri = server[1]
-                loop(cfg, spec, base, study, storage, client, pid, state, log_uri, budget, started)
+                _ready(slots)
+                print(f"[sweep] workers ready {time.time() - started:.1f} s after the command", flush=True)
+                loop(cfg, spec, base, study, storage, client, pid, state, log_uri, budget, started, task)
 
-            # 4. The leaderboard, the plot and the best trial, on the parent run.
+            # 5. The leaderboard, the plot and the best trial, on the parent run.
             summary = leaderboard(client, pid, spec, out, base)
     finally:
         ray.shutdown()
@@ -104,14 +120,24 @@ def run_sweep(argv: list[str]) -> dict:
     return summary
 
 
+def _ready(slots: list) -> None:
+    """Wait for the warm-up of each worker slot, so the first trials land on warm workers. A warm-up that failed
+    only costs its trial the same work again; that trial reports its own error."""
+    import ray
+
+    for ref in slots:
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayError:
+            pass
+
+
 # ---------------------------------------------------------------- checks before anything starts
 
-def check(cfg: DictConfig, spec: SweepSpec) -> None:
-    """The base config, the metric, the engine and the data, once, in the driver."""
-    from lorasweep import data, model
+def check_engine_and_metric(cfg: DictConfig, spec: SweepSpec) -> None:
+    """The metric against the task, the engine fields, and where a cluster's trials can log: no heavy imports."""
     from lorasweep.resources import check_engine
 
-    validate(cfg)
     reported = TASK_METRICS[cfg.model.task]
     if spec.metric not in reported:
         raise ConfigError("sweep.metric", spec.metric, f"a metric a {cfg.model.task} trial reports: {', '.join(reported)}")
@@ -121,6 +147,13 @@ def check(cfg: DictConfig, spec: SweepSpec) -> None:
         raise ConfigError("tracking.uri", tracking.uri(cfg), "on a cluster (engine.address set), a tracking server the "
                           "nodes reach: tracking.uri=http://host:port, or engine.log_server_host=<an address of this "
                           "machine they reach> for the sweep's own log server")
+
+
+def check_config_and_data(cfg: DictConfig) -> None:
+    """The base config as `lorasweep trial` checks it, and the data (columns, sizes against the table), once."""
+    from lorasweep import data, model
+
+    validate(cfg)
     parts = data.splits(cfg)
     labels = data.labels(cfg, parts)
     model.targets(cfg, len(labels) if labels else None)
@@ -144,13 +177,12 @@ def trial_config(base: list[str], overrides: list[str]) -> tuple[DictConfig, flo
 # ---------------------------------------------------------------- the loop
 
 def loop(cfg, spec: SweepSpec, base, study, storage, client, parent_run_id: str, state: dict, log_uri: str,
-         budget: int, started: float) -> None:
+         budget: int, started: float, task) -> None:
     """Keep max_concurrent trials in flight until the budget, the time limit or max_failures ends the sweep."""
     import ray
 
     from lorasweep import worker
 
-    task = ray.remote(max_calls=0)(worker.run)  # max_calls=0: GPU tasks reuse their worker too (Ray's default is 1)
     pruner = {"name": spec.pruner, **spec.pruner_options}
     in_flight: dict = {}                         # Ray ObjectRef -> (trial number, MLflow run id)
     counts = {s: 0 for s in ("COMPLETE", "PRUNED", "FAILED", "KILLED", "REUSED")}
@@ -234,10 +266,38 @@ def loop(cfg, spec: SweepSpec, base, study, storage, client, parent_run_id: str,
         print(f"[sweep] {stop}", flush=True)
 
 
-def _engine_kwargs(url: str) -> dict:
-    from lorasweep.worker import engine_kwargs
+def dry_run(argv: list[str]) -> int:
+    """`lorasweep sweep ... --dry-run`: the space, the budget, and each sampled config's estimate and GPU share.
+    Nothing trains, nothing is tracked. Without results TPE samples at random: the real sweep adapts."""
+    from lorasweep.estimate import estimate
 
-    return engine_kwargs(url)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cfg = compose(argv)
+    spec = parse_sweep(cfg)
+    check_engine_and_metric(cfg, spec)
+    check_config_and_data(cfg)
+    print(f"sweep: {spec.num_trials} trials of {spec.metric} ({spec.mode}), {spec.max_concurrent} at a time, "
+          f"sampler {spec.sampler}, pruner {spec.pruner}, time limit {spec.time_limit_s or '-'} s, "
+          f"max failures {'-' if spec.max_failures is None else spec.max_failures}")
+    for d in spec.dims:
+        what = d.values if d.kind in ("choice", "grid") else (d.value if d.kind == "fixed" else
+                                                             f"{d.op}{list(d.of)}" if d.kind == "derived" else f"[{d.low}, {d.high}]")
+        print(f"  {d.key}: {d.kind} {what}" + (f" when {dict(d.when)}" if d.when else "") + (" (helper)" if d.helper else ""))
+    study = optuna.create_study(sampler=make_sampler(spec), direction="maximize" if spec.mode == "max" else "minimize")
+    base = [a for a in argv if not a.startswith(("resume=", "+resume="))]
+    for _ in range(spec.num_trials):
+        trial = study.ask()
+        overrides = to_overrides(suggest(trial, spec), spec)
+        try:
+            trial_cfg, share = trial_config(base, overrides)
+            est = estimate(trial_cfg)
+            line = (f"trainable {est['params']['trainable']:>12,}  est. peak {est['memory']['total']['bytes'] / 2**30:6.2f} GiB"
+                    f"  GPU share {share:g}")
+        except Exception as e:  # what the sweep would record as FAILED
+            line = f"refused: {e}".splitlines()[0]
+        print(f"t{trial.number:03d}  {shlex.join(overrides):<60}  {line}")
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)  # a preview: nothing is learnt
+    return 0
 
 
 # ---------------------------------------------------------------- where a sweep lives

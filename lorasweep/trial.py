@@ -28,6 +28,7 @@ def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), run_id: st
         mlflow.log_params(tracking.flatten(cfg))
         (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         mlflow.log_artifact(str(out / "config.yaml"))
+        tracking.log_splits(cfg, parts)
 
         # 2. Model and data.
         measure.reset_peak_memory()

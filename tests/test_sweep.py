@@ -257,3 +257,62 @@ def test_time_limit_kills_running_trials_with_that_reason(store):
             assert t.user_attrs["killed"] is True
             reason = client.get_run(t.user_attrs["mlflow_run_id"]).data.tags["failure_reason"]
             assert reason == "stopped when the sweep reached sweep.time_limit_s=15"
+
+
+def _server_bin(name: str) -> str | None:
+    import glob
+    import shutil
+
+    found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found if isinstance(found, str) else (found[-1] if found else None)
+
+
+@pytest.fixture
+def postgres(tmp_path):
+    """A real PostgreSQL server on 127.0.0.1, started for this test (as the postgres user when run as root)."""
+    import socket
+
+    initdb, pg_ctl = _server_bin("initdb"), _server_bin("pg_ctl")
+    if not (initdb and pg_ctl):
+        pytest.skip("no PostgreSQL server binary here (initdb, pg_ctl): apt-get install postgresql")
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    data = tmp_path / "pg"
+    data.mkdir()
+    if as_user:
+        os.chmod(tmp_path, 0o755)
+        subprocess.run(["chown", "postgres", str(data)], check=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run([*as_user, initdb, "-D", str(data), "-U", "postgres", "--auth=trust"], check=True,
+                   capture_output=True)
+    opts = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
+    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-o", opts, "-l", str(data / "log"), "-w", "start"],
+                   check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True)
+
+
+def test_postgres_storage_on_two_nodes_loses_and_duplicates_no_trial(store, postgres):
+    """The study in a real PostgreSQL server, trials on a two-node Ray cluster, 2 at a time: every trial number
+    0..5 exists once in Optuna and once in MLflow, in the same state, and nothing is left RUNNING."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    try:
+        s = run_sweep(["sweep=smoke", "sweep.num_trials=6", "sweep.max_concurrent=2", *GRID_LR6,
+                       f"engine.storage='{postgres}'", f"engine.address={cluster.address}",
+                       "engine.log_server_host=127.0.0.1"])
+    finally:
+        cluster.shutdown()
+    study = optuna.load_study(study_name=Path(s["sweep_dir"]).name, storage=postgres)
+    client, _, runs = children(store, s["sweep_dir"])
+    states = same_states(runs, study)
+    assert sorted(states) == list(range(6))
+    assert sorted(t.params["train.lr"] for t in study.trials) == sorted([0.03, 0.01, 0.003, 1e-6, 1e-7, 1e-8])
+    assert set(states.values()) <= {"COMPLETE", "PRUNED"} and not (Path(s["sweep_dir"]) / "optuna.db").exists()
+    assert len({r.data.tags["ray_node_id"] for r in runs}) == 2

@@ -30,6 +30,8 @@ def _check_run(store: str, summary: dict, metric: str) -> mlflow.entities.Run:
         assert run.data.tags[tag]
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "spectra"} <= arts
+    inputs = {d.tags[0].value if d.tags else None: d.dataset for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "eval", "test"} and all(int(json.loads(d.profile)["num_rows"]) > 0 for d in inputs.values())
     spectra = {a.path for a in client.list_artifacts(run.info.run_id, "spectra")}
     assert spectra == {"spectra/spectra.csv", "spectra/spectra.json", "spectra/spectra.png"}
     return run
