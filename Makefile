@@ -39,7 +39,7 @@ test: setup
 # CPU benchmarks; each prints ratios measured side by side and writes benchmarks/results/. The GPU ones
 # (bench_gpu.py, bench_packing.sh) run on a lent accelerator machine: see their headers.
 bench: setup
-	for b in bench_spectra.py bench_trial_overhead.py bench_sweep.py calibrate_estimate.py; do \
+	for b in bench_spectra.py bench_trial_overhead.py bench_sweep.py bench_vs_script.py calibrate_estimate.py; do \
 		echo "== $$b"; $(OFFLINE) $(PY) benchmarks/$$b || exit 1; done
 
 # The MLflow UI over the default local store, on loopback only.

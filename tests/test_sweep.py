@@ -268,18 +268,19 @@ def _server_bin(name: str) -> str | None:
 
 
 @pytest.fixture
-def postgres(tmp_path):
+def postgres():
     """A real PostgreSQL server on 127.0.0.1, started for this test (as the postgres user when run as root)."""
     import socket
 
     initdb, pg_ctl = _server_bin("initdb"), _server_bin("pg_ctl")
     if not (initdb and pg_ctl):
         pytest.skip("no PostgreSQL server binary here (initdb, pg_ctl): apt-get install postgresql")
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    data = tmp_path / "pg"
-    data.mkdir()
+    import shutil
+    import tempfile
+
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # the server refuses to run as root
+    data = Path(tempfile.mkdtemp(prefix="lorasweep-pg-"))  # outside pytest's tmp dirs, which only root may enter
     if as_user:
-        os.chmod(tmp_path, 0o755)
         subprocess.run(["chown", "postgres", str(data)], check=True)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -293,6 +294,7 @@ def postgres(tmp_path):
         yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
     finally:
         subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def test_postgres_storage_on_two_nodes_loses_and_duplicates_no_trial(store, postgres):
