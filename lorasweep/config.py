@@ -118,4 +118,30 @@ def validate(cfg: DictConfig, has_cuda: bool | None = None) -> DictConfig:
     from transformers.trainer_utils import SchedulerType
 
     _one_of("train.lr_scheduler", t.lr_scheduler, [s.value for s in SchedulerType])
+    _after(cfg)
     return cfg
+
+
+def _after(cfg: DictConfig) -> None:
+    """The after-training measurements (lorasweep/after.py) and the spectrum target rule."""
+    from lorasweep.after import text_source
+    from lorasweep.targets import spectrum_percent
+
+    for target in cfg.adapter.targets:
+        spectrum_percent(target)
+    tr = cfg.tracking
+    for flag in ("merge_check", "forgetting"):
+        if not isinstance(tr[flag], bool):
+            raise ConfigError(f"tracking.{flag}", tr[flag], "true or false")
+    _num("tracking.max_serving_rank", tr.max_serving_rank, isinstance(tr.max_serving_rank, int) and tr.max_serving_rank >= 1,
+         "an integer >= 1")
+    if not tr.forgetting:
+        return
+    if cfg.model.task != "causal_lm":
+        raise ConfigError("tracking.forgetting", True, "false for model.task=seq_cls: forgetting is a causal LM's perplexity")
+    _num("tracking.forgetting_window", tr.forgetting_window, isinstance(tr.forgetting_window, int) and tr.forgetting_window >= 2,
+         "an integer >= 2 (tokens)")
+    _num("tracking.forgetting_tokens", tr.forgetting_tokens,
+         isinstance(tr.forgetting_tokens, int) and tr.forgetting_tokens >= tr.forgetting_window,
+         f"an integer >= tracking.forgetting_window ({tr.forgetting_window})")
+    text_source(tr)
