@@ -351,9 +351,9 @@ def _learns_vs_forgets(complete: pd.DataFrame, dims: list[str], metric: str, mod
     table = pts[[c for c in cols if c in pts]].rename(columns=cols).sort_values("forget_ppl_ratio")
     tables.write(table, table, out / "learns_vs_forgets", f"{metric} against forget_ppl_ratio per complete trial.")
     return ["## Learns vs forgets",
-            f"{metric} against general-text perplexity after / before training (tracking.forgetting); ringed: the "
-            f"Pareto front ({int(pts['is_pareto'].sum())} of {len(pts)} trials), where no trial learns more and "
-            "forgets less. Files: [md](learns_vs_forgets.md), [csv](learns_vs_forgets.csv).",
+            (f"{metric} against general-text perplexity after / before training (tracking.forgetting); ringed: the "
+             f"Pareto front ({int(pts['is_pareto'].sum())} of {len(pts)} trials), where no trial learns more and "
+             "forgets less. Files: [md](learns_vs_forgets.md), [csv](learns_vs_forgets.csv)."),
             "![learns vs forgets](learns_vs_forgets.png)", tables.to_markdown(table.head(20))]
 
 

@@ -12,8 +12,8 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 from omegaconf import DictConfig
+from torch import nn
 
 from lorasweep.errors import ConfigError
 

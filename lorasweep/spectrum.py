@@ -10,8 +10,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 from omegaconf import DictConfig
+from torch import nn
 
 from lorasweep.targets import linear_names
 

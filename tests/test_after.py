@@ -9,7 +9,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-import torch.nn as nn
+from torch import nn
 
 from lorasweep import after, model, spectrum
 from lorasweep.config import VARIANTS, compose
