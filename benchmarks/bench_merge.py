@@ -1,8 +1,8 @@
 """Merge check across variants and quantizations: one short real trial per case with tracking.merge_check=true,
 the logged merge_* metrics (or the one-line reason a case cannot merge) collected into a table.
 
-tiny_llama (random weights) trains 4 steps at lr 1e-2 so every adapter moves; its MLP is widened to 192 so
-bitsandbytes' CPU 4-bit kernel accepts it. --minilm adds the embedded default (MiniLM + tweets, 40 steps).
+tiny_llama (random weights) trains 4 steps at lr 1e-2 so every adapter moves. --minilm adds the embedded
+default (MiniLM + tweets, 40 steps).
 Writes merge_check.json and merge_check.md to --out (default benchmarks/results).
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_merge.py [--minilm]
@@ -21,10 +21,10 @@ import torch
 from lorasweep.config import compose
 from lorasweep.trial import run_trial
 
-OUT = Path(__file__).parent / "results"
+OUT = Path(__file__).resolve().parent / "results"
 TINY = ["model=tiny_llama", "data=tweets_sft", "data.train_size=48", "data.eval_size=8", "data.test_size=8",
         "data.max_length=32", "train.max_steps=4", "train.eval_every=4", "train.batch_size=4", "train.lr=1e-2",
-        "model.config.intermediate_size=192", "adapter.r=4", "tracking.save_adapter=false"]
+        "adapter.r=4", "tracking.save_adapter=false"]
 CASES = [(v, "none") for v in ("lora", "rslora", "dora", "pissa", "vera", "adalora")] + [
     ("lora", "nf4"), ("dora", "nf4"), ("adalora", "nf4"), ("lora", "fp4"), ("lora", "int8"), ("vera", "int8")]
 KEYS = ["merge_max_abs_logit_diff", "merge_metric_delta", "merge_requant_max_abs_logit_diff",

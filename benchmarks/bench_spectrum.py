@@ -20,7 +20,7 @@ import torch
 from lorasweep import model, spectrum
 from lorasweep.config import compose
 
-OUT = Path(__file__).parent / "results"
+OUT = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:

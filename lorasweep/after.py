@@ -45,7 +45,6 @@ def _merged_float(peft_model: nn.Module, quantized: bool, adapter_dir: Path) -> 
     transformers' bitsandbytes dequantizer, load the saved adapter onto it and merge."""
     from peft import PeftModel
 
-    peft_model.state_dict()  # canonical bitsandbytes layout before the copy (see _evaluating)
     dup = copy.deepcopy(peft_model)
     if not quantized:
         return dup.merge_and_unload()
@@ -55,7 +54,6 @@ def _merged_float(peft_model: nn.Module, quantized: bool, adapter_dir: Path) -> 
 
 def _merged_requant(peft_model: nn.Module) -> nn.Module:
     """PEFT's merge on bitsandbytes layers: dequantize each weight, add ΔW, quantize the sum again."""
-    peft_model.state_dict()  # canonical bitsandbytes layout before the copy (see _evaluating)
     return copy.deepcopy(peft_model).merge_and_unload()
 
 
@@ -70,9 +68,6 @@ def _evaluating(*models: nn.Module):
     finally:
         for m, mode in zip(models, modes):
             m.train(mode)
-            # bitsandbytes on CPUs with AVX512-BF16 repacks 4-bit weights in place at an eval forward; training,
-            # PEFT's merge and dequantize read the canonical layout, which its state_dict() hook restores
-            m.state_dict()
 
 
 def compare(reference: nn.Module, other: nn.Module, batches, causal: bool) -> dict[str, float]:
