@@ -329,6 +329,7 @@ def _generic(sweep: runs.Sweep, trials: pd.DataFrame, complete: pd.DataFrame, di
     if figures.objective(trials, [*dims, *(["seed"] if "seed" in trials else [])], metric, out / "objective.png"):
         md += ["## Objective against each swept dimension", "![objective](objective.png)"]
     md += _learns_vs_forgets(complete, dims, metric, sweep.mode, out)
+    md += _after_training(complete, dims, metric, sweep.mode, out)
     imp, note = _importances(sweep)
     md += ["## Parameter importances (Optuna)", note]
     if imp:
@@ -355,6 +356,27 @@ def _learns_vs_forgets(complete: pd.DataFrame, dims: list[str], metric: str, mod
              f"Pareto front ({int(pts['is_pareto'].sum())} of {len(pts)} trials), where no trial learns more and "
              "forgets less. Files: [md](learns_vs_forgets.md), [csv](learns_vs_forgets.csv)."),
             "![learns vs forgets](learns_vs_forgets.png)", tables.to_markdown(table.head(20))]
+
+
+AFTER_COLUMNS = ("adapter_size_mb", "adapter_max_rank", "serving_rank_ok", "merge_max_abs_logit_diff",
+                 "merge_metric_delta", "merge_requant_max_abs_logit_diff", "merge_requant_metric_delta")
+
+
+def _after_training(complete: pd.DataFrame, dims: list[str], metric: str, mode: str, out: Path) -> list[str]:
+    """Size, serving rank and merge check per complete trial (lorasweep/after.py), best objective first."""
+    cols = [f"metrics.{c}" for c in AFTER_COLUMNS if f"metrics.{c}" in complete and complete[f"metrics.{c}"].notna().any()]
+    if not cols:
+        return []
+    keep = {f"params.{d}": d for d in dims if f"params.{d}" in complete}
+    table = complete[[*keep, f"metrics.{metric}", *cols, "run_id"]].rename(columns=lambda c: c.removeprefix("metrics."))
+    table = table.rename(columns=keep).sort_values(metric, ascending=mode == "min").reset_index(drop=True)
+    tables.write(table, table, out / "after_training", "Adapter size, serving rank and merge check per complete trial.")
+    return ["## After training: size, serving rank, merge check",
+            ("Per complete trial, best first (`docs/after.md`): the saved adapter in MiB, its largest rank against "
+             "tracking.max_serving_rank, and, where tracking.merge_check was on, the largest logit difference and "
+             "the metric difference of the merged model against the unmerged one on the eval rows. Files: "
+             "[md](after_training.md), [csv](after_training.csv)."),
+            tables.to_markdown(table.head(20))]
 
 
 def _leaderboard(trials: pd.DataFrame, dims: list[str], metric: str, mode: str) -> pd.DataFrame:

@@ -16,8 +16,16 @@ CONF_DIR = Path(os.environ.get("LORASWEEP_CONF", Path(__file__).resolve().parent
 
 # Sections whose keys are the user's own: an architecture dict, a sweep file. Elsewhere `+key=` must name a field.
 FREE_FORM = ("model.config", "sweep")
-# The metrics each task reports at every eval (and so can be a sweep's metric).
-TASK_METRICS = {"seq_cls": ["eval_loss", "eval_accuracy", "eval_macro_f1"], "causal_lm": ["eval_loss", "eval_perplexity"]}
+# Logged once after training (lorasweep/after.py), the last two groups only when their tracking flag is on: a
+# sweep can rank by them, though no pruner sees them (they do not exist before the end).
+SERVING_METRICS = ["adapter_size_mb", "adapter_max_rank"]
+AFTER_METRICS = {"merge_check": ["merge_max_abs_logit_diff", "merge_metric_delta", "merge_requant_max_abs_logit_diff",
+                                 "merge_requant_metric_delta"],
+                 "forgetting": ["forget_ppl_after", "forget_ppl_delta", "forget_ppl_ratio"]}
+# The metrics each task reports at every eval, then those after training (any of them can be a sweep's metric).
+TASK_METRICS = {"seq_cls": ["eval_loss", "eval_accuracy", "eval_macro_f1", *SERVING_METRICS, *AFTER_METRICS["merge_check"]],
+                "causal_lm": ["eval_loss", "eval_perplexity", *SERVING_METRICS, *AFTER_METRICS["merge_check"],
+                              *AFTER_METRICS["forgetting"]]}
 
 
 def compose(overrides: list[str] = (), config_name: str = "config") -> DictConfig:
@@ -133,6 +141,12 @@ def _after(cfg: DictConfig) -> None:
     for flag in ("merge_check", "forgetting"):
         if not isinstance(tr[flag], bool):
             raise ConfigError(f"tracking.{flag}", tr[flag], "true or false")
+    metric = OmegaConf.select(cfg, "sweep.metric", default=None)  # a sweep that ranks by a metric nobody logs
+    for flag, names in AFTER_METRICS.items():
+        if metric in names and metric in TASK_METRICS[cfg.model.task] and not tr[flag]:
+            raise ConfigError("sweep.metric", metric, f"a metric the trials log: {metric} needs tracking.{flag}=true")
+    if metric in AFTER_METRICS["merge_check"] and metric.startswith("merge_requant") and cfg.quant.method == "none":
+        raise ConfigError("sweep.metric", metric, "a metric the trials log: merge_requant_* needs a quantized base (quant=nf4, fp4, int8)")
     _num("tracking.max_serving_rank", tr.max_serving_rank, isinstance(tr.max_serving_rank, int) and tr.max_serving_rank >= 1,
          "an integer >= 1")
     if not tr.forgetting:

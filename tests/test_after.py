@@ -206,3 +206,32 @@ def test_trial_logs_the_resolved_spectrum_list(store):
     assert len(logged["resolved"]) == 7 and run.data.metrics["adapted_modules"] == 7
     assert {n.rsplit(".", 1)[-1] for n in logged["resolved"]} == {
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+# ----------------------------------------------------------------------------------------------- as a sweep metric
+
+@pytest.mark.parametrize("overrides,starts", [
+    (["sweep.metric=forget_ppl_ratio"], "sweep.metric='forget_ppl_ratio' is not allowed: a metric the trials log: "
+                                        "forget_ppl_ratio needs tracking.forgetting=true"),
+    (["sweep.metric=merge_metric_delta"], "sweep.metric='merge_metric_delta' is not allowed: a metric the trials log: "
+                                          "merge_metric_delta needs tracking.merge_check=true"),
+    (["sweep.metric=merge_requant_metric_delta", "tracking.merge_check=true"], "sweep.metric='merge_requant_metric_delta'"),
+])
+def test_a_sweep_ranking_by_an_unlogged_metric_is_refused(overrides, starts):
+    with pytest.raises(ConfigError) as e:
+        from lorasweep.config import validate
+
+        validate(compose(["sweep=smoke", *overrides]), has_cuda=False)
+    assert str(e.value).startswith(starts)
+
+
+@pytest.mark.slow
+def test_a_sweep_ranks_by_forget_ppl_ratio(store):
+    from lorasweep.sweep import run_sweep
+
+    s = run_sweep(["sweep=smoke", "sweep.num_trials=2", "sweep.metric=forget_ppl_ratio", "sweep.mode=min",
+                   "sweep.pruner.name=none", *FORGET])
+    runs = [r for r in mlflow.MlflowClient().search_runs([e.experiment_id for e in mlflow.search_experiments()])
+            if r.data.tags.get("mlflow.parentRunId")]
+    ratios = sorted(r.data.metrics["forget_ppl_ratio"] for r in runs)
+    assert len(ratios) == 2 and s["best_value"] == pytest.approx(ratios[0])

@@ -315,8 +315,9 @@ def test_learns_vs_forgets_marks_the_pareto_trials(store, tmp_path):
     # (accuracy, forget ratio): C learns most, E forgets least, A trades between; B and D are dominated
     # (C learns more than B and forgets less; A beats D on both)
     points = {"A": (0.70, 1.02), "B": (0.60, 1.10), "C": (0.75, 1.05), "D": (0.55, 1.03), "E": (0.50, 1.00)}
-    cells = [{"targets": ["q", "v"], "r": r, "seed": 0, "value": acc, "metrics": {"forget_ppl_ratio": ratio},
-              "params": {"tag": name}} for r, (name, (acc, ratio)) in zip((1, 2, 4, 8, 16), points.items())]
+    cells = [{"targets": ["q", "v"], "r": r, "seed": 0, "value": acc, "params": {"tag": name},
+              "metrics": {"forget_ppl_ratio": ratio, "adapter_size_mb": r / 10, "merge_max_abs_logit_diff": 1e-7 * r}}
+             for r, (name, (acc, ratio)) in zip((1, 2, 4, 8, 16), points.items())]
     cells.append({"targets": ["q", "v"], "r": 32, "seed": 0, "value": 0.9})  # no forgetting measured: not plotted
     sweep_id, _ = make_sweep(tmp_path, "forgets", cells)
     out, _ = report.build(sweep_id, log=False)
@@ -325,6 +326,9 @@ def test_learns_vs_forgets_marks_the_pareto_trials(store, tmp_path):
     front = set(table.loc[table["Pareto"], "tag"])
     assert front == {"A", "C", "E"} and len(table) == 5
     assert "## Learns vs forgets" in (out / "README.md").read_text()
+    board = pd.read_csv(out / "after_training.csv")  # best objective first, its size and merge figures beside it
+    assert list(board["eval_accuracy"][:2]) == [0.9, 0.75] and board["adapter_size_mb"][1] == pytest.approx(0.4)
+    assert board["merge_max_abs_logit_diff"].notna().sum() == 5
     # a sweep without forgetting metrics gets no such section
     plain, _ = make_sweep(tmp_path, "plain", cells[-1:], stamp="20260101-000001")
     assert "Learns vs forgets" not in (report.build(plain, log=False)[0] / "README.md").read_text()
