@@ -201,3 +201,40 @@ def importances(values: dict[str, float], path: Path) -> Path | None:
     ax.barh(names, [values[n] for n in names])
     ax.set_xlabel("importance (Optuna, normalised to 1)")
     return _save(fig, path)
+
+
+def pareto(metric: pd.Series, forget: pd.Series, mode: str) -> pd.Series:
+    """True where no other trial has a metric at least as good and a forget ratio at least as low, one of the two
+    strictly (mode: 'max' or 'min' for the metric; forget_ppl_ratio is always better low)."""
+    m = metric.to_numpy(float) * (1 if mode == "max" else -1)
+    f = forget.to_numpy(float)
+    front = [not any((m[j] >= m[i]) and (f[j] <= f[i]) and ((m[j] > m[i]) or (f[j] < f[i])) for j in range(len(m)))
+             for i in range(len(m))]
+    return pd.Series(front, index=metric.index)
+
+
+def learns_vs_forgets(trials: pd.DataFrame, metric: str, mode: str, path: Path) -> pd.DataFrame | None:
+    """The task metric against forget_ppl_ratio, a point per complete trial, the Pareto points ringed and joined;
+    returns the plotted trials with an `is_pareto` column (None when no trial measured forgetting)."""
+    col, ratio = f"metrics.{metric}", "metrics.forget_ppl_ratio"
+    if col not in trials or ratio not in trials:
+        return None
+    pts = trials[trials[col].notna() & trials[ratio].notna()].copy()
+    if pts.empty:
+        return None
+    pts["is_pareto"] = pareto(pts[col], pts[ratio], mode)
+    fig = _figure(6, 4.2)
+    ax = fig.add_subplot()
+    groups = pts.groupby("weights", sort=True) if "weights" in pts and pts["weights"].notna().all() else [("trials", pts)]
+    for n, (label, rows) in enumerate(groups):
+        ax.scatter(rows[ratio], rows[col], color=f"C{n % 10}", alpha=0.75, label=label)
+    front = pts[pts["is_pareto"]].sort_values(ratio)
+    ax.plot(front[ratio], front[col], color="black", lw=1, ls="--")
+    ax.scatter(front[ratio], front[col], s=140, facecolors="none", edgecolors="black", label="Pareto")
+    ax.axvline(1.0, color="grey", lw=0.8, ls=":")  # ratio 1: general text as well predicted as before training
+    ax.set_xlabel("forget_ppl_ratio (general-text perplexity after / before; lower forgets less)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"learns vs forgets ({len(pts)} trials, {int(pts['is_pareto'].sum())} on the Pareto front)")
+    ax.legend(fontsize=7)
+    _save(fig, path)
+    return pts

@@ -328,6 +328,8 @@ def _generic(sweep: runs.Sweep, trials: pd.DataFrame, complete: pd.DataFrame, di
            tables.to_markdown(board.head(10))]
     if figures.objective(trials, [*dims, *(["seed"] if "seed" in trials else [])], metric, out / "objective.png"):
         md += ["## Objective against each swept dimension", "![objective](objective.png)"]
+    md += _learns_vs_forgets(complete, dims, metric, sweep.mode, out)
+    md += _after_training(complete, dims, metric, sweep.mode, out)
     imp, note = _importances(sweep)
     md += ["## Parameter importances (Optuna)", note]
     if imp:
@@ -337,6 +339,44 @@ def _generic(sweep: runs.Sweep, trials: pd.DataFrame, complete: pd.DataFrame, di
         md += [tables.to_markdown(df), "![importances](importances.png)"]
     md += ["## Pruning and failures", _pruning(sweep, trials, metric)]
     return md
+
+
+def _learns_vs_forgets(complete: pd.DataFrame, dims: list[str], metric: str, mode: str, out: Path) -> list[str]:
+    """The task metric against forget_ppl_ratio (trials run with tracking.forgetting=true), Pareto points marked."""
+    pts = figures.learns_vs_forgets(complete, metric, mode, out / "learns_vs_forgets.png")
+    if pts is None:
+        return []
+    cols = {f"metrics.{metric}": metric, "metrics.forget_ppl_ratio": "forget_ppl_ratio",
+            "metrics.forget_ppl_before": "ppl before", "metrics.forget_ppl_after": "ppl after",
+            **{f"params.{d}": d for d in dims}, "is_pareto": "Pareto", "run_id": "run_id"}
+    table = pts[[c for c in cols if c in pts]].rename(columns=cols).sort_values("forget_ppl_ratio")
+    tables.write(table, table, out / "learns_vs_forgets", f"{metric} against forget_ppl_ratio per complete trial.")
+    return ["## Learns vs forgets",
+            (f"{metric} against general-text perplexity after / before training (tracking.forgetting); ringed: the "
+             f"Pareto front ({int(pts['is_pareto'].sum())} of {len(pts)} trials), where no trial learns more and "
+             "forgets less. Files: [md](learns_vs_forgets.md), [csv](learns_vs_forgets.csv)."),
+            "![learns vs forgets](learns_vs_forgets.png)", tables.to_markdown(table.head(20))]
+
+
+AFTER_COLUMNS = ("adapter_size_mb", "adapter_max_rank", "serving_rank_ok", "merge_max_abs_logit_diff",
+                 "merge_metric_delta", "merge_requant_max_abs_logit_diff", "merge_requant_metric_delta")
+
+
+def _after_training(complete: pd.DataFrame, dims: list[str], metric: str, mode: str, out: Path) -> list[str]:
+    """Size, serving rank and merge check per complete trial (lorasweep/after.py), best objective first."""
+    cols = [f"metrics.{c}" for c in AFTER_COLUMNS if f"metrics.{c}" in complete and complete[f"metrics.{c}"].notna().any()]
+    if not cols:
+        return []
+    keep = {f"params.{d}": d for d in dims if f"params.{d}" in complete}
+    table = complete[[*keep, f"metrics.{metric}", *cols, "run_id"]].rename(columns=lambda c: c.removeprefix("metrics."))
+    table = table.rename(columns=keep).sort_values(metric, ascending=mode == "min").reset_index(drop=True)
+    tables.write(table, table, out / "after_training", "Adapter size, serving rank and merge check per complete trial.")
+    return ["## After training: size, serving rank, merge check",
+            ("Per complete trial, best first (`docs/after.md`): the saved adapter in MiB, its largest rank against "
+             "tracking.max_serving_rank, and, where tracking.merge_check was on, the largest logit difference and "
+             "the metric difference of the merged model against the unmerged one on the eval rows. Files: "
+             "[md](after_training.md), [csv](after_training.csv)."),
+            tables.to_markdown(table.head(20))]
 
 
 def _leaderboard(trials: pd.DataFrame, dims: list[str], metric: str, mode: str) -> pd.DataFrame:

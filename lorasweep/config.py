@@ -16,8 +16,16 @@ CONF_DIR = Path(os.environ.get("LORASWEEP_CONF", Path(__file__).resolve().parent
 
 # Sections whose keys are the user's own: an architecture dict, a sweep file. Elsewhere `+key=` must name a field.
 FREE_FORM = ("model.config", "sweep")
-# The metrics each task reports at every eval (and so can be a sweep's metric).
-TASK_METRICS = {"seq_cls": ["eval_loss", "eval_accuracy", "eval_macro_f1"], "causal_lm": ["eval_loss", "eval_perplexity"]}
+# Logged once after training (lorasweep/after.py), the last two groups only when their tracking flag is on: a
+# sweep can rank by them, though no pruner sees them (they do not exist before the end).
+SERVING_METRICS = ["adapter_size_mb", "adapter_max_rank"]
+AFTER_METRICS = {"merge_check": ["merge_max_abs_logit_diff", "merge_metric_delta", "merge_requant_max_abs_logit_diff",
+                                 "merge_requant_metric_delta"],
+                 "forgetting": ["forget_ppl_after", "forget_ppl_delta", "forget_ppl_ratio"]}
+# The metrics each task reports at every eval, then those after training (any of them can be a sweep's metric).
+TASK_METRICS = {"seq_cls": ["eval_loss", "eval_accuracy", "eval_macro_f1", *SERVING_METRICS, *AFTER_METRICS["merge_check"]],
+                "causal_lm": ["eval_loss", "eval_perplexity", *SERVING_METRICS, *AFTER_METRICS["merge_check"],
+                              *AFTER_METRICS["forgetting"]]}
 
 
 def compose(overrides: list[str] = (), config_name: str = "config") -> DictConfig:
@@ -118,4 +126,36 @@ def validate(cfg: DictConfig, has_cuda: bool | None = None) -> DictConfig:
     from transformers.trainer_utils import SchedulerType
 
     _one_of("train.lr_scheduler", t.lr_scheduler, [s.value for s in SchedulerType])
+    _after(cfg)
     return cfg
+
+
+def _after(cfg: DictConfig) -> None:
+    """The after-training measurements (lorasweep/after.py) and the spectrum target rule."""
+    from lorasweep.after import text_source
+    from lorasweep.targets import spectrum_percent
+
+    for target in cfg.adapter.targets:
+        spectrum_percent(target)
+    tr = cfg.tracking
+    for flag in ("merge_check", "forgetting"):
+        if not isinstance(tr[flag], bool):
+            raise ConfigError(f"tracking.{flag}", tr[flag], "true or false")
+    metric = OmegaConf.select(cfg, "sweep.metric", default=None)  # a sweep that ranks by a metric nobody logs
+    for flag, names in AFTER_METRICS.items():
+        if metric in names and metric in TASK_METRICS[cfg.model.task] and not tr[flag]:
+            raise ConfigError("sweep.metric", metric, f"a metric the trials log: {metric} needs tracking.{flag}=true")
+    if metric in AFTER_METRICS["merge_check"] and metric.startswith("merge_requant") and cfg.quant.method == "none":
+        raise ConfigError("sweep.metric", metric, "a metric the trials log: merge_requant_* needs a quantized base (quant=nf4, fp4, int8)")
+    _num("tracking.max_serving_rank", tr.max_serving_rank, isinstance(tr.max_serving_rank, int) and tr.max_serving_rank >= 1,
+         "an integer >= 1")
+    if not tr.forgetting:
+        return
+    if cfg.model.task != "causal_lm":
+        raise ConfigError("tracking.forgetting", True, "false for model.task=seq_cls: forgetting is a causal LM's perplexity")
+    _num("tracking.forgetting_window", tr.forgetting_window, isinstance(tr.forgetting_window, int) and tr.forgetting_window >= 2,
+         "an integer >= 2 (tokens)")
+    _num("tracking.forgetting_tokens", tr.forgetting_tokens,
+         isinstance(tr.forgetting_tokens, int) and tr.forgetting_tokens >= tr.forgetting_window,
+         f"an integer >= tracking.forgetting_window ({tr.forgetting_window})")
+    text_source(tr)

@@ -21,7 +21,7 @@ from transformers import (
 )
 
 from lorasweep.errors import ConfigError
-from lorasweep.targets import resolve_targets
+from lorasweep.targets import resolve_targets, spectrum_percent
 
 AUTO = {"seq_cls": AutoModelForSequenceClassification, "causal_lm": AutoModelForCausalLM}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -296,5 +296,26 @@ def targets(cfg: DictConfig, num_labels: int | None) -> tuple[list[str], str]:
     """Full module names the adapter covers, checked against the real architecture before any load."""
     check_source(cfg.model)
     config = arch_config(cfg.model, num_labels)
-    names = resolve_targets(meta_model(config, cfg.model.task), config.model_type, list(cfg.adapter.targets))
+    wanted = list(cfg.adapter.targets)
+    snr = None
+    if any(spectrum_percent(t) is not None for t in wanted):  # the one rule that reads weights (cached)
+        from lorasweep.spectrum import cached_scores
+
+        snr = {name: row["snr"] for name, row in cached_scores(cfg).items()}
+    names = resolve_targets(meta_model(config, cfg.model.task), config.model_type, wanted, snr)
     return names, config.model_type
+
+
+def weights_key(m: DictConfig) -> str:
+    """A short key that changes when the base model's weights do: its folder plus each weight file's size and
+    mtime (hashing gigabytes per trial would cost more than what the key saves)."""
+    path = folder(m)
+    local = Path(path).expanduser()
+    if not local.is_dir():  # a hub id: the cached snapshot folder names the commit
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(path, "config.json")
+        local = Path(hit).parent if isinstance(hit, str) else local
+    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in local.glob("*")
+                   if f.suffix in (".safetensors", ".bin", ".pt")) if local.is_dir() else []
+    return hashlib.sha256(json.dumps([str(local), files]).encode()).hexdigest()[:12]

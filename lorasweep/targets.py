@@ -1,5 +1,7 @@
-"""Target-module aliases (q, k, v, o, gate, up, down, attn, mlp, all-linear) resolved per architecture family."""
+"""Target-module aliases (q, k, v, o, gate, up, down, attn, mlp, all-linear) resolved per architecture family,
+and the `spectrum:<k>%` rule (the k % of each module type with the highest SNR of its base weights)."""
 
+import math
 import re
 
 import torch.nn as nn
@@ -23,7 +25,8 @@ MODEL_TYPES = {
     "bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "distilroberta": "bert", "electra": "bert",
 }
 GROUPS = {"attn": ["q", "k", "v", "o"], "mlp": ["gate", "up", "down"]}
-ALIASES = ["q", "k", "v", "o", "gate", "up", "down", "attn", "mlp", "all-linear"]
+ALIASES = ["q", "k", "v", "o", "gate", "up", "down", "attn", "mlp", "all-linear", "spectrum:<k>%"]
+SPECTRUM = re.compile(r"spectrum:(\d+(?:\.\d+)?)%?")
 HEADS = {"classifier", "score", "lm_head", "qa_outputs"}  # task heads are never adapted
 
 
@@ -54,13 +57,49 @@ def module_type(name: str, fam: str | None) -> str:
     return short_name(name)
 
 
-def resolve_targets(model: nn.Module, model_type: str, targets: list[str]) -> list[str]:
-    """Expand aliases and raw names into the sorted full names of the Linear modules to adapt."""
+def spectrum_percent(target: str) -> float | None:
+    """k of a `spectrum:<k>%` rule, None for any other target; a malformed rule is a ConfigError."""
+    if not str(target).startswith("spectrum"):
+        return None
+    hit = SPECTRUM.fullmatch(str(target))
+    k = float(hit.group(1)) if hit else -1.0
+    if not 0 < k <= 100:
+        raise ConfigError("adapter.targets", target, "spectrum:<k>% with 0 < k <= 100, e.g. spectrum:25%")
+    return k
+
+
+def spectrum_pick(snr: dict[str, float], fam: str | None, k: float) -> list[str]:
+    """Per module type, the ceil(k % of its layers) modules with the highest SNR (ties: by name)."""
+    by_type: dict[str, list[str]] = {}
+    for name in snr:
+        by_type.setdefault(module_type(name, fam), []).append(name)
+    picked = []
+    for names in by_type.values():
+        ranked = sorted(names, key=lambda n: (-snr[n], n))
+        picked += ranked[:math.ceil(k / 100 * len(ranked) - 1e-9)]  # rounding must not add a layer at k·n exact
+    return sorted(picked)
+
+
+def resolve_targets(model: nn.Module, model_type: str, targets: list[str],
+                    snr: dict[str, float] | None = None) -> list[str]:
+    """Expand aliases and raw names into the sorted full names of the Linear modules to adapt.
+
+    `snr` (module name -> SNR of its base weight, from lorasweep.spectrum) is needed by spectrum rules only.
+    """
     fam = family(model_type)
     names = linear_names(model)
     chosen: set[str] = set()
     for t in targets:
-        if t == "all-linear":
+        k = spectrum_percent(t)
+        if k is not None:
+            if snr is None:
+                raise ConfigError("adapter.targets", t, "aliases or module names here: a spectrum rule needs the "
+                                                        "base weights, which only a trial loads")
+            # the family's module types (q…down) when known: a one-of-a-kind layer such as BERT's pooler
+            # would otherwise always win its own type
+            pool = [n for n in names if module_type(n, fam) in FAMILIES.get(fam or "", {})] or names
+            hits = spectrum_pick({n: snr[n] for n in pool}, fam, k)
+        elif t == "all-linear":
             hits = names
         elif t in GROUPS or t in FAMILIES.get(fam or "", {}):
             want = set(GROUPS.get(t, [t]))

@@ -7,7 +7,7 @@ from pathlib import Path
 import mlflow
 from omegaconf import DictConfig, OmegaConf
 
-from lorasweep import data, measure, model, tracking, train
+from lorasweep import after, data, measure, model, tracking, train
 from lorasweep.config import validate
 from lorasweep.targets import family
 from lorasweep.train import OnMetrics
@@ -29,12 +29,14 @@ def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), run_id: st
         (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         mlflow.log_artifact(str(out / "config.yaml"))
         tracking.log_splits(cfg, parts)
+        mlflow.log_dict({"adapter.targets": list(cfg.adapter.targets), "resolved": targets}, "targets.json")
 
         # 2. Model and data.
         measure.reset_peak_memory()
         steps = train.total_steps(cfg, len(parts["train"]))
         peft_model, tok = model.load(cfg, targets, steps, labels)
         init = measure.snapshot_factors(peft_model)  # PiSSA starts from B0·A0 ≠ 0: spectra measure what training added
+        before = after.forgetting_before(cfg, peft_model, tok)  # the base's general-text perplexity (cached)
         datasets = data.tokenize(cfg, parts, tok, labels)
         trainable, total = peft_model.get_nb_trainable_parameters()
         sizes = {"trainable_params": trainable, "trainable_pct": 100.0 * trainable / total, "adapted_modules": len(targets)}
@@ -71,9 +73,16 @@ def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), run_id: st
             summary.update(measure.aggregate(rows))
             for f in measure.write_spectra(rows, out):
                 mlflow.log_artifact(str(f), artifact_path="spectra")
+
+        # 5. What it is worth afterwards: size and rank for serving, merging it into the base, forgetting.
+        peft_model.save_pretrained(out / "adapter", safe_serialization=True)
+        summary.update(after.serving(cfg, peft_model, out / "adapter"))
+        merged, why_not = after.merge_check(cfg, peft_model, trainer.get_eval_dataloader(), out / "adapter")
+        summary.update(merged)
+        mlflow.set_tags(why_not)
+        summary.update(after.forgetting(cfg, peft_model, tok, before))
         mlflow.log_metrics({k: v for k, v in summary.items() if not k.startswith("eval_")})
         if cfg.tracking.save_adapter:
-            peft_model.save_pretrained(out / "adapter", safe_serialization=True)
             mlflow.log_artifacts(str(out / "adapter"), artifact_path="adapter")
         summary["run_id"] = active.info.run_id
         summary["adapter_uri"] = f"{active.info.artifact_uri}/adapter" if cfg.tracking.save_adapter else None

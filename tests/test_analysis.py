@@ -74,7 +74,7 @@ def make_sweep(tmp: Path, name: str, cells: list[dict], metric: str = "eval_accu
         metrics = {**({} if "history" in c else {metric: c["value"]}), "trainable_params": 2 * K * c["r"] * n * LAYERS,
                    "peak_memory_mb": 500 + c["r"], "energy_rank95_mean": er, "effective_rank_mean": er + 0.5,
                    **{f"energy_rank95_{t}_mean": er for t in c["targets"]},
-                   **{f"effective_rank_{t}_mean": er + 0.5 for t in c["targets"]}}
+                   **{f"effective_rank_{t}_mean": er + 0.5 for t in c["targets"]}, **c.get("metrics", {})}
         now = int(time.time() * 1000)
         client.log_batch(run, params=[Param(k, str(v)) for k, v in params.items()],
                          metrics=[Metric(k, float(v), now, 60) for k, v in metrics.items()])
@@ -309,3 +309,26 @@ def test_any_sweep_gets_leaderboard_importances_and_pruning(store, tmp_path):
     assert board.iloc[0]["eval_accuracy"] == pytest.approx(0.58) and len(board) == 7
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary.columns[:2]) == ["r", "train.lr"] and summary["n"].eq(1).all()
+
+
+def test_learns_vs_forgets_marks_the_pareto_trials(store, tmp_path):
+    # (accuracy, forget ratio): C learns most, E forgets least, A trades between; B and D are dominated
+    # (C learns more than B and forgets less; A beats D on both)
+    points = {"A": (0.70, 1.02), "B": (0.60, 1.10), "C": (0.75, 1.05), "D": (0.55, 1.03), "E": (0.50, 1.00)}
+    cells = [{"targets": ["q", "v"], "r": r, "seed": 0, "value": acc, "params": {"tag": name},
+              "metrics": {"forget_ppl_ratio": ratio, "adapter_size_mb": r / 10, "merge_max_abs_logit_diff": 1e-7 * r}}
+             for r, (name, (acc, ratio)) in zip((1, 2, 4, 8, 16), points.items())]
+    cells.append({"targets": ["q", "v"], "r": 32, "seed": 0, "value": 0.9})  # no forgetting measured: not plotted
+    sweep_id, _ = make_sweep(tmp_path, "forgets", cells)
+    out, _ = report.build(sweep_id, log=False)
+    assert (out / "learns_vs_forgets.png").stat().st_size > 0
+    table = pd.read_csv(out / "learns_vs_forgets.csv")
+    front = set(table.loc[table["Pareto"], "tag"])
+    assert front == {"A", "C", "E"} and len(table) == 5
+    assert "## Learns vs forgets" in (out / "README.md").read_text()
+    board = pd.read_csv(out / "after_training.csv")  # best objective first, its size and merge figures beside it
+    assert list(board["eval_accuracy"][:2]) == [0.9, 0.75] and board["adapter_size_mb"][1] == pytest.approx(0.4)
+    assert board["merge_max_abs_logit_diff"].notna().sum() == 5
+    # a sweep without forgetting metrics gets no such section
+    plain, _ = make_sweep(tmp_path, "plain", cells[-1:], stamp="20260101-000001")
+    assert "Learns vs forgets" not in (report.build(plain, log=False)[0] / "README.md").read_text()

@@ -31,6 +31,18 @@ BAD = [
     (["adapter.r=8", "adapter.nope=1"], "override="),
     (["adapter.r=[1,2"], "override="),
     (["model=nonexistent"], "override="),
+    (["adapter.targets=[spectrum:0%]"], "adapter.targets='spectrum:0%'"),
+    (["adapter.targets=[spectrum:150%]"], "adapter.targets='spectrum:150%'"),
+    (["adapter.targets=[q,spectrum:lots]"], "adapter.targets='spectrum:lots'"),
+    (["tracking.merge_check=maybe"], "tracking.merge_check='maybe'"),
+    (["tracking.max_serving_rank=0"], "tracking.max_serving_rank=0"),
+    (["tracking.forgetting=true"], "tracking.forgetting=True"),  # MiniLM classifies: no perplexity
+    (["model=tiny_llama", "data=tweets_sft", "tracking.forgetting=true", "tracking.forgetting_text=/no/such.txt"],
+     "tracking.forgetting_text='/no/such.txt'"),
+    (["model=tiny_llama", "data=tweets_sft", "tracking.forgetting=true", "tracking.forgetting_window=1"],
+     "tracking.forgetting_window=1"),
+    (["model=tiny_llama", "data=tweets_sft", "tracking.forgetting=true", "tracking.forgetting_tokens=64"],
+     "tracking.forgetting_tokens=64"),
 ]
 
 
