@@ -46,7 +46,7 @@ def _estimate(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from analysis.report import cli
+    from lorasweep.analysis.report import cli
 
     return cli(args.args)
 

@@ -332,34 +332,22 @@ def sweep_dir(cfg: DictConfig, argv: list[str]) -> tuple[Path, bool]:
 # ---------------------------------------------------------------- results
 
 def leaderboard(client: mlflow.MlflowClient, parent_run_id: str, spec: SweepSpec, out: Path, base: list[str]) -> dict:
-    """Top trials from the child runs; CSV, Markdown and a plot of the objective per dimension on the parent run."""
-    import pandas as pd
+    """The leaderboard and the objective plot, the same ones `lorasweep report` shows, onto the parent run; the
+    best finished trial and the command that reruns it."""
+    from lorasweep.analysis import figures, runs, tables
 
-    exp = client.get_run(parent_run_id).info.experiment_id
-    runs = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=5000)
-    rows = []
+    trials = runs.load_trials(runs.find_sweep(parent_run_id, client.tracking_uri))
     keys = [d.key for d in spec.dims if not d.helper]
-    for r in runs:
-        row = {"trial": r.data.tags.get("optuna_trial"), "state": r.data.tags.get("trial_state", r.info.status),
-               spec.metric: r.data.metrics.get(spec.metric)}
-        row.update({k: v for k, v in sorted(r.data.metrics.items()) if k.startswith("eval_") and k != spec.metric})
-        row.update({"overrides": r.data.tags.get("overrides", ""), **{k: r.data.params.get(k) for k in keys},
-                    "failure_reason": r.data.tags.get("failure_reason", ""), "run_id": r.info.run_id})
-        rows.append(row)
-    df = pd.DataFrame(rows)
-    counts = df["state"].value_counts().to_dict() if len(df) else {}
-    if len(df):  # finished trials first, best first; then pruned, failed, killed
-        order = {"COMPLETE": 0, "REUSED": 1, "PRUNED": 2, "FAILED": 3, "KILLED": 4}
-        df = df.assign(_o=df["state"].map(order).fillna(5), _v=df[spec.metric] * (-1 if spec.mode == "max" else 1))
-        df = df.sort_values(["_o", "_v"], na_position="last").drop(columns=["_o", "_v"])
-    complete = df[df["state"] == "COMPLETE"].dropna(subset=[spec.metric]) if len(df) else df
-    df.to_csv(out / "leaderboard.csv", index=False)
-    (out / "leaderboard.md").write_text(df.drop(columns=["run_id"]).to_markdown(index=False) if len(df) else "no trials\n")
+    board = tables.leaderboard(trials, keys, spec.metric, spec.mode)
+    counts = board["state"].value_counts().to_dict() if len(board) else {}
+    board.to_csv(out / "leaderboard.csv", index=False)
+    shown = board.drop(columns=["run_id"]).to_markdown(index=False) if len(board) else "no trials"
+    (out / "leaderboard.md").write_text(shown + "\n")
     mlflow.log_artifact(str(out / "leaderboard.csv"))
     mlflow.log_artifact(str(out / "leaderboard.md"))
-    if len(complete):
-        _plot(df, spec, keys, out / "objective.png")
+    if figures.objective(trials, keys, spec.metric, out / "objective.png"):
         mlflow.log_artifact(str(out / "objective.png"))
+    complete = board[board["state"] == "COMPLETE"].dropna(subset=[spec.metric]) if len(board) else board
     summary = {"counts": counts, "metric": spec.metric, "top": complete.head(5).to_dict("records")}
     if len(complete):
         best = complete.iloc[0]
@@ -372,36 +360,6 @@ def leaderboard(client: mlflow.MlflowClient, parent_run_id: str, spec: SweepSpec
                        best_adapter=f"{client.get_run(best['run_id']).info.artifact_uri}/adapter")
     mlflow.log_metrics({f"trials_{k.lower()}": v for k, v in counts.items()})
     return summary
-
-
-def _plot(df, spec: SweepSpec, keys: list[str], path: Path) -> None:
-    import pandas as pd
-    from matplotlib.figure import Figure
-
-    keys = keys or ["overrides"]
-    fig = Figure(figsize=(4 * len(keys), 3.2))
-    for i, k in enumerate(keys):
-        ax = fig.add_subplot(1, len(keys), i + 1)
-        for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
-            part = df[(df["state"] == state) & df[spec.metric].notna()]
-            x = pd_numeric(part[k])
-            ax.scatter(x, part[spec.metric], marker=marker, label=state.lower())
-        ax.set_xlabel(k)
-        ax.set_ylabel(spec.metric)
-        if k == "adapter.r":
-            ax.set_xscale("log", base=2)
-        elif not pd.api.types.is_numeric_dtype(pd_numeric(df[k])):  # category labels such as ["q","v"]: tilt them
-            ax.set_xticks(ax.get_xticks(), ax.get_xticklabels(), rotation=35, ha="right", fontsize=7)
-    fig.axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-def pd_numeric(col):
-    import pandas as pd
-
-    num = pd.to_numeric(col, errors="coerce")
-    return num if num.notna().all() else col.map(lambda v: "-" if pd.isna(v) else str(v))  # pandas 3 keeps NaN in astype(str)
 
 
 def _interrupt(signum, frame):
