@@ -34,6 +34,7 @@ report: setup
 	$(OFFLINE) $(VENV)/bin/lorasweep report $(SWEEP) $(ARGS)
 
 test: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 	$(OFFLINE) $(PY) -m pytest -q --durations=15 tests $(ARGS)
 
 # CPU benchmarks; each prints ratios measured side by side and writes benchmarks/results/. The GPU ones

@@ -34,6 +34,7 @@ OUT = Path(__file__).parent / "results"
 
 def timed(fn, repeats: int, device: str) -> tuple[float, torch.Tensor]:
     """Median wall time in seconds of fn() over repeats runs after a warm-up, and its result."""
+
     def run() -> tuple[float, torch.Tensor]:
         t0 = time.perf_counter()
         res = fn()
@@ -56,8 +57,14 @@ def case(d: int, k: int, r: int, repeats: int, device: str) -> dict:
     top = sv_full[:r]
     rel_err = float(((sv_qr[:r] - top).abs() / top).max())
     return {
-        "device": device, "d": d, "k": k, "r": r, "qr_ms": 1e3 * t_qr, "full_svd_ms": 1e3 * t_full,
-        "speedup": t_full / t_qr, "max_rel_err": rel_err,
+        "device": device,
+        "d": d,
+        "k": k,
+        "r": r,
+        "qr_ms": 1e3 * t_qr,
+        "full_svd_ms": 1e3 * t_full,
+        "speedup": t_full / t_qr,
+        "max_rel_err": rel_err,
         "tail_max_over_sigma1": float(sv_full[r:].max() / sv_full[0]) if sv_full.numel() > r else 0.0,
     }
 
@@ -78,13 +85,22 @@ def main() -> None:
             for r in RANKS:
                 row = {"model": model, "module": module, **case(d, k, r, args.repeats, device)}
                 rows.append(row)
-                print(f"{device:<4} {model:<11} {module:<8} {d:>5}x{k:<5} r={r:<3} QR {row['qr_ms']:9.2f} ms  "
-                      f"full SVD {row['full_svd_ms']:10.1f} ms  speed-up {row['speedup']:9.0f}x  "
-                      f"max rel err {row['max_rel_err']:.1e}", flush=True)
+                print(
+                    f"{device:<4} {model:<11} {module:<8} {d:>5}x{k:<5} r={r:<3} QR {row['qr_ms']:9.2f} ms  "
+                    f"full SVD {row['full_svd_ms']:10.1f} ms  speed-up {row['speedup']:9.0f}x  "
+                    f"max rel err {row['max_rel_err']:.1e}",
+                    flush=True,
+                )
 
-    env = {"torch": torch.__version__, "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-           "cpu": platform.processor() or platform.machine(), "dtype": "float64", "repeats": args.repeats,
-           "gpu": torch.cuda.get_device_name() if "cuda" in args.devices else None}
+    env = {
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "dtype": "float64",
+        "repeats": args.repeats,
+        "gpu": torch.cuda.get_device_name() if "cuda" in args.devices else None,
+    }
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "spectra.json").write_text(json.dumps({"env": env, "results": rows}, indent=1))
@@ -100,9 +116,11 @@ def main() -> None:
         "|---|---|---|---|---|---:|---:|---:|---:|",
     ]
     for row in rows:
-        lines.append(f"| {row['device']} | {row['model']} | {row['module']} | {row['d']}×{row['k']} | {row['r']} | "
-                     f"{row['qr_ms']:.2f} | {row['full_svd_ms']:.1f} | {row['speedup']:.0f}× | "
-                     f"{row['max_rel_err']:.1e} |")
+        lines.append(
+            f"| {row['device']} | {row['model']} | {row['module']} | {row['d']}×{row['k']} | {row['r']} | "
+            f"{row['qr_ms']:.2f} | {row['full_svd_ms']:.1f} | {row['speedup']:.0f}× | "
+            f"{row['max_rel_err']:.1e} |"
+        )
     (out / "spectra.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'spectra.json'} and {out / 'spectra.md'}")
 

@@ -38,8 +38,14 @@ from lorasweep.trial import run_trial  # noqa: E402
 
 
 def overrides(steps: int, batch: int, store: str) -> list[str]:
-    return ["model=tiny_llama", "data=tweets_sft", f"train.max_steps={steps}", f"train.batch_size={batch}",
-            f"tracking.uri=sqlite:///{store}/mlflow.db", "tracking.experiment=overhead"]
+    return [
+        "model=tiny_llama",
+        "data=tweets_sft",
+        f"train.max_steps={steps}",
+        f"train.batch_size={batch}",
+        f"tracking.uri=sqlite:///{store}/mlflow.db",
+        "tracking.experiment=overhead",
+    ]
 
 
 def trial(ov: list[str]) -> dict:
@@ -62,8 +68,9 @@ def bare(ov: list[str]) -> dict:
     steps, bs = int(cfg.train.max_steps), int(cfg.train.batch_size)
     net = AutoModelForCausalLM.from_pretrained(path, dtype=model.DTYPES[cfg.model.dtype])
     net = get_peft_model(net, model.peft_config(cfg, targets, steps))
-    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.train.lr,
-                            weight_decay=cfg.train.weight_decay)
+    opt = torch.optim.AdamW(
+        [p for p in net.parameters() if p.requires_grad], lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+    )
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(int(cfg.seed))).tolist()
     ids, labels = train["input_ids"], train["labels"]
     net.train()
@@ -96,29 +103,43 @@ def main() -> None:
             print(i, kind, {k: round(v, 3) for k, v in r.items()}, flush=True)
     med = {k: {m: statistics.median(r[m] for r in v) for m in ("wall_s", "train_s")} for k, v in runs.items()}
     result = {
-        "date": datetime.date.today().isoformat(), "command": "python benchmarks/bench_trial_overhead.py " + " ".join(sys.argv[1:]),
-        "overrides": ov[:4], "pairs": args.pairs, "cpu": f"{platform.machine()}, {os.cpu_count()} cores (shared)",
-        "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "median": med,
+        "date": datetime.date.today().isoformat(),
+        "command": "python benchmarks/bench_trial_overhead.py " + " ".join(sys.argv[1:]),
+        "overrides": ov[:4],
+        "pairs": args.pairs,
+        "cpu": f"{platform.machine()}, {os.cpu_count()} cores (shared)",
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "median": med,
         "ratio_wall": med["trial"]["wall_s"] / med["bare"]["wall_s"],
-        "ratio_train": med["trial"]["train_s"] / med["bare"]["train_s"], "runs": runs,
+        "ratio_train": med["trial"]["train_s"] / med["bare"]["train_s"],
+        "runs": runs,
     }
     out = REPO / "benchmarks" / "results"
     (out / "trial_overhead.json").write_text(json.dumps(result, indent=1))
-    md = [f"# Trial overhead on the CPU ({result['date']})", "",
-          f"`{result['command']}` on {result['cpu']}, torch {result['torch']} ({result['torch_threads']} threads). "
-          f"tiny_llama (random, 2 layers, hidden 64, vocab 30522), data=tweets_sft, {args.steps} steps of batch "
-          f"{args.batch}, LoRA r=8 on q,v (the trial defaults). Medians of {args.pairs} alternating pairs in one process, "
-          "after one warm-up of each.", "",
-          "- **trial**: `lorasweep.trial.run_trial` — validate, split and tokenize, load, Trainer (LoRA+ groups, linear "
-          "schedule with warm-up, logging every 10 steps), MLflow run in a tmp sqlite store (params, metrics, config "
-          "artifact), the final eval (200 rows) and test eval (200 rows), spectra, adapter saved as an artifact.",
-          "- **bare**: the same model folder, split, tokenization, PEFT config, steps and batch; torch AdamW in a "
-          "plain loop; nothing else.", "",
-          "| | trial | bare | trial / bare |", "|---|---|---|---|",
-          f"| wall, config to done (s) | {med['trial']['wall_s']:.2f} | {med['bare']['wall_s']:.2f} | {result['ratio_wall']:.2f} |",
-          f"| training phase (s) | {med['trial']['train_s']:.2f} | {med['bare']['train_s']:.2f} | {result['ratio_train']:.2f} |",
-          "", "Training phase: the trial's `train_runtime_s` (`trainer.train()`, which includes its end-of-training "
-          "eval only when max_steps is a multiple of eval_every — not here) against the bare loop's own steps.", ""]
+    md = [
+        f"# Trial overhead on the CPU ({result['date']})",
+        "",
+        f"`{result['command']}` on {result['cpu']}, torch {result['torch']} ({result['torch_threads']} threads). "
+        f"tiny_llama (random, 2 layers, hidden 64, vocab 30522), data=tweets_sft, {args.steps} steps of batch "
+        f"{args.batch}, LoRA r=8 on q,v (the trial defaults). Medians of {args.pairs} alternating pairs in one process, "
+        "after one warm-up of each.",
+        "",
+        "- **trial**: `lorasweep.trial.run_trial` — validate, split and tokenize, load, Trainer (LoRA+ groups, linear "
+        "schedule with warm-up, logging every 10 steps), MLflow run in a tmp sqlite store (params, metrics, config "
+        "artifact), the final eval (200 rows) and test eval (200 rows), spectra, adapter saved as an artifact.",
+        "- **bare**: the same model folder, split, tokenization, PEFT config, steps and batch; torch AdamW in a "
+        "plain loop; nothing else.",
+        "",
+        "| | trial | bare | trial / bare |",
+        "|---|---|---|---|",
+        f"| wall, config to done (s) | {med['trial']['wall_s']:.2f} | {med['bare']['wall_s']:.2f} | {result['ratio_wall']:.2f} |",
+        f"| training phase (s) | {med['trial']['train_s']:.2f} | {med['bare']['train_s']:.2f} | {result['ratio_train']:.2f} |",
+        "",
+        "Training phase: the trial's `train_runtime_s` (`trainer.train()`, which includes its end-of-training "
+        "eval only when max_steps is a multiple of eval_every — not here) against the bare loop's own steps.",
+        "",
+    ]
     (out / "trial_overhead.md").write_text("\n".join(md))
     print("\n".join(md))
 

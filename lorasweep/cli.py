@@ -7,7 +7,9 @@ import sys
 
 from lorasweep.errors import ConfigError
 
-OVERRIDES = "Hydra overrides, e.g. adapter.r=16 'adapter.targets=[q,v]' quant=nf4 (any config field; +key=value adds one)"
+OVERRIDES = (
+    "Hydra overrides, e.g. adapter.r=16 'adapter.targets=[q,v]' quant=nf4 (any config field; +key=value adds one)"
+)
 
 
 def _trial(args: argparse.Namespace) -> int:
@@ -18,11 +20,19 @@ def _trial(args: argparse.Namespace) -> int:
 
     def progress(metrics: dict[str, float], step: int) -> None:
         if any(k.startswith("eval_") for k in metrics) or step % 50 == 0:
-            print(f"step {step:>5}  " + "  ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "learning_rate"), flush=True)
+            print(
+                f"step {step:>5}  " + "  ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "learning_rate"),
+                flush=True,
+            )
 
     summary = run_trial(cfg, listeners=(progress,))
     keys = [k for k in summary if k.startswith(("eval_", "test_"))] + [
-        "trainable_params", "train_runtime_s", "samples_per_s", "peak_memory_mb", "effective_rank_mean"]
+        "trainable_params",
+        "train_runtime_s",
+        "samples_per_s",
+        "peak_memory_mb",
+        "effective_rank_mean",
+    ]
     for k in keys:
         if k in summary:
             v = summary[k]
@@ -62,8 +72,9 @@ def _print_config(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="lorasweep", description="Hyperparameter sweeps and experiment tracking for "
-                                 "LoRA and QLoRA fine-tuning.")
+    ap = argparse.ArgumentParser(
+        prog="lorasweep", description="Hyperparameter sweeps and experiment tracking for LoRA and QLoRA fine-tuning."
+    )
     sub = ap.add_subparsers(dest="command", required=True, metavar="{trial,sweep,estimate,report}")
 
     def command(name: str, run, help: str) -> argparse.ArgumentParser:
@@ -71,20 +82,29 @@ def parser() -> argparse.ArgumentParser:
         p.set_defaults(run=run)
         return p
 
-    for name, run, help in (("trial", _trial, "One PEFT fine-tune from the config, tracked in MLflow."),
-                            ("sweep", _sweep, "A search over the config: sweep=<name> picks sweeps/<name>.yaml."),
-                            ("estimate", _estimate, "Trainable parameters and GPU memory of one config.")):
+    for name, run, help in (
+        ("trial", _trial, "One PEFT fine-tune from the config, tracked in MLflow."),
+        ("sweep", _sweep, "A search over the config: sweep=<name> picks sweeps/<name>.yaml."),
+        ("estimate", _estimate, "Trainable parameters and GPU memory of one config."),
+    ):
         p = command(name, run, help)
         p.add_argument("overrides", nargs="*", help=OVERRIDES)
         p.add_argument("--cfg", choices=["job"], help="print the composed config and exit, as Hydra's --cfg job")
         if name == "sweep":
-            p.add_argument("--dry-run", action="store_true",
-                           help="print the space, the trial budget, and each sampled config's estimate and GPU share; "
-                                "nothing trains, nothing is tracked")
+            p.add_argument(
+                "--dry-run",
+                action="store_true",
+                help="print the space, the trial budget, and each sampled config's estimate and GPU share; "
+                "nothing trains, nothing is tracked",
+            )
         if name == "estimate":
             p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p = command("report", _report, "Tables and figures of a tracked sweep: lorasweep report SWEEP [--out DIR] [--no-log].")
-    p.add_argument("args", nargs=argparse.REMAINDER, help="a sweep name (its latest run), a sweep id or a parent run id")
+    p = command(
+        "report", _report, "Tables and figures of a tracked sweep: lorasweep report SWEEP [--out DIR] [--no-log]."
+    )
+    p.add_argument(
+        "args", nargs=argparse.REMAINDER, help="a sweep name (its latest run), a sweep id or a parent run id"
+    )
     return ap
 
 

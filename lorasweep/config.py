@@ -19,13 +19,26 @@ FREE_FORM = ("model.config", "sweep")
 # Logged once after training (lorasweep/after.py), the last two groups only when their tracking flag is on: a
 # sweep can rank by them, though no pruner sees them (they do not exist before the end).
 SERVING_METRICS = ["adapter_size_mb", "adapter_max_rank"]
-AFTER_METRICS = {"merge_check": ["merge_max_abs_logit_diff", "merge_metric_delta", "merge_requant_max_abs_logit_diff",
-                                 "merge_requant_metric_delta"],
-                 "forgetting": ["forget_ppl_after", "forget_ppl_delta", "forget_ppl_ratio"]}
+AFTER_METRICS = {
+    "merge_check": [
+        "merge_max_abs_logit_diff",
+        "merge_metric_delta",
+        "merge_requant_max_abs_logit_diff",
+        "merge_requant_metric_delta",
+    ],
+    "forgetting": ["forget_ppl_after", "forget_ppl_delta", "forget_ppl_ratio"],
+}
 # The metrics each task reports at every eval, then those after training (any of them can be a sweep's metric).
-TASK_METRICS = {"seq_cls": ["eval_loss", "eval_accuracy", "eval_macro_f1", *SERVING_METRICS, *AFTER_METRICS["merge_check"]],
-                "causal_lm": ["eval_loss", "eval_perplexity", *SERVING_METRICS, *AFTER_METRICS["merge_check"],
-                              *AFTER_METRICS["forgetting"]]}
+TASK_METRICS = {
+    "seq_cls": ["eval_loss", "eval_accuracy", "eval_macro_f1", *SERVING_METRICS, *AFTER_METRICS["merge_check"]],
+    "causal_lm": [
+        "eval_loss",
+        "eval_perplexity",
+        *SERVING_METRICS,
+        *AFTER_METRICS["merge_check"],
+        *AFTER_METRICS["forgetting"],
+    ],
+}
 
 
 def compose(overrides: list[str] = (), config_name: str = "config") -> DictConfig:
@@ -55,8 +68,11 @@ def _check_added(added: list[str], known: DictConfig) -> None:
         node = OmegaConf.select(known, parent, default=None) if parent else known
         fields = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
         close = difflib.get_close_matches(leaf, fields, n=3)
-        hint = f"did you mean {', '.join(f'{parent}.{c}'.lstrip('.') for c in close)}?" if close else \
-            f"one of {', '.join(f'{parent}.{c}'.lstrip('.') for c in fields)}"
+        hint = (
+            f"did you mean {', '.join(f'{parent}.{c}'.lstrip('.') for c in close)}?"
+            if close
+            else f"one of {', '.join(f'{parent}.{c}'.lstrip('.') for c in fields)}"
+        )
         raise ConfigError(key, value, f"not a config field; {hint}")
 
 
@@ -68,12 +84,19 @@ LORAPLUS_VARIANTS = ["lora", "rslora", "dora", "pissa"]  # those whose trained B
 QUANTS = ["none", "nf4", "fp4", "int8"]
 TASKS = ["seq_cls", "causal_lm"]
 DTYPE_NAMES = ["float32", "bfloat16", "float16"]
-OPTIMS = {"adamw_torch": False, "adamw_8bit": True, "paged_adamw_8bit": True, "paged_adamw_32bit": True}  # name: needs CUDA
+OPTIMS = {
+    "adamw_torch": False,
+    "adamw_8bit": True,
+    "paged_adamw_8bit": True,
+    "paged_adamw_32bit": True,
+}  # name: needs CUDA
 # Combinations PEFT refuses, with its reason.
-UNSUPPORTED = {("pissa", "nf4"): "PiSSA initialises from an SVD of float weights, not quantized ones",
-               ("pissa", "fp4"): "PiSSA initialises from an SVD of float weights, not quantized ones",
-               ("pissa", "int8"): "PiSSA initialises from an SVD of float weights, not quantized ones",
-               ("dora", "int8"): "PEFT's DoRA cannot take the weight norm of LLM.int8() weights (use nf4 or fp4)"}
+UNSUPPORTED = {
+    ("pissa", "nf4"): "PiSSA initialises from an SVD of float weights, not quantized ones",
+    ("pissa", "fp4"): "PiSSA initialises from an SVD of float weights, not quantized ones",
+    ("pissa", "int8"): "PiSSA initialises from an SVD of float weights, not quantized ones",
+    ("dora", "int8"): "PEFT's DoRA cannot take the weight norm of LLM.int8() weights (use nf4 or fp4)",
+}
 
 
 def _num(field: str, value, ok: bool, allowed: str) -> None:
@@ -105,13 +128,23 @@ def validate(cfg: DictConfig, has_cuda: bool | None = None) -> DictConfig:
         raise ConfigError("adapter.targets", a.targets, "a non-empty list, e.g. [q,v] or [all-linear]")
     _num("adapter.loraplus_ratio", a.loraplus_ratio, a.loraplus_ratio > 0, "a number > 0 (1 = plain LoRA)")
     if a.loraplus_ratio != 1 and a.variant not in LORAPLUS_VARIANTS:
-        raise ConfigError("adapter.loraplus_ratio", a.loraplus_ratio,
-                          f"1 with variant {a.variant!r}; LoRA+ needs a trained lora_B: {LORAPLUS_VARIANTS}")
+        raise ConfigError(
+            "adapter.loraplus_ratio",
+            a.loraplus_ratio,
+            f"1 with variant {a.variant!r}; LoRA+ needs a trained lora_B: {LORAPLUS_VARIANTS}",
+        )
     _one_of("quant.method", q.method, QUANTS)
     _one_of("quant.compute_dtype", q.compute_dtype, DTYPE_NAMES)
     if (a.variant, q.method) in UNSUPPORTED:
-        raise ConfigError("quant.method", q.method, f"none with variant {a.variant!r}: {UNSUPPORTED[a.variant, q.method]}")
-    _num("train.max_steps", t.max_steps, isinstance(t.max_steps, int) and t.max_steps >= 0, "an integer >= 0 (0 = use train.epochs)")
+        raise ConfigError(
+            "quant.method", q.method, f"none with variant {a.variant!r}: {UNSUPPORTED[a.variant, q.method]}"
+        )
+    _num(
+        "train.max_steps",
+        t.max_steps,
+        isinstance(t.max_steps, int) and t.max_steps >= 0,
+        "an integer >= 0 (0 = use train.epochs)",
+    )
     if t.max_steps == 0:
         _num("train.epochs", t.epochs, t.epochs > 0, "a number > 0 when train.max_steps is 0")
     _num("train.batch_size", t.batch_size, isinstance(t.batch_size, int) and t.batch_size >= 1, "an integer >= 1")
@@ -119,10 +152,14 @@ def validate(cfg: DictConfig, has_cuda: bool | None = None) -> DictConfig:
     _num("train.lr", t.lr, t.lr > 0, "a number > 0")
     _num("train.warmup_ratio", t.warmup_ratio, 0 <= t.warmup_ratio < 1, "a number in [0, 1)")
     _num("train.weight_decay", t.weight_decay, t.weight_decay >= 0, "a number >= 0")
-    _num("train.eval_every", t.eval_every, isinstance(t.eval_every, int) and t.eval_every >= 1, "an integer >= 1 (steps)")
+    _num(
+        "train.eval_every", t.eval_every, isinstance(t.eval_every, int) and t.eval_every >= 1, "an integer >= 1 (steps)"
+    )
     _one_of("train.optim", t.optim, OPTIMS)
     if OPTIMS[t.optim] and not has_cuda:
-        raise ConfigError("train.optim", t.optim, "adamw_torch on this machine (no CUDA); 8-bit and paged optimizers need a GPU")
+        raise ConfigError(
+            "train.optim", t.optim, "adamw_torch on this machine (no CUDA); 8-bit and paged optimizers need a GPU"
+        )
     from transformers.trainer_utils import SchedulerType
 
     _one_of("train.lr_scheduler", t.lr_scheduler, [s.value for s in SchedulerType])
@@ -146,16 +183,33 @@ def _after(cfg: DictConfig) -> None:
         if metric in names and metric in TASK_METRICS[cfg.model.task] and not tr[flag]:
             raise ConfigError("sweep.metric", metric, f"a metric the trials log: {metric} needs tracking.{flag}=true")
     if metric in AFTER_METRICS["merge_check"] and metric.startswith("merge_requant") and cfg.quant.method == "none":
-        raise ConfigError("sweep.metric", metric, "a metric the trials log: merge_requant_* needs a quantized base (quant=nf4, fp4, int8)")
-    _num("tracking.max_serving_rank", tr.max_serving_rank, isinstance(tr.max_serving_rank, int) and tr.max_serving_rank >= 1,
-         "an integer >= 1")
+        raise ConfigError(
+            "sweep.metric",
+            metric,
+            "a metric the trials log: merge_requant_* needs a quantized base (quant=nf4, fp4, int8)",
+        )
+    _num(
+        "tracking.max_serving_rank",
+        tr.max_serving_rank,
+        isinstance(tr.max_serving_rank, int) and tr.max_serving_rank >= 1,
+        "an integer >= 1",
+    )
     if not tr.forgetting:
         return
     if cfg.model.task != "causal_lm":
-        raise ConfigError("tracking.forgetting", True, "false for model.task=seq_cls: forgetting is a causal LM's perplexity")
-    _num("tracking.forgetting_window", tr.forgetting_window, isinstance(tr.forgetting_window, int) and tr.forgetting_window >= 2,
-         "an integer >= 2 (tokens)")
-    _num("tracking.forgetting_tokens", tr.forgetting_tokens,
-         isinstance(tr.forgetting_tokens, int) and tr.forgetting_tokens >= tr.forgetting_window,
-         f"an integer >= tracking.forgetting_window ({tr.forgetting_window})")
+        raise ConfigError(
+            "tracking.forgetting", True, "false for model.task=seq_cls: forgetting is a causal LM's perplexity"
+        )
+    _num(
+        "tracking.forgetting_window",
+        tr.forgetting_window,
+        isinstance(tr.forgetting_window, int) and tr.forgetting_window >= 2,
+        "an integer >= 2 (tokens)",
+    )
+    _num(
+        "tracking.forgetting_tokens",
+        tr.forgetting_tokens,
+        isinstance(tr.forgetting_tokens, int) and tr.forgetting_tokens >= tr.forgetting_window,
+        f"an integer >= tracking.forgetting_window ({tr.forgetting_window})",
+    )
     text_source(tr)

@@ -27,8 +27,11 @@ def read_table(d: DictConfig) -> pd.DataFrame:
             return load_dataset(str(d.path), split="train").to_pandas()
         except (ConnectionError, FileNotFoundError, ValueError) as e:  # offline and not cached, unknown, no train split
             why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            raise ConfigError("data.path", d.path, f"a dataset with a train split, on the hub (cached, when offline) "
-                                                   f"or in a local folder ({why})") from None
+            raise ConfigError(
+                "data.path",
+                d.path,
+                f"a dataset with a train split, on the hub (cached, when offline) or in a local folder ({why})",
+            ) from None
     if d.format not in READERS:
         raise ConfigError("data.format", d.format, f"one of {sorted(READERS)}")
     path = file_path(d)
@@ -72,8 +75,11 @@ def _cached(key: str, make):
 
 
 def _key(*parts) -> str:
-    return json.dumps([OmegaConf.to_container(p, resolve=True) if isinstance(p, DictConfig) else p for p in parts],
-                      sort_keys=True, default=str)
+    return json.dumps(
+        [OmegaConf.to_container(p, resolve=True) if isinstance(p, DictConfig) else p for p in parts],
+        sort_keys=True,
+        default=str,
+    )
 
 
 def splits(cfg: DictConfig) -> dict[str, pd.DataFrame]:
@@ -95,7 +101,10 @@ def _stamp(d: DictConfig) -> list | None:
 def _splits(cfg: DictConfig) -> dict[str, pd.DataFrame]:
     d = cfg.data
     table = read_table(d)
-    for role, col in zip(("text_column", "label_column") if cfg.model.task == "seq_cls" else ("prompt_column", "response_column"), columns(cfg)):
+    for role, col in zip(
+        ("text_column", "label_column") if cfg.model.task == "seq_cls" else ("prompt_column", "response_column"),
+        columns(cfg),
+    ):
         if col is None or col not in table.columns:
             raise ConfigError(f"data.{role}", col, f"a column of {d.path}: {list(table.columns)}")
         table = table[table[col].notna() & (table[col].astype(str).str.strip() != "")]
@@ -108,8 +117,10 @@ def _splits(cfg: DictConfig) -> dict[str, pd.DataFrame]:
         if size is None or int(size) < 1:
             raise ConfigError(f"data.{name}_size", size, "an integer >= 1 (an empty split cannot train or measure)")
         if start + int(size) > len(table):
-            raise ConfigError(f"data.{name}_size", size, f"at most {len(table) - start} rows remain for it ({len(table)} usable rows)")
-        out[name] = table.iloc[start:start + int(size)]
+            raise ConfigError(
+                f"data.{name}_size", size, f"at most {len(table) - start} rows remain for it ({len(table)} usable rows)"
+            )
+        out[name] = table.iloc[start : start + int(size)]
         start += int(size)
     if d.max_train_samples:
         out["train"] = out["train"].iloc[: int(d.max_train_samples)]
@@ -129,7 +140,9 @@ def tokenize(cfg: DictConfig, parts: dict[str, pd.DataFrame], tok, label_names: 
     return _cached(key, lambda: _tokenize(cfg, parts, tok, label_names))
 
 
-def _tokenize(cfg: DictConfig, parts: dict[str, pd.DataFrame], tok, label_names: list[str] | None) -> dict[str, Dataset]:
+def _tokenize(
+    cfg: DictConfig, parts: dict[str, pd.DataFrame], tok, label_names: list[str] | None
+) -> dict[str, Dataset]:
     d = cfg.data
     if cfg.model.task == "seq_cls":
         index = {l: i for i, l in enumerate(label_names)}

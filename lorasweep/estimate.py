@@ -1,6 +1,6 @@
-"""Memory and parameter estimator: exact trainable counts from a meta-device PEFT model, VRAM per component, fits-on-GPU."""
+"""Memory and parameter estimator: exact trainable counts from a meta-device PEFT model, VRAM per component,
+fits-on-GPU."""
 
-import argparse
 import copy
 import json
 import math
@@ -20,9 +20,22 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 QUANTS = ["none", "nf4", "fp4", "int8"]
 # Optimizer state bytes per trainable param: AdamW keeps two fp32 moments, the 8-bit ones two uint8 moments.
 OPTIM_STATE = {
-    "adamw_torch": 8, "adamw_torch_fused": 8, "adamw_hf": 8, "adamw": 8, "paged_adamw_32bit": 8, "adamw_apex_fused": 8,
-    "adamw_8bit": 2, "adamw_bnb_8bit": 2, "paged_adamw_8bit": 2, "sgd": 0, "adafactor": 4, "lion_8bit": 1,
-    "paged_lion_8bit": 1, "lion_32bit": 4, "paged_lion_32bit": 4, "rmsprop": 4,
+    "adamw_torch": 8,
+    "adamw_torch_fused": 8,
+    "adamw_hf": 8,
+    "adamw": 8,
+    "paged_adamw_32bit": 8,
+    "adamw_apex_fused": 8,
+    "adamw_8bit": 2,
+    "adamw_bnb_8bit": 2,
+    "paged_adamw_8bit": 2,
+    "sgd": 0,
+    "adafactor": 4,
+    "lion_8bit": 1,
+    "paged_lion_8bit": 1,
+    "lion_32bit": 4,
+    "paged_lion_32bit": 4,
+    "rmsprop": 4,
 }
 GPU_SIZES_GB = (24, 48, 80)
 BLOCK, NESTED_BLOCK = 64, 256  # bitsandbytes 4-bit blocksize and double-quant blocksize
@@ -43,7 +56,10 @@ def block_list(model: nn.Module, layers: int) -> str | None:
 
 def homogeneous(blocks: nn.ModuleList) -> bool:
     """Every block has the same parameter names and shapes: then one block's adapter is every block's."""
-    sig = lambda b: [(n, tuple(p.shape)) for n, p in b.named_parameters()]
+
+    def sig(b: nn.Module) -> list:
+        return [(n, tuple(p.shape)) for n, p in b.named_parameters()]
+
     first = sig(blocks[0])
     return all(sig(b) == first for b in blocks[1:])
 
@@ -69,7 +85,10 @@ def param_counts(cfg: DictConfig, config: PretrainedConfig, base: nn.Module, num
     base_params = {id(p) for p in model.parameters()}
     with torch.device("meta"):
         peft = get_peft_model(model, peft_config(cfg, names))
-    in_block = lambda n: path is not None and f"{path}.0." in n
+
+    def in_block(n: str) -> bool:
+        return path is not None and f"{path}.0." in n
+
     count = {"trainable": 0, "adapter": 0, "buffers": 0}
     for n, p in peft.named_parameters():
         k = scale if in_block(n) else 1
@@ -79,9 +98,13 @@ def param_counts(cfg: DictConfig, config: PretrainedConfig, base: nn.Module, num
         count["buffers"] += (scale if in_block(n) else 1) * b.numel() * ("vera_" in n)
     base_total = sum(p.numel() for p in base.parameters())
     total = base_total + count["adapter"]
-    return {"trainable": count["trainable"], "total": total, "base": base_total,
-            "adapter_total": count["adapter"] + count["buffers"],
-            "trainable_pct": 100.0 * count["trainable"] / total}
+    return {
+        "trainable": count["trainable"],
+        "total": total,
+        "base": base_total,
+        "adapter_total": count["adapter"] + count["buffers"],
+        "trainable_pct": 100.0 * count["trainable"] / total,
+    }
 
 
 def quantizable(base: nn.Module, task: str) -> dict[str, nn.Linear]:
@@ -118,17 +141,29 @@ def weight_memory(base: nn.Module, task: str, quant: DictConfig, dtype: str) -> 
     else:
         qbytes = 0
     other_bytes = others * (4 if quant.method != "none" else DTYPE_BYTES[dtype])
-    return {"bytes": qbytes + other_bytes, "quantized_params": quantized, "unquantized_params": others,
-            "quantized_bytes": qbytes, "unquantized_bytes": other_bytes,
-            "unquantized_dtype": "float32" if quant.method != "none" else dtype}
+    return {
+        "bytes": qbytes + other_bytes,
+        "quantized_params": quantized,
+        "unquantized_params": others,
+        "quantized_bytes": qbytes,
+        "unquantized_bytes": other_bytes,
+        "unquantized_dtype": "float32" if quant.method != "none" else dtype,
+    }
 
 
 def arch_sizes(config: PretrainedConfig) -> dict:
     c = config.get_text_config() if hasattr(config, "get_text_config") else config
     heads = c.num_attention_heads
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
-    return {"h": c.hidden_size, "i": c.intermediate_size, "layers": c.num_hidden_layers, "heads": heads,
-            "kv_heads": getattr(c, "num_key_value_heads", None) or heads, "head_dim": head_dim, "vocab": c.vocab_size}
+    return {
+        "h": c.hidden_size,
+        "i": c.intermediate_size,
+        "layers": c.num_hidden_layers,
+        "heads": heads,
+        "kv_heads": getattr(c, "num_key_value_heads", None) or heads,
+        "head_dim": head_dim,
+        "vocab": c.vocab_size,
+    }
 
 
 def _input_group(name: str, fam: str | None) -> str:
@@ -144,9 +179,18 @@ def dtypes(quant: str, model_dtype: str, autocast: bool) -> dict[str, int]:
     return {"R": r, "O": o, "D": 2 if autocast else o}
 
 
-def adapter_inputs(base: nn.Module, fam: str | None, target_names: list[str], dt: dict, autocast: bool,
-                   dropout: float, variant: str, r: int) -> float:
-    """Bytes per token the adapters save over all layers: each adapted Linear keeps its (cast) input for lora_A's grad."""
+def adapter_inputs(
+    base: nn.Module,
+    fam: str | None,
+    target_names: list[str],
+    dt: dict,
+    autocast: bool,
+    dropout: float,
+    variant: str,
+    r: int,
+) -> float:
+    """Bytes per token the adapters save over all layers: each adapted Linear keeps its (cast) input for lora_A's
+    grad."""
     mods = dict(base.named_modules())
     shared: dict[str, int] = {}
     total = 0.0
@@ -188,8 +232,9 @@ def layer_bytes(s: dict, fam: str | None, dt: dict, seq: int) -> dict[str, float
     return {"saved": norms + attn + mlp, "transient": transient}
 
 
-def activation_bytes(s: dict, fam: str | None, task: str, dt: dict, lora_in: float, batch: int, seq: int,
-                     checkpointing: bool) -> dict:
+def activation_bytes(
+    s: dict, fam: str | None, task: str, dt: dict, lora_in: float, batch: int, seq: int, checkpointing: bool
+) -> dict:
     """Peak activation bytes: what the blocks keep, plus the larger of the loss peak and one block's backward."""
     tokens = batch * seq
     layer = layer_bytes(s, fam, dt, seq)
@@ -206,11 +251,16 @@ def activation_bytes(s: dict, fam: str | None, task: str, dt: dict, lora_in: flo
 
 def _settings(cfg: DictConfig, batch_size, seq_len, gradient_checkpointing, optim, autocast) -> dict:
     est = cfg.get("estimate") or {}
-    pick = lambda given, key, fallback: given if given is not None else (est.get(key) if est.get(key) is not None else fallback)
+
+    def pick(given, key, fallback):
+        return given if given is not None else (est.get(key) if est.get(key) is not None else fallback)
+
     out = {
         "batch_size": int(pick(batch_size, "batch_size", cfg.train.batch_size)),
         "seq_len": int(pick(seq_len, "seq_len", cfg.data.get("max_length") or 512)),
-        "gradient_checkpointing": bool(pick(gradient_checkpointing, "gradient_checkpointing", cfg.train.gradient_checkpointing)),
+        "gradient_checkpointing": bool(
+            pick(gradient_checkpointing, "gradient_checkpointing", cfg.train.gradient_checkpointing)
+        ),
         "optim": str(pick(optim, "optim", cfg.train.optim)),
         "autocast": bool(pick(autocast, "autocast", False)),
         "num_labels": int(est.get("num_labels") or 2),
@@ -222,9 +272,14 @@ def _settings(cfg: DictConfig, batch_size, seq_len, gradient_checkpointing, opti
     return out
 
 
-def estimate(cfg: DictConfig, batch_size: int | None = None, seq_len: int | None = None,
-             gradient_checkpointing: bool | None = None, optim: str | None = None,
-             autocast: bool | None = None) -> dict:
+def estimate(
+    cfg: DictConfig,
+    batch_size: int | None = None,
+    seq_len: int | None = None,
+    gradient_checkpointing: bool | None = None,
+    optim: str | None = None,
+    autocast: bool | None = None,
+) -> dict:
     """Trainable params (exact) and peak training memory by component (bytes) for one config."""
     st = _settings(cfg, batch_size, seq_len, gradient_checkpointing, optim, autocast)
     m, q, a = cfg.model, cfg.quant, cfg.adapter
@@ -241,20 +296,32 @@ def estimate(cfg: DictConfig, batch_size: int | None = None, seq_len: int | None
     weights = weight_memory(base, m.task, q, m.dtype)
     dt = dtypes(q.method, m.dtype, st["autocast"])
     lora_in = adapter_inputs(base, fam, names, dt, st["autocast"], float(a.dropout), a.variant, int(a.r))
-    acts = {ck: activation_bytes(sizes, fam, m.task, dt, lora_in, st["batch_size"], st["seq_len"], ck)
-            for ck in (False, True)}
+    acts = {
+        ck: activation_bytes(sizes, fam, m.task, dt, lora_in, st["batch_size"], st["seq_len"], ck)
+        for ck in (False, True)
+    }
     params = param_counts(cfg, config, base, num_labels)  # last: PEFT may wrap `base` in place
 
     trainable = params["trainable"]
     mem = {
-        "weights": _part(weights["bytes"], True, f"{q.method} base: {weights['quantized_params']:,} quantized params, "
-                         f"{weights['unquantized_params']:,} kept in {weights['unquantized_dtype']}"),
+        "weights": _part(
+            weights["bytes"],
+            True,
+            f"{q.method} base: {weights['quantized_params']:,} quantized params, "
+            f"{weights['unquantized_params']:,} kept in {weights['unquantized_dtype']}",
+        ),
         "adapter": _part(4 * params["adapter_total"], True, "adapter weights in fp32 (PEFT upcasts 16-bit adapters)"),
         "gradients": _part(4 * trainable, True, "fp32 gradient per trainable param"),
-        "optimizer": _part(OPTIM_STATE[st["optim"]] * trainable, True, f"{st['optim']}: "
-                           f"{OPTIM_STATE[st['optim']]} B per trainable param"),
-        "activations": _part(acts[st["gradient_checkpointing"]]["bytes"], False,
-                             "checkpointed" if st["gradient_checkpointing"] else "no checkpointing"),
+        "optimizer": _part(
+            OPTIM_STATE[st["optim"]] * trainable,
+            True,
+            f"{st['optim']}: {OPTIM_STATE[st['optim']]} B per trainable param",
+        ),
+        "activations": _part(
+            acts[st["gradient_checkpointing"]]["bytes"],
+            False,
+            "checkpointed" if st["gradient_checkpointing"] else "no checkpointing",
+        ),
         "workspace": _part(WORKSPACE, False, "cuBLAS/cuBLASLt workspaces"),
     }
     allocated = sum(p["bytes"] for p in mem.values())
@@ -264,11 +331,21 @@ def estimate(cfg: DictConfig, batch_size: int | None = None, seq_len: int | None
     total = allocated + mem["allocator_slack"]["bytes"] + CUDA_CONTEXT
     mem["total"] = _part(total, False, "peak_allocated + allocator_slack + cuda_context")
     result = {
-        "model": m.name, "model_type": config.model_type, "task": m.task, "variant": a.variant, "r": int(a.r),
-        "targets": list(a.targets), "target_modules": len(names),
-        "quant": {"method": q.method, "double_quant": bool(q.double_quant)}, "dtype": m.dtype, **st,
-        "params": {**{k: params[k] for k in ("trainable", "total", "base")},
-                   "trainable_pct": round(params["trainable_pct"], 6), "exact": True},
+        "model": m.name,
+        "model_type": config.model_type,
+        "task": m.task,
+        "variant": a.variant,
+        "r": int(a.r),
+        "targets": list(a.targets),
+        "target_modules": len(names),
+        "quant": {"method": q.method, "double_quant": bool(q.double_quant)},
+        "dtype": m.dtype,
+        **st,
+        "params": {
+            **{k: params[k] for k in ("trainable", "total", "base")},
+            "trainable_pct": round(params["trainable_pct"], 6),
+            "exact": True,
+        },
         "memory": mem,
         "activations_by_checkpointing": {"off": acts[False]["bytes"], "on": acts[True]["bytes"]},
         "architecture": sizes,
@@ -294,12 +371,18 @@ def gpu_fraction(est: dict, gpu_gb: float) -> float:
 def table(est: dict) -> str:
     """The estimate as a plain-text table."""
     p = est["params"]
-    head = (f"{est['model']} ({est['model_type']}, {est['task']}) {est['variant']} r={est['r']} targets={est['targets']} "
-            f"quant={est['quant']['method']}{' dq' if est['quant']['double_quant'] and est['quant']['method'] in ('nf4', 'fp4') else ''} "
-            f"batch={est['batch_size']} seq={est['seq_len']} ckpt={est['gradient_checkpointing']} "
-            f"optim={est['optim']} autocast={est['autocast']}")
-    rows = [head, f"trainable params  {p['trainable']:>16,}  of {p['total']:,} ({p['trainable_pct']:.4f}%)  exact",
-            f"{'component':<17} {'GiB':>9}  {'kind':<8} note"]
+    dq = " dq" if est["quant"]["double_quant"] and est["quant"]["method"] in ("nf4", "fp4") else ""
+    head = (
+        f"{est['model']} ({est['model_type']}, {est['task']}) {est['variant']} r={est['r']} targets={est['targets']} "
+        f"quant={est['quant']['method']}{dq} "
+        f"batch={est['batch_size']} seq={est['seq_len']} ckpt={est['gradient_checkpointing']} "
+        f"optim={est['optim']} autocast={est['autocast']}"
+    )
+    rows = [
+        head,
+        f"trainable params  {p['trainable']:>16,}  of {p['total']:,} ({p['trainable_pct']:.4f}%)  exact",
+        f"{'component':<17} {'GiB':>9}  {'kind':<8} note",
+    ]
     for k, v in est["memory"].items():
         rows.append(f"{k:<17} {v['gib']:>9.3f}  {'exact' if v['exact'] else 'estimate':<8} {v['note']}")
     ab = est["activations_by_checkpointing"]

@@ -14,36 +14,68 @@ import optuna
 from mlflow.entities import Param, RunTag
 from optuna.trial import TrialState
 
-RUN_ID = "mlflow_run_id"     # Optuna user attribute: the trial's MLflow child run
-KILLED = "killed"            # Optuna user attribute: FAIL because the sweep stopped it, not because of its config
-OPTUNA_STATE = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED, "FAILED": TrialState.FAIL,
-                "KILLED": TrialState.FAIL, "REUSED": TrialState.COMPLETE}
-MLFLOW_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "REUSED": "FINISHED", "FAILED": "FAILED",
-                 "KILLED": "KILLED"}
+RUN_ID = "mlflow_run_id"  # Optuna user attribute: the trial's MLflow child run
+KILLED = "killed"  # Optuna user attribute: FAIL because the sweep stopped it, not because of its config
+OPTUNA_STATE = {
+    "COMPLETE": TrialState.COMPLETE,
+    "PRUNED": TrialState.PRUNED,
+    "FAILED": TrialState.FAIL,
+    "KILLED": TrialState.FAIL,
+    "REUSED": TrialState.COMPLETE,
+}
+MLFLOW_STATUS = {
+    "COMPLETE": "FINISHED",
+    "PRUNED": "FINISHED",
+    "REUSED": "FINISHED",
+    "FAILED": "FAILED",
+    "KILLED": "KILLED",
+}
 
 
 def run_name(number: int, config: dict) -> str:
     """`t007 r=8 alpha=16 lr=0.003`: the trial number, then each sampled field by its last name."""
+
     def show(v):
         return f"{v:.3g}" if isinstance(v, float) else (",".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
 
     return " ".join([f"t{number:03d}", *(f"{k.rsplit('.', 1)[-1]}={show(v)}" for k, v in config.items())])[:250]
 
 
-def open_child(client: mlflow.MlflowClient, parent_run_id: str, study: optuna.Study, trial: optuna.Trial,
-               config: dict, overrides: list[str], params: dict[str, object], sweep_id: str) -> str:
+def open_child(
+    client: mlflow.MlflowClient,
+    parent_run_id: str,
+    study: optuna.Study,
+    trial: optuna.Trial,
+    config: dict,
+    overrides: list[str],
+    params: dict[str, object],
+    sweep_id: str,
+) -> str:
     """The trial's MLflow child run, created RUNNING before any work; its id is stored on the Optuna trial."""
     exp = client.get_run(parent_run_id).info.experiment_id
-    tags = {"mlflow.parentRunId": parent_run_id, "optuna_trial": str(trial.number), "sweep_id": sweep_id,
-            "overrides": shlex.join(overrides), "trial_state": "RUNNING"}
+    tags = {
+        "mlflow.parentRunId": parent_run_id,
+        "optuna_trial": str(trial.number),
+        "sweep_id": sweep_id,
+        "overrides": shlex.join(overrides),
+        "trial_state": "RUNNING",
+    }
     run_id = client.create_run(exp, run_name=run_name(trial.number, config), tags=tags).info.run_id
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
     trial.set_user_attr(RUN_ID, run_id)
     return run_id
 
 
-def finish(client: mlflow.MlflowClient, study: optuna.Study, number: int, run_id: str, state: str,
-           value: float | None = None, reason: str | None = None, tags: dict[str, str] | None = None) -> None:
+def finish(
+    client: mlflow.MlflowClient,
+    study: optuna.Study,
+    number: int,
+    run_id: str,
+    state: str,
+    value: float | None = None,
+    reason: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> None:
     """Write a trial's end state to both stores. COMPLETE and REUSED carry the objective value; PRUNED takes the
     last value the trial reported (Optuna's rule); FAILED and KILLED carry the reason."""
     extra = {"trial_state": state, **(tags or {})}
@@ -66,8 +98,13 @@ def live_trial(storage: optuna.storages.BaseStorage, study: optuna.Study, number
     return optuna.trial.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, number))
 
 
-def kill_running(client: mlflow.MlflowClient, parent_run_id: str, storage: optuna.storages.BaseStorage,
-                 study: optuna.Study, reason: str) -> int:
+def kill_running(
+    client: mlflow.MlflowClient,
+    parent_run_id: str,
+    storage: optuna.storages.BaseStorage,
+    study: optuna.Study,
+    reason: str,
+) -> int:
     """Every trial still RUNNING (a dead driver's, or one cut by the time limit): KILLED in MLflow, FAIL flagged
     `killed` in Optuna. Returns how many."""
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -94,5 +131,6 @@ def finished(study: optuna.Study) -> int:
 
 def twin(study: optuna.Study, params: dict) -> optuna.trial.FrozenTrial | None:
     """A COMPLETE trial that sampled exactly these values: its result stands for this one (no trial twice)."""
-    return next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.params == params),
-                None)
+    return next(
+        (t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.params == params), None
+    )

@@ -26,8 +26,12 @@ def die_with_parent() -> None:
 
 
 def start() -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "lorasweep.lifeline", str(os.getpid())], stdin=subprocess.PIPE,
-                            text=True, preexec_fn=die_with_parent)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lorasweep.lifeline", str(os.getpid())],
+        stdin=subprocess.PIPE,
+        text=True,
+        preexec_fn=die_with_parent,
+    )
 
 
 def hold(watcher: subprocess.Popen) -> None:

@@ -26,14 +26,25 @@ from lorasweep.lifeline import die_with_parent
 PID_FILE = "logserver.pid"
 
 
-def start(backend_uri: str, artifact_root: Path, sweep_dir: Path, host: str = "127.0.0.1") -> tuple[subprocess.Popen, str]:
+def start(
+    backend_uri: str, artifact_root: Path, sweep_dir: Path, host: str = "127.0.0.1"
+) -> tuple[subprocess.Popen, str]:
     """Start the server (returns at once: the caller does other start-up work meanwhile, then calls wait)."""
     stop_stale(sweep_dir)
     with socket.socket() as s:
         s.bind((host, 0))
         port = s.getsockname()[1]
     log = open(sweep_dir / "mlflow-server.log", "ab")
-    cmd = [sys.executable, "-m", "lorasweep.logserver", backend_uri, str(artifact_root), host, str(port), str(os.getpid())]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lorasweep.logserver",
+        backend_uri,
+        str(artifact_root),
+        host,
+        str(port),
+        str(os.getpid()),
+    ]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
     log.close()
     (sweep_dir / PID_FILE).write_text(str(proc.pid))

@@ -27,6 +27,7 @@ ADALORA_EPS = 1e-5  # the constant PEFT adds to ranknum in AdaLoRA's forward
 
 # ----------------------------------------------------------------------------------------------- updates
 
+
 def _lora_ab(module: LoraLayer, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """lora_B (d×r) and lora_A (r×k) of a LoRA layer; Conv layers are flattened (lora_B is always 1×1)."""
     if name in module.lora_embedding_A:  # ΔW = (B·A)ᵀ in the embedding table's (vocab × dim) layout
@@ -76,7 +77,8 @@ def update_factors(
     - AdaLoRA: (B, A⊙E, scaling/(ranknum + 1e-5)).
     - DoRA: the formed float64 matrix W' − W0 (magnitude rescaling makes it full rank); with `init`, the
       initial s·B0·A0 is subtracted too.
-    LoRA on an Embedding gives ΔW in the table's (vocab × dim) layout. LoRA bias terms (lora_bias=True) change the bias, not W, and are not part of ΔW.
+    LoRA on an Embedding gives ΔW in the table's (vocab × dim) layout. LoRA bias terms (lora_bias=True) change the
+    bias, not W, and are not part of ΔW.
     """
     if isinstance(module, AdaLoraLayer):  # before LoraLayer: AdaLoraLayer subclasses it
         b = module.lora_B[adapter_name].detach()
@@ -113,9 +115,8 @@ def update_factors(
 
 # ----------------------------------------------------------------------------------------------- spectra
 
-def singular_values(
-    b: torch.Tensor | Factors, a: torch.Tensor | None = None, scale: float = 1.0
-) -> torch.Tensor:
+
+def singular_values(b: torch.Tensor | Factors, a: torch.Tensor | None = None, scale: float = 1.0) -> torch.Tensor:
     """Singular values (descending, float64) of scale·B·A without forming the d×k matrix.
 
     B = Q_B R_B and Aᵀ = Q_A R_A, so scale·B·A = Q_B (scale·R_B R_Aᵀ) Q_Aᵀ with orthonormal Q's: the small
@@ -204,10 +205,16 @@ def spectra(
         sv = singular_values(upd)
         stats = rank_stats(sv, r=_nominal_rank(mod, adapter_name))
         top = float(sv[0]) if sv.numel() and sv[0] > 0 else 1.0
-        rows.append({
-            "name": name, "module_type": targets.module_type(name, family), "d": int(d), "k": int(k),
-            **stats, "sv": (sv / top).tolist(),
-        })
+        rows.append(
+            {
+                "name": name,
+                "module_type": targets.module_type(name, family),
+                "d": int(d),
+                "k": int(k),
+                **stats,
+                "sv": (sv / top).tolist(),
+            }
+        )
     return rows
 
 
@@ -219,8 +226,10 @@ def aggregate(rows: list[dict]) -> dict[str, float]:
     def mean(key: str, sel: list[dict]) -> float:
         return sum(float(row[key]) for row in sel) / len(sel)
 
-    out = {f"{key}_mean": mean(key, rows) for key in
-           ("effective_rank", "energy_rank90", "energy_rank95", "energy_rank99", "stable_rank")}
+    out = {
+        f"{key}_mean": mean(key, rows)
+        for key in ("effective_rank", "energy_rank90", "energy_rank95", "energy_rank99", "stable_rank")
+    }
     for mtype in sorted({row["module_type"] for row in rows}):
         sel = [row for row in rows if row["module_type"] == mtype]
         out[f"effective_rank_{mtype}_mean"] = mean("effective_rank", sel)
@@ -269,6 +278,7 @@ def write_spectra(rows: list[dict], out_dir: str | Path) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------------------------- memory
+
 
 def reset_peak_memory() -> None:
     """Start a new peak window on CUDA; on CPU the OS peak RSS cannot be reset, so nothing happens."""

@@ -13,11 +13,11 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 from transformers import (
     AutoConfig,
-    PretrainedConfig,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     BitsAndBytesConfig,
+    PretrainedConfig,
 )
 
 from lorasweep.errors import ConfigError
@@ -110,12 +110,16 @@ def check_source(m: DictConfig) -> None:
         path = str(m.path or "")
         local = path.startswith(("/", ".", "~")) or path.count("/") != 1
         if local and not Path(path).expanduser().is_dir():
-            raise ConfigError("model.path", m.path, "an existing local folder or an HF hub id such as Qwen/Qwen2.5-0.5B")
+            raise ConfigError(
+                "model.path", m.path, "an existing local folder or an HF hub id such as Qwen/Qwen2.5-0.5B"
+            )
         if not local and os.environ.get("HF_HUB_OFFLINE") == "1":
             from huggingface_hub import try_to_load_from_cache
 
             if not isinstance(try_to_load_from_cache(path, "config.json"), str):
-                raise ConfigError("model.path", m.path, "a hub id already in the HF cache (HF_HUB_OFFLINE=1), or a local folder")
+                raise ConfigError(
+                    "model.path", m.path, "a hub id already in the HF cache (HF_HUB_OFFLINE=1), or a local folder"
+                )
     else:
         raise ConfigError("model.source", m.source, "one of pretrained, package, config, gguf")
 
@@ -123,8 +127,12 @@ def check_source(m: DictConfig) -> None:
 def folder(m: DictConfig) -> str:
     """Every source becomes a from_pretrained path: hub id or local folder."""
     check_source(m)
-    return {"pretrained": lambda: str(m.path), "package": lambda: _package_folder(m.path),
-            "config": lambda: _materialize_config(m), "gguf": lambda: _materialize_gguf(m)}[m.source]()
+    return {
+        "pretrained": lambda: str(m.path),
+        "package": lambda: _package_folder(m.path),
+        "config": lambda: _materialize_config(m),
+        "gguf": lambda: _materialize_gguf(m),
+    }[m.source]()
 
 
 def _arch_dict(m: DictConfig) -> dict | None:
@@ -145,10 +153,16 @@ def arch_config(m: DictConfig, num_labels: int | None = None) -> PretrainedConfi
         try:  # a local folder, or a hub id already in the HF cache (HF_HUB_OFFLINE is honoured)
             config = AutoConfig.from_pretrained(str(path) if path.is_dir() else str(m.path))
         except OSError:
-            raise ConfigError("model.config", None, f"an architecture dict in conf/model/{m.name}.yaml, "
-                              f"or a local folder / cached hub id with config.json (got {m.path})") from None
+            raise ConfigError(
+                "model.config",
+                None,
+                f"an architecture dict in conf/model/{m.name}.yaml, "
+                f"or a local folder / cached hub id with config.json (got {m.path})",
+            ) from None
     else:
-        raise ConfigError("model.config", None, f"an architecture dict in conf/model/{m.name}.yaml for source {m.source}")
+        raise ConfigError(
+            "model.config", None, f"an architecture dict in conf/model/{m.name}.yaml for source {m.source}"
+        )
     if num_labels:
         config.num_labels = num_labels
     return config
@@ -170,8 +184,11 @@ def quant_config(cfg: DictConfig) -> BitsAndBytesConfig | None:
     if q.method == "int8":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type=q.method, bnb_4bit_use_double_quant=bool(q.double_quant),
-        bnb_4bit_compute_dtype=DTYPES[q.compute_dtype], llm_int8_skip_modules=skip,
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.method,
+        bnb_4bit_use_double_quant=bool(q.double_quant),
+        bnb_4bit_compute_dtype=DTYPES[q.compute_dtype],
+        llm_int8_skip_modules=skip,
     )
 
 
@@ -190,11 +207,25 @@ def peft_config(cfg: DictConfig, targets: list[str], total_steps: int | None = N
         # The rank budget starts at r and is pruned to r/2 between 10% and 70% of training
         # (AdaLoRA needs tinit < total_step - tfinal, so very short runs start pruning at once).
         tinit, tfinal = total_steps // 10, total_steps * 3 // 10
-        return AdaLoraConfig(init_r=a.r, target_r=max(1, a.r // 2), lora_alpha=alpha, lora_dropout=a.dropout,
-                             total_step=total_steps, tinit=tinit, tfinal=tfinal, deltaT=max(1, total_steps // 20), **common)
+        return AdaLoraConfig(
+            init_r=a.r,
+            target_r=max(1, a.r // 2),
+            lora_alpha=alpha,
+            lora_dropout=a.dropout,
+            total_step=total_steps,
+            tinit=tinit,
+            tfinal=tfinal,
+            deltaT=max(1, total_steps // 20),
+            **common,
+        )
     return LoraConfig(
-        r=a.r, lora_alpha=alpha, lora_dropout=a.dropout, use_rslora=a.variant == "rslora",
-        use_dora=a.variant == "dora", init_lora_weights="pissa_niter_4" if a.variant == "pissa" else True, **common,
+        r=a.r,
+        lora_alpha=alpha,
+        lora_dropout=a.dropout,
+        use_rslora=a.variant == "rslora",
+        use_dora=a.variant == "dora",
+        init_lora_weights="pissa_niter_4" if a.variant == "pissa" else True,
+        **common,
     )
 
 
@@ -225,8 +256,11 @@ def release(cfg: DictConfig, peft_model, tok, labels: list[str] | None) -> None:
     if key is None:
         return
     # unload() puts the *trained* copy of a modules_to_save head into the base; the next trial needs the original.
-    originals = {n: m.original_module for n, m in peft_model.base_model.model.named_modules()
-                 if isinstance(m, ModulesToSaveWrapper)}
+    originals = {
+        n: m.original_module
+        for n, m in peft_model.base_model.model.named_modules()
+        if isinstance(m, ModulesToSaveWrapper)
+    }
     base = peft_model.unload()
     for name, module in originals.items():
         base.set_submodule(name, module)
@@ -261,7 +295,9 @@ def _load_base(cfg: DictConfig, labels: list[str] | None):
     path, m = folder(cfg.model), cfg.model
     kw = {}
     if labels:
-        kw = dict(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
+        kw = dict(
+            num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)}
+        )
     qc = quant_config(cfg)
     torch.manual_seed(cfg.seed)  # the new head's init is part of the trial's seed
     model = AUTO[m.task].from_pretrained(path, dtype=DTYPES[m.dtype], quantization_config=qc, **kw)
@@ -271,7 +307,9 @@ def _load_base(cfg: DictConfig, labels: list[str] | None):
     model.config.pad_token_id = tok.pad_token_id
     if qc is not None:
         keep_4bit_training_layout(model)
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(cfg.train.gradient_checkpointing))
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=bool(cfg.train.gradient_checkpointing)
+        )
     elif cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
@@ -316,6 +354,13 @@ def weights_key(m: DictConfig) -> str:
 
         hit = try_to_load_from_cache(path, "config.json")
         local = Path(hit).parent if isinstance(hit, str) else local
-    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in local.glob("*")
-                   if f.suffix in (".safetensors", ".bin", ".pt")) if local.is_dir() else []
+    files = (
+        sorted(
+            (f.name, f.stat().st_size, f.stat().st_mtime_ns)
+            for f in local.glob("*")
+            if f.suffix in (".safetensors", ".bin", ".pt")
+        )
+        if local.is_dir()
+        else []
+    )
     return hashlib.sha256(json.dumps([str(local), files]).encode()).hexdigest()[:12]

@@ -32,9 +32,11 @@ def fit_check(cfg: DictConfig, share: float) -> None:
     have = share * gpu_memory_gb(cfg)
     need = estimate(cfg)["memory"]["total"]["bytes"] / 2**30
     if need > have:
-        raise MemoryError(f"would need {need:.1f} GB, has {have:.1f} GB ({share:g} of a GPU); "
-                          "try quant=nf4, a smaller train.batch_size or train.gradient_checkpointing=true, "
-                          "or engine.skip_fit_check=true to run it anyway")
+        raise MemoryError(
+            f"would need {need:.1f} GB, has {have:.1f} GB ({share:g} of a GPU); "
+            "try quant=nf4, a smaller train.batch_size or train.gradient_checkpointing=true, "
+            "or engine.skip_fit_check=true to run it anyway"
+        )
 
 
 def share_of(cfg: DictConfig) -> float:

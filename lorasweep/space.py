@@ -46,11 +46,25 @@ PRUNERS = {
     "none": optuna.pruners.NopPruner,
     "asha": None,  # Ray ASHA's argument names for Optuna's successive halving: see asha()
 }
-SWEEP_KEYS = ("description", "metric", "mode", "sampler", "pruner", "num_trials", "max_concurrent",
-              "time_limit_s", "max_failures", "space")
+SWEEP_KEYS = (
+    "description",
+    "metric",
+    "mode",
+    "sampler",
+    "pruner",
+    "num_trials",
+    "max_concurrent",
+    "time_limit_s",
+    "max_failures",
+    "space",
+)
 DIM_KEYS = {
-    "choice": {"values"}, "grid": {"values"}, "fixed": {"value"},
-    "int": {"low", "high", "step", "log"}, "float": {"low", "high"}, "logfloat": {"low", "high"},
+    "choice": {"values"},
+    "grid": {"values"},
+    "fixed": {"value"},
+    "int": {"low", "high", "step", "log"},
+    "float": {"low", "high"},
+    "logfloat": {"low", "high"},
 }
 _COMMON = {"kind", "when", "helper"}
 _ABSENT = object()
@@ -61,18 +75,18 @@ class Dim:
     """One dimension: a config field (dotted key) or a helper that only feeds `when`/`derived`."""
 
     key: str
-    kind: str                       # one of KINDS, or "derived"
+    kind: str  # one of KINDS, or "derived"
     low: float | None = None
     high: float | None = None
     step: int = 1
     log: bool = False
-    values: tuple = ()              # choice / grid
-    value: Any = None               # fixed
-    op: str | None = None           # derived
-    of: tuple = ()                  # derived operands: keys or numbers
+    values: tuple = ()  # choice / grid
+    value: Any = None  # fixed
+    op: str | None = None  # derived
+    of: tuple = ()  # derived operands: keys or numbers
     when: Mapping[str, tuple] = field(default_factory=dict)
     helper: bool = False
-    cast: str | None = None         # derived: "int" or "float", the type of the field it sets
+    cast: str | None = None  # derived: "int" or "float", the type of the field it sets
 
 
 @dataclass(frozen=True)
@@ -91,7 +105,7 @@ class SweepSpec:
     max_concurrent: int = 1
     time_limit_s: float | None = None
     max_failures: int | None = None
-    base: Mapping[str, Any] = field(default_factory=dict)   # composed value of every referenced config field
+    base: Mapping[str, Any] = field(default_factory=dict)  # composed value of every referenced config field
     description: str | None = None
 
     def dim(self, key: str) -> Dim | None:
@@ -136,20 +150,34 @@ def parse_sweep(cfg: DictConfig) -> SweepSpec:
         raise ConfigError("sweep.description", description, "a string")
 
     sampler, seed, sampler_options = _named(raw.get("sampler", {"name": "tpe"}), "sweep.sampler", SAMPLERS)
-    pruner, _, pruner_options = _named(raw.get("pruner", {"name": "median"}), "sweep.pruner", PRUNERS,
-                                       seeded=False)
+    pruner, _, pruner_options = _named(raw.get("pruner", {"name": "median"}), "sweep.pruner", PRUNERS, seeded=False)
 
     dims, base = _parse_space(raw.get("space"), cfg)
-    spec = SweepSpec(metric=metric, mode=mode, dims=dims, sampler=sampler, seed=seed,
-                     sampler_options=sampler_options, pruner=pruner, pruner_options=pruner_options,
-                     num_trials=num_trials, max_concurrent=max_concurrent, time_limit_s=time_limit_s,
-                     max_failures=max_failures, base=base, description=description)
+    spec = SweepSpec(
+        metric=metric,
+        mode=mode,
+        dims=dims,
+        sampler=sampler,
+        seed=seed,
+        sampler_options=sampler_options,
+        pruner=pruner,
+        pruner_options=pruner_options,
+        num_trials=num_trials,
+        max_concurrent=max_concurrent,
+        time_limit_s=time_limit_s,
+        max_failures=max_failures,
+        base=base,
+        description=description,
+    )
 
     if sampler == "grid":
         for d in dims:
             if d.kind not in ("grid", "fixed", "derived"):
-                raise ConfigError(f"sweep.space.{d.key}.kind", d.kind,
-                                  "the grid sampler enumerates only grid dimensions (fixed/derived are fine)")
+                raise ConfigError(
+                    f"sweep.space.{d.key}.kind",
+                    d.kind,
+                    "the grid sampler enumerates only grid dimensions (fixed/derived are fine)",
+                )
         if not grid_space(spec):
             raise ConfigError("sweep.space", None, "the grid sampler needs at least one grid dimension")
         if num_trials > spec.grid_size:
@@ -173,8 +201,11 @@ def _named(node: Any, where: str, table: Mapping[str, Any], seeded: bool = True)
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise ConfigError(f"{where}.seed", seed, "an int or null")
     target = asha if name == "asha" else table[name]
-    params = {p: v for p, v in inspect.signature(target).parameters.items()
-              if p not in ("seed", "search_space", "metric", "mode")}
+    params = {
+        p: v
+        for p, v in inspect.signature(target).parameters.items()
+        if p not in ("seed", "search_space", "metric", "mode")
+    }
     if name == "none":  # pruning off: `sweep.pruner.name=none` switches it off, whatever options were set
         opts = {}
     for k, v in opts.items():
@@ -230,8 +261,11 @@ def _parse_space(node: Any, cfg: DictConfig) -> tuple[tuple[Dim, ...], dict[str,
                 for k, vals in target.when.items():
                     mine = d.when.get(k)
                     if mine is None or not set(map(_label, mine)) <= set(map(_label, vals)):
-                        raise ConfigError(f"sweep.space.{d.key}.when", dict(d.when),
-                                          f"{o} is only sampled when {k} in {_show(vals)}; add that condition")
+                        raise ConfigError(
+                            f"sweep.space.{d.key}.when",
+                            dict(d.when),
+                            f"{o} is only sampled when {k} in {_show(vals)}; add that condition",
+                        )
     return _order(dims), base
 
 
@@ -244,8 +278,11 @@ def _walk(node: dict, prefix: str):
         elif isinstance(v, dict) and v:
             yield from _walk(v, key)
         else:
-            raise ConfigError(f"sweep.space.{key}", v,
-                              f"a dimension: a mapping with kind: {' | '.join(KINDS)} or derived: {' | '.join(OPS)}")
+            raise ConfigError(
+                f"sweep.space.{key}",
+                v,
+                f"a dimension: a mapping with kind: {' | '.join(KINDS)} or derived: {' | '.join(OPS)}",
+            )
 
 
 def _parse_dim(key: str, d: dict, cfg: DictConfig) -> Dim:
@@ -284,7 +321,9 @@ def _parse_dim(key: str, d: dict, cfg: DictConfig) -> Dim:
         raise ConfigError(f"{at}.kind", kind, " | ".join(KINDS))
     for k in d:
         if k not in DIM_KEYS[kind] | _COMMON:
-            raise ConfigError(f"{at}.{k}", d[k], f"not an option of {kind}; allowed: {', '.join(sorted(DIM_KEYS[kind]))}")
+            raise ConfigError(
+                f"{at}.{k}", d[k], f"not an option of {kind}; allowed: {', '.join(sorted(DIM_KEYS[kind]))}"
+            )
     if kind in ("int", "float", "logfloat") and current is not _ABSENT and current is not None:
         if isinstance(current, bool) or not _is_num(current) or (kind != "int" and isinstance(current, int)):
             raise ConfigError(f"{at}.kind", kind, f"{key} holds {type(current).__name__} values; use choice")
@@ -363,9 +402,12 @@ def _order(dims: dict[str, Dim]) -> tuple[Dim, ...]:
         if key in done:
             return
         if key in visiting:
-            cycle = " -> ".join(visiting[visiting.index(key):] + [key])
-            raise ConfigError(f"sweep.space.{key}", {"when": dict(dims[key].when), "of": list(dims[key].of)},
-                              f"no circular dependencies ({cycle})")
+            cycle = " -> ".join(visiting[visiting.index(key) :] + [key])
+            raise ConfigError(
+                f"sweep.space.{key}",
+                {"when": dict(dims[key].when), "of": list(dims[key].of)},
+                f"no circular dependencies ({cycle})",
+            )
         visiting.append(key)
         d = dims[key]
         for dep in [*d.when, *(o for o in d.of if isinstance(o, str))]:
@@ -412,8 +454,14 @@ def _draw(trial: optuna.Trial, d: Dim, values: Mapping[str, object], spec: Sweep
     if d.kind == "fixed":
         return copy.deepcopy(d.value)
     if d.op == "first":
-        out = next((copy.deepcopy(o if _is_num(o) else _effective(o, values, spec)) for o in d.of
-                    if _is_num(o) or o in values or (o in spec.base and spec.dim(o) is None)), _ABSENT)
+        out = next(
+            (
+                copy.deepcopy(o if _is_num(o) else _effective(o, values, spec))
+                for o in d.of
+                if _is_num(o) or o in values or (o in spec.base and spec.dim(o) is None)
+            ),
+            _ABSENT,
+        )
         if not _is_num(out):
             return out
     else:
@@ -441,7 +489,9 @@ def make_sampler(spec: SweepSpec, resumed_after: int = 0) -> optuna.samplers.Bas
     replay the first configs (Optuna's samplers keep their random state in memory, not in the study)."""
     for package in NEEDS.get(spec.sampler, []):
         if importlib.util.find_spec(package) is None:
-            raise ConfigError("sweep.sampler.name", spec.sampler, f"needs the package {package} (pip install {package})")
+            raise ConfigError(
+                "sweep.sampler.name", spec.sampler, f"needs the package {package} (pip install {package})"
+            )
     cls = SAMPLERS[spec.sampler]
     args = {"seed": None if spec.seed is None else spec.seed + resumed_after, **spec.sampler_options}
     if spec.sampler == "grid":
@@ -460,8 +510,13 @@ def build_pruner(node: Mapping[str, Any]) -> optuna.pruners.BasePruner:
     return _build(asha if name == "asha" else PRUNERS[name], opts, "sweep.pruner", name)
 
 
-def asha(grace_period: int = 1, reduction_factor: int = 4, time_attr: str = "step", max_t: int | None = None,
-         brackets: int = 1) -> optuna.pruners.SuccessiveHalvingPruner:
+def asha(
+    grace_period: int = 1,
+    reduction_factor: int = 4,
+    time_attr: str = "step",
+    max_t: int | None = None,
+    brackets: int = 1,
+) -> optuna.pruners.SuccessiveHalvingPruner:
     """`asha` takes Ray ASHAScheduler's names for what is Optuna's SuccessiveHalvingPruner (asynchronous successive
     halving, the same algorithm): rungs at grace_period × reduction_factor^k steps. max_t is the trial's own
     length here (train.max_steps), so it only has to be at least grace_period."""
@@ -471,8 +526,9 @@ def asha(grace_period: int = 1, reduction_factor: int = 4, time_attr: str = "ste
         raise ValueError(f"brackets={brackets}: one bracket (use hyperband for several)")
     if max_t is not None and max_t < grace_period:
         raise ValueError(f"max_t={max_t} must be >= grace_period={grace_period}")
-    return optuna.pruners.SuccessiveHalvingPruner(min_resource=grace_period, reduction_factor=reduction_factor,
-                                                  min_early_stopping_rate=0)
+    return optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=grace_period, reduction_factor=reduction_factor, min_early_stopping_rate=0
+    )
 
 
 def _build(cls: type, args: dict, where: str, name: str) -> Any:
@@ -481,8 +537,11 @@ def _build(cls: type, args: dict, where: str, name: str) -> Any:
     except ImportError as e:
         raise ConfigError(f"{where}.name", name, f"needs an optional package: {e}") from None
     except (TypeError, ValueError) as e:
-        raise ConfigError(where, {"name": name, **{k: v for k, v in args.items() if k != "search_space"}},
-                          str(e).strip().splitlines()[0]) from None
+        raise ConfigError(
+            where,
+            {"name": name, **{k: v for k, v in args.items() if k != "search_space"}},
+            str(e).strip().splitlines()[0],
+        ) from None
 
 
 # --- overrides -----------------------------------------------------------------------------------

@@ -45,8 +45,15 @@ def snr(weight: torch.Tensor) -> dict[str, float]:
     sigma_noise = float(sv.median()) / math.sqrt(m * mp_median(beta))
     edge = sigma_noise * (math.sqrt(m) + math.sqrt(n))
     signal, noise = float(sv[sv > edge].sum()), float(sv[sv <= edge].sum())
-    return {"m": m, "n": n, "sigma1": float(sv[0]), "sigma_noise": sigma_noise, "edge": edge,
-            "n_signal": int((sv > edge).sum()), "snr": signal / noise if noise > 0 else math.inf}
+    return {
+        "m": m,
+        "n": n,
+        "sigma1": float(sv[0]),
+        "sigma_noise": sigma_noise,
+        "edge": edge,
+        "n_signal": int((sv > edge).sum()),
+        "snr": signal / noise if noise > 0 else math.inf,
+    }
 
 
 def scores(model: nn.Module) -> dict[str, dict[str, float]]:
@@ -70,8 +77,11 @@ def cached_scores(cfg: DictConfig) -> dict[str, dict[str, float]]:
     done = time.perf_counter()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"model": cfg.model.name, "load_s": loaded - start, "svd_s": done - loaded,
-                               "modules": table}, indent=1))
+    tmp.write_text(
+        json.dumps(
+            {"model": cfg.model.name, "load_s": loaded - start, "svd_s": done - loaded, "modules": table}, indent=1
+        )
+    )
     tmp.rename(path)  # whole or absent: a concurrent trial never reads half a file
     return table
 

@@ -8,6 +8,7 @@ Optuna owns sampling, pruning and each trial's state; MLflow records it. Why not
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import time
@@ -50,21 +51,35 @@ def run_sweep(argv: list[str]) -> dict:
 
     watcher = lifeline.start()
     checking = ThreadPoolExecutor(1).submit(check_config_and_data, cfg)
-    ray.init(address=cfg.engine.address, num_cpus=cfg.engine.num_cpus, num_gpus=cfg.engine.num_gpus,
-             include_dashboard=False, ignore_reinit_error=True, log_to_driver=False, configure_logging=False)
+    ray.init(
+        address=cfg.engine.address,
+        num_cpus=cfg.engine.num_cpus,
+        num_gpus=cfg.engine.num_gpus,
+        include_dashboard=False,
+        ignore_reinit_error=True,
+        log_to_driver=False,
+        logging_level=logging.ERROR,  # bad input found meanwhile stays one line on stderr
+    )
     lifeline.hold(watcher)
     server = None
     try:
         task = ray.remote(max_calls=0)(worker.run)  # max_calls=0: GPU tasks reuse their worker too (Ray's default: 1)
         warm = ray.remote(max_calls=0)(worker.warm)
-        slots = [warm.options(num_cpus=cfg.engine.cpus_per_trial).remote(base, int(cfg.engine.cpus_per_trial))
-                 for _ in range(min(spec.max_concurrent, spec.num_trials))]
+        slots = [
+            warm.options(num_cpus=cfg.engine.cpus_per_trial).remote(base, int(cfg.engine.cpus_per_trial))
+            for _ in range(min(spec.max_concurrent, spec.num_trials))
+        ]
         checking.result()
 
         # 3. The sweep's folder, study, parent run and log server.
         out.mkdir(parents=True, exist_ok=True)
-        state = state or {"sweep_id": out.name, "argv": base, "study_name": out.name, "parent_run_id": None,
-                          "storage": cfg.engine.storage or f"sqlite:///{(out / 'optuna.db').resolve()}"}
+        state = state or {
+            "sweep_id": out.name,
+            "argv": base,
+            "study_name": out.name,
+            "parent_run_id": None,
+            "storage": cfg.engine.storage or f"sqlite:///{(out / 'optuna.db').resolve()}",
+        }
         direct = tracking.uri(cfg)
         if cfg.engine.log_server == "auto" and direct.startswith("sqlite:"):
             server = logserver.start(direct, Path("mlruns").resolve(), out, cfg.engine.log_server_host or "127.0.0.1")
@@ -73,20 +88,28 @@ def run_sweep(argv: list[str]) -> dict:
         client = mlflow.MlflowClient(direct)
         tracking.experiment(cfg)
         storage = optuna.storages.RDBStorage(state["storage"], engine_kwargs=worker.engine_kwargs(state["storage"]))
-        study = optuna.create_study(study_name=state["study_name"], storage=storage, load_if_exists=True,
-                                    sampler=make_sampler(spec), direction="maximize" if spec.mode == "max" else "minimize")
+        study = optuna.create_study(
+            study_name=state["study_name"],
+            storage=storage,
+            load_if_exists=True,
+            sampler=make_sampler(spec),
+            direction="maximize" if spec.mode == "max" else "minimize",
+        )
         if resuming:
             study.sampler = make_sampler(spec, resumed_after=len(study.trials))
         with warnings.catch_warnings():  # experimental in Optuna since 3.2, and what optuna-dashboard reads
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([spec.metric])
-        with tracking.run(cfg, run_id=state["parent_run_id"], tags={"sweep_id": state["sweep_id"],
-                                                                    "lorasweep_role": "sweep"}) as parent:
+        with tracking.run(
+            cfg, run_id=state["parent_run_id"], tags={"sweep_id": state["sweep_id"], "lorasweep_role": "sweep"}
+        ) as parent:
             if not resuming:
                 client.update_run(parent.info.run_id, name=state["sweep_id"])
                 state["parent_run_id"] = parent.info.run_id
                 (out / "state.json").write_text(json.dumps(state, indent=1))
-                mlflow.log_params({k: v for k, v in tracking.flatten(cfg, skip=()).items() if not k.startswith("sweep.space")})
+                mlflow.log_params(
+                    {k: v for k, v in tracking.flatten(cfg, skip=()).items() if not k.startswith("sweep.space")}
+                )
                 mlflow.log_dict(OmegaConf.to_container(cfg.sweep, resolve=True), "sweep.yaml")
                 mlflow.set_tag("command", shlex.join(["lorasweep", "sweep", *base]))
             pid = parent.info.run_id
@@ -95,8 +118,11 @@ def run_sweep(argv: list[str]) -> dict:
                 ledger.kill_running(client, pid, storage, study, "the sweep driver died while this trial ran")
             done_before = ledger.finished(study)
             budget = spec.num_trials - done_before
-            print(f"[sweep] {state['sweep_id']}: {spec.num_trials} trials of {spec.metric} ({spec.mode}); "
-                  f"{done_before} already finished; mlflow parent run {pid}", flush=True)
+            print(
+                f"[sweep] {state['sweep_id']}: {spec.num_trials} trials of {spec.metric} ({spec.mode}); "
+                f"{done_before} already finished; mlflow parent run {pid}",
+                flush=True,
+            )
 
             # 4. Trials: ask, open the child run, run it on a warm worker, write its end state to both stores.
             if budget > 0:
@@ -134,19 +160,26 @@ def _ready(slots: list) -> None:
 
 # ---------------------------------------------------------------- checks before anything starts
 
+
 def check_engine_and_metric(cfg: DictConfig, spec: SweepSpec) -> None:
     """The metric against the task, the engine fields, and where a cluster's trials can log: no heavy imports."""
     from lorasweep.resources import check_engine
 
     reported = TASK_METRICS[cfg.model.task]
     if spec.metric not in reported:
-        raise ConfigError("sweep.metric", spec.metric, f"a metric a {cfg.model.task} trial reports: {', '.join(reported)}")
+        raise ConfigError(
+            "sweep.metric", spec.metric, f"a metric a {cfg.model.task} trial reports: {', '.join(reported)}"
+        )
     check_engine(cfg)
     local_store = tracking.uri(cfg).startswith(("sqlite:", "file:", "/", "."))
     if cfg.engine.address and local_store and cfg.engine.log_server == "auto" and not cfg.engine.log_server_host:
-        raise ConfigError("tracking.uri", tracking.uri(cfg), "on a cluster (engine.address set), a tracking server the "
-                          "nodes reach: tracking.uri=http://host:port, or engine.log_server_host=<an address of this "
-                          "machine they reach> for the sweep's own log server")
+        raise ConfigError(
+            "tracking.uri",
+            tracking.uri(cfg),
+            "on a cluster (engine.address set), a tracking server the "
+            "nodes reach: tracking.uri=http://host:port, or engine.log_server_host=<an address of this "
+            "machine they reach> for the sweep's own log server",
+        )
 
 
 def check_config_and_data(cfg: DictConfig) -> None:
@@ -176,15 +209,28 @@ def trial_config(base: list[str], overrides: list[str]) -> tuple[DictConfig, flo
 
 # ---------------------------------------------------------------- the loop
 
-def loop(cfg, spec: SweepSpec, base, study, storage, client, parent_run_id: str, state: dict, log_uri: str,
-         budget: int, started: float, task) -> None:
+
+def loop(
+    cfg,
+    spec: SweepSpec,
+    base,
+    study,
+    storage,
+    client,
+    parent_run_id: str,
+    state: dict,
+    log_uri: str,
+    budget: int,
+    started: float,
+    task,
+) -> None:
     """Keep max_concurrent trials in flight until the budget, the time limit or max_failures ends the sweep."""
     import ray
 
     from lorasweep import worker
 
     pruner = {"name": spec.pruner, **spec.pruner_options}
-    in_flight: dict = {}                         # Ray ObjectRef -> (trial number, MLflow run id)
+    in_flight: dict = {}  # Ray ObjectRef -> (trial number, MLflow run id)
     counts = {s: 0 for s in ("COMPLETE", "PRUNED", "FAILED", "KILLED", "REUSED")}
     best: float | None = None
     launched, stop = 0, None
@@ -196,7 +242,9 @@ def loop(cfg, spec: SweepSpec, base, study, storage, client, parent_run_id: str,
         tags = {k: result[k] for k in ("node", "ray_node_id", "pid") if k in result}
         if s == "PRUNED":
             tags["pruned_at_step"] = result["step"]
-        ledger.finish(client, study, number, run_id, s, value=result.get("value"), reason=result.get("reason"), tags=tags)
+        ledger.finish(
+            client, study, number, run_id, s, value=result.get("value"), reason=result.get("reason"), tags=tags
+        )
         counts[s] += 1
         if s in ("COMPLETE", "REUSED"):
             v = result["value"]
@@ -209,8 +257,11 @@ def loop(cfg, spec: SweepSpec, base, study, storage, client, parent_run_id: str,
         done, elapsed = sum(counts.values()), time.time() - started
         eta = f"{elapsed / done * (budget - done):.0f}s" if done else "-"
         line = "  ".join(f"{k.lower()} {v}" for k, v in counts.items() if v or k in ("COMPLETE", "PRUNED", "FAILED"))
-        print(f"[sweep] done {done}/{budget}  running {len(in_flight)}  {line}  best {spec.metric}="
-              f"{'-' if best is None else f'{best:.4f}'}  elapsed {elapsed:.0f}s  eta {eta}", flush=True)
+        print(
+            f"[sweep] done {done}/{budget}  running {len(in_flight)}  {line}  best {spec.metric}="
+            f"{'-' if best is None else f'{best:.4f}'}  elapsed {elapsed:.0f}s  eta {eta}",
+            flush=True,
+        )
 
     while True:
         while stop is None and launched < budget and len(in_flight) < spec.max_concurrent:
@@ -223,21 +274,39 @@ def loop(cfg, spec: SweepSpec, base, study, storage, client, parent_run_id: str,
                 trial_cfg, share = trial_config(base, overrides)
                 params = tracking.flatten(trial_cfg)
             except Exception as e:  # refused before any work (bad sampled config, cannot fit): FAILED with the reason
-                run_id = ledger.open_child(client, parent_run_id, study, trial, sampled, overrides, sampled, state["sweep_id"])
-                end(trial.number, run_id, {"state": "FAILED", "reason": str(e) if isinstance(e, ConfigError) else
-                                           f"{type(e).__name__}: {e}".splitlines()[0]})
+                run_id = ledger.open_child(
+                    client, parent_run_id, study, trial, sampled, overrides, sampled, state["sweep_id"]
+                )
+                end(
+                    trial.number,
+                    run_id,
+                    {
+                        "state": "FAILED",
+                        "reason": str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}".splitlines()[0],
+                    },
+                )
                 continue
-            run_id = ledger.open_child(client, parent_run_id, study, trial, sampled, overrides, params, state["sweep_id"])
+            run_id = ledger.open_child(
+                client, parent_run_id, study, trial, sampled, overrides, params, state["sweep_id"]
+            )
             twin = ledger.twin(study, trial.params)
             if twin is not None:  # the same config finished before: its result stands, no second training
                 client.log_metric(run_id, spec.metric, twin.value)
                 end(trial.number, run_id, {"state": "REUSED", "value": twin.value})
                 client.set_tag(run_id, "reused_from", f"t{twin.number:03d} ({twin.user_attrs.get(ledger.RUN_ID)})")
                 continue
-            job = worker.Job(number=trial.number, run_id=run_id, overrides=[*base, *overrides],
-                             study_name=state["study_name"], storage=state["storage"], pruner=pruner,
-                             metric=spec.metric, tracking_uri=log_uri, gpu_share=share,
-                             threads=max(1, int(cfg.engine.cpus_per_trial)))
+            job = worker.Job(
+                number=trial.number,
+                run_id=run_id,
+                overrides=[*base, *overrides],
+                study_name=state["study_name"],
+                storage=state["storage"],
+                pruner=pruner,
+                metric=spec.metric,
+                tracking_uri=log_uri,
+                gpu_share=share,
+                threads=max(1, int(cfg.engine.cpus_per_trial)),
+            )
             client.set_tag(run_id, "gpu_share", f"{share:g}")
             ref = task.options(num_cpus=cfg.engine.cpus_per_trial, num_gpus=share).remote(job)
             in_flight[ref] = (trial.number, run_id)
@@ -250,7 +319,10 @@ def loop(cfg, spec: SweepSpec, base, study, storage, client, parent_run_id: str,
             try:
                 result = ray.get(ref)
             except ray.exceptions.RayError as e:  # the worker process died (e.g. killed for memory)
-                result = {"state": "FAILED", "reason": f"the trial's worker died: {str(e).strip().splitlines()[0][:500]}"}
+                result = {
+                    "state": "FAILED",
+                    "reason": f"the trial's worker died: {str(e).strip().splitlines()[0][:500]}",
+                }
             end(number, run_id, result)
         if deadline is not None and time.time() >= deadline:
             stop = f"stopped when the sweep reached sweep.time_limit_s={spec.time_limit_s:g}"
@@ -276,13 +348,28 @@ def dry_run(argv: list[str]) -> int:
     spec = parse_sweep(cfg)
     check_engine_and_metric(cfg, spec)
     check_config_and_data(cfg)
-    print(f"sweep: {spec.num_trials} trials of {spec.metric} ({spec.mode}), {spec.max_concurrent} at a time, "
-          f"sampler {spec.sampler}, pruner {spec.pruner}, time limit {spec.time_limit_s or '-'} s, "
-          f"max failures {'-' if spec.max_failures is None else spec.max_failures}")
+    print(
+        f"sweep: {spec.num_trials} trials of {spec.metric} ({spec.mode}), {spec.max_concurrent} at a time, "
+        f"sampler {spec.sampler}, pruner {spec.pruner}, time limit {spec.time_limit_s or '-'} s, "
+        f"max failures {'-' if spec.max_failures is None else spec.max_failures}"
+    )
     for d in spec.dims:
-        what = d.values if d.kind in ("choice", "grid") else (d.value if d.kind == "fixed" else
-                                                             f"{d.op}{list(d.of)}" if d.kind == "derived" else f"[{d.low}, {d.high}]")
-        print(f"  {d.key}: {d.kind} {what}" + (f" when {dict(d.when)}" if d.when else "") + (" (helper)" if d.helper else ""))
+        what = (
+            d.values
+            if d.kind in ("choice", "grid")
+            else (
+                d.value
+                if d.kind == "fixed"
+                else f"{d.op}{list(d.of)}"
+                if d.kind == "derived"
+                else f"[{d.low}, {d.high}]"
+            )
+        )
+        print(
+            f"  {d.key}: {d.kind} {what}"
+            + (f" when {dict(d.when)}" if d.when else "")
+            + (" (helper)" if d.helper else "")
+        )
     study = optuna.create_study(sampler=make_sampler(spec), direction="maximize" if spec.mode == "max" else "minimize")
     base = [a for a in argv if not a.startswith(("resume=", "+resume="))]
     for _ in range(spec.num_trials):
@@ -291,8 +378,10 @@ def dry_run(argv: list[str]) -> int:
         try:
             trial_cfg, share = trial_config(base, overrides)
             est = estimate(trial_cfg)
-            line = (f"trainable {est['params']['trainable']:>12,}  est. peak {est['memory']['total']['bytes'] / 2**30:6.2f} GiB"
-                    f"  GPU share {share:g}")
+            line = (
+                f"trainable {est['params']['trainable']:>12,}  "
+                f"est. peak {est['memory']['total']['bytes'] / 2**30:6.2f} GiB  GPU share {share:g}"
+            )
         except Exception as e:  # what the sweep would record as FAILED
             line = f"refused: {e}".splitlines()[0]
         print(f"t{trial.number:03d}  {shlex.join(overrides):<60}  {line}")
@@ -301,6 +390,7 @@ def dry_run(argv: list[str]) -> int:
 
 
 # ---------------------------------------------------------------- where a sweep lives
+
 
 def sweep_name(argv: list[str]) -> str:
     return next((a.split("=", 1)[1] for a in argv if a.startswith(("sweep=", "+sweep="))), "sweep")
@@ -331,6 +421,7 @@ def sweep_dir(cfg: DictConfig, argv: list[str]) -> tuple[Path, bool]:
 
 # ---------------------------------------------------------------- results
 
+
 def leaderboard(client: mlflow.MlflowClient, parent_run_id: str, spec: SweepSpec, out: Path, base: list[str]) -> dict:
     """The leaderboard and the objective plot, the same ones `lorasweep report` shows, onto the parent run; the
     best finished trial and the command that reruns it."""
@@ -354,10 +445,18 @@ def leaderboard(client: mlflow.MlflowClient, parent_run_id: str, spec: SweepSpec
         mlflow.set_tag("best_run_id", best["run_id"])
         mlflow.log_metric(f"best_{spec.metric}", float(best[spec.metric]))
         # A trial composed with sweep=<name> gets the sweep file's base fields; its sweep section is ignored.
-        cmd = shlex.join(["lorasweep", "trial", *[a for a in base if not a.startswith("sweep.")]]) + " " + best["overrides"]
+        cmd = (
+            shlex.join(["lorasweep", "trial", *[a for a in base if not a.startswith("sweep.")]])
+            + " "
+            + best["overrides"]
+        )
         mlflow.set_tag("best_command", cmd)
-        summary.update(best_run_id=best["run_id"], best_value=float(best[spec.metric]), best_command=cmd,
-                       best_adapter=f"{client.get_run(best['run_id']).info.artifact_uri}/adapter")
+        summary.update(
+            best_run_id=best["run_id"],
+            best_value=float(best[spec.metric]),
+            best_command=cmd,
+            best_adapter=f"{client.get_run(best['run_id']).info.artifact_uri}/adapter",
+        )
     mlflow.log_metrics({f"trials_{k.lower()}": v for k, v in counts.items()})
     return summary
 
@@ -372,10 +471,15 @@ def cli(argv: list[str]) -> int:
     # SIGTERM unwinds like Ctrl-C, so the log server is stopped and runs are closed on the way out.
     signal.signal(signal.SIGTERM, _interrupt)
     s = run_sweep(argv)
-    print(f"\n[sweep] finished in {s['wall_s']:.0f}s: " + ", ".join(f"{k.lower()} {v}" for k, v in sorted(s["counts"].items())))
+    print(
+        f"\n[sweep] finished in {s['wall_s']:.0f}s: "
+        + ", ".join(f"{k.lower()} {v}" for k, v in sorted(s["counts"].items()))
+    )
     for i, row in enumerate(s["top"], 1):
         acc = row.get("eval_accuracy")
-        extra = f"  eval_accuracy={acc:.4f}" if s["metric"] != "eval_accuracy" and acc == acc and acc is not None else ""
+        extra = (
+            f"  eval_accuracy={acc:.4f}" if s["metric"] != "eval_accuracy" and acc == acc and acc is not None else ""
+        )
         print(f"  {i}. {s['metric']}={row[s['metric']]:.4f}{extra}  {row['overrides']}")
     if "best_command" in s:
         print(f"best: {s['best_value']:.4f}  rerun: {s['best_command']}")

@@ -11,18 +11,39 @@ from lorasweep.errors import ConfigError
 # Each family maps an alias to a pattern matched against the end of a module's full name.
 FAMILIES: dict[str, dict[str, str]] = {
     "llama": {  # Llama, Qwen2, Mistral, Gemma share these names
-        "q": r"q_proj", "k": r"k_proj", "v": r"v_proj", "o": r"o_proj",
-        "gate": r"gate_proj", "up": r"up_proj", "down": r"down_proj",
+        "q": r"q_proj",
+        "k": r"k_proj",
+        "v": r"v_proj",
+        "o": r"o_proj",
+        "gate": r"gate_proj",
+        "up": r"up_proj",
+        "down": r"down_proj",
     },
     "bert": {  # BERT, RoBERTa, MiniLM
-        "q": r"attention\.self\.query", "k": r"attention\.self\.key", "v": r"attention\.self\.value",
-        "o": r"attention\.output\.dense", "up": r"intermediate\.dense", "down": r"(?<!attention\.)output\.dense",
+        "q": r"attention\.self\.query",
+        "k": r"attention\.self\.key",
+        "v": r"attention\.self\.value",
+        "o": r"attention\.output\.dense",
+        "up": r"intermediate\.dense",
+        "down": r"(?<!attention\.)output\.dense",
     },
 }
 MODEL_TYPES = {
-    "llama": "llama", "qwen2": "llama", "qwen3": "llama", "mistral": "llama", "mixtral": "llama",
-    "gemma": "llama", "gemma2": "llama", "gemma3": "llama", "gemma3_text": "llama", "phi3": "llama",
-    "bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "distilroberta": "bert", "electra": "bert",
+    "llama": "llama",
+    "qwen2": "llama",
+    "qwen3": "llama",
+    "mistral": "llama",
+    "mixtral": "llama",
+    "gemma": "llama",
+    "gemma2": "llama",
+    "gemma3": "llama",
+    "gemma3_text": "llama",
+    "phi3": "llama",
+    "bert": "bert",
+    "roberta": "bert",
+    "xlm-roberta": "bert",
+    "distilroberta": "bert",
+    "electra": "bert",
 }
 GROUPS = {"attn": ["q", "k", "v", "o"], "mlp": ["gate", "up", "down"]}
 ALIASES = ["q", "k", "v", "o", "gate", "up", "down", "attn", "mlp", "all-linear", "spectrum:<k>%"]
@@ -37,8 +58,7 @@ def family(model_type: str) -> str | None:
 def linear_names(model: nn.Module) -> list[str]:
     """Full names of the Linear layers an adapter may target (task heads excluded)."""
     return [
-        name for name, mod in model.named_modules()
-        if isinstance(mod, nn.Linear) and not (set(name.split(".")) & HEADS)
+        name for name, mod in model.named_modules() if isinstance(mod, nn.Linear) and not (set(name.split(".")) & HEADS)
     ]
 
 
@@ -46,7 +66,7 @@ def short_name(name: str) -> str:
     """`model.layers.3.self_attn.q_proj` -> `self_attn.q_proj`: the name with its layer prefix cut."""
     parts = name.split(".")
     idx = [i for i, p in enumerate(parts) if p.isdigit()]
-    return ".".join(parts[idx[-1] + 1:]) if idx else name
+    return ".".join(parts[idx[-1] + 1 :]) if idx else name
 
 
 def module_type(name: str, fam: str | None) -> str:
@@ -76,12 +96,13 @@ def spectrum_pick(snr: dict[str, float], fam: str | None, k: float) -> list[str]
     picked = []
     for names in by_type.values():
         ranked = sorted(names, key=lambda n: (-snr[n], n))
-        picked += ranked[:math.ceil(k / 100 * len(ranked) - 1e-9)]  # rounding must not add a layer at k·n exact
+        picked += ranked[: math.ceil(k / 100 * len(ranked) - 1e-9)]  # rounding must not add a layer at k·n exact
     return sorted(picked)
 
 
-def resolve_targets(model: nn.Module, model_type: str, targets: list[str],
-                    snr: dict[str, float] | None = None) -> list[str]:
+def resolve_targets(
+    model: nn.Module, model_type: str, targets: list[str], snr: dict[str, float] | None = None
+) -> list[str]:
     """Expand aliases and raw names into the sorted full names of the Linear modules to adapt.
 
     `snr` (module name -> SNR of its base weight, from lorasweep.spectrum) is needed by spectrum rules only.
@@ -93,8 +114,11 @@ def resolve_targets(model: nn.Module, model_type: str, targets: list[str],
         k = spectrum_percent(t)
         if k is not None:
             if snr is None:
-                raise ConfigError("adapter.targets", t, "aliases or module names here: a spectrum rule needs the "
-                                                        "base weights, which only a trial loads")
+                raise ConfigError(
+                    "adapter.targets",
+                    t,
+                    "aliases or module names here: a spectrum rule needs the base weights, which only a trial loads",
+                )
             # the family's module types (q…down) when known: a one-of-a-kind layer such as BERT's pooler
             # would otherwise always win its own type
             pool = [n for n in names if module_type(n, fam) in FAMILIES.get(fam or "", {})] or names

@@ -41,8 +41,9 @@ def flatten(cfg: DictConfig, skip: tuple[str, ...] = ("sweep",)) -> dict[str, ob
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=5, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -52,10 +53,19 @@ def environment_tags() -> dict[str, str]:
     import torch
     import transformers
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-    return {"git_commit": git_commit(), "lorasweep_version": lorasweep.__version__, "device": device,
-            "torch_version": torch.__version__, "peft_version": peft.__version__,
-            "transformers_version": transformers.__version__}
+    device = (
+        torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    )
+    return {
+        "git_commit": git_commit(),
+        "lorasweep_version": lorasweep.__version__,
+        "device": device,
+        "torch_version": torch.__version__,
+        "peft_version": peft.__version__,
+        "transformers_version": transformers.__version__,
+    }
 
 
 def experiment(cfg: DictConfig) -> str:
@@ -75,9 +85,12 @@ def run(cfg: DictConfig, run_id: str | None = None, tags: dict[str, str] | None 
     mlflow.set_tracking_uri(uri(cfg))
     if run_id is None:
         experiment(cfg)
-    active = mlflow.start_run(run_id=run_id, run_name=None if run_id else cfg.tracking.run_name,
-                              tags={**environment_tags(), **(tags or {})},
-                              log_system_metrics=bool(cfg.tracking.system_metrics))
+    active = mlflow.start_run(
+        run_id=run_id,
+        run_name=None if run_id else cfg.tracking.run_name,
+        tags={**environment_tags(), **(tags or {})},
+        log_system_metrics=bool(cfg.tracking.system_metrics),
+    )
     try:
         yield active
     except optuna.TrialPruned:  # a sweep's pruner stopped it: not a failure; the sweep's ledger records PRUNED

@@ -8,7 +8,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 from sklearn.metrics import accuracy_score, f1_score
-from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers import (
+    DataCollatorForSeq2Seq,
+    DataCollatorWithPadding,
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
 OnMetrics = Callable[[dict[str, float], int], None]
 
@@ -23,10 +30,18 @@ def optimizer(model, cfg: DictConfig) -> torch.optim.Optimizer:
     else:
         import bitsandbytes as bnb
 
-        cls = {"adamw_8bit": bnb.optim.AdamW8bit, "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
-               "paged_adamw_32bit": bnb.optim.PagedAdamW32bit}[name]
-    return create_loraplus_optimizer(model, cls, lr=cfg.train.lr, loraplus_lr_ratio=float(cfg.adapter.loraplus_ratio),
-                                     weight_decay=cfg.train.weight_decay)
+        cls = {
+            "adamw_8bit": bnb.optim.AdamW8bit,
+            "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
+            "paged_adamw_32bit": bnb.optim.PagedAdamW32bit,
+        }[name]
+    return create_loraplus_optimizer(
+        model,
+        cls,
+        lr=cfg.train.lr,
+        loraplus_lr_ratio=float(cfg.adapter.loraplus_ratio),
+        weight_decay=cfg.train.weight_decay,
+    )
 
 
 def classification_metrics(pred) -> dict[str, float]:
@@ -49,7 +64,10 @@ class Report(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kw):
         if logs and "loss" in logs:
-            self._emit({"train_loss": float(logs["loss"]), "learning_rate": float(logs.get("learning_rate", 0.0))}, state.global_step)
+            self._emit(
+                {"train_loss": float(logs["loss"]), "learning_rate": float(logs.get("learning_rate", 0.0))},
+                state.global_step,
+            )
 
     def on_evaluate(self, args, state, control, metrics=None, **kw):
         out = {k: float(v) for k, v in (metrics or {}).items() if k.startswith("eval_") and isinstance(v, (int, float))}
@@ -102,12 +120,22 @@ def trainer(cfg: DictConfig, model, tok, datasets: dict, listeners: list[OnMetri
         use_cpu=not torch.cuda.is_available(),
         remove_unused_columns=False,
     )
-    collator = DataCollatorWithPadding(tok) if seq_cls else DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
-    callbacks = [Report(listeners, perplexity=not seq_cls)] + ([AdaLoraBudget()] if cfg.adapter.variant == "adalora" else [])
+    collator = (
+        DataCollatorWithPadding(tok) if seq_cls else DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
+    )
+    callbacks = [Report(listeners, perplexity=not seq_cls)] + (
+        [AdaLoraBudget()] if cfg.adapter.variant == "adalora" else []
+    )
     tr = Trainer(
-        model=model, args=args, train_dataset=datasets["train"], eval_dataset=eval_ds, data_collator=collator,
-        processing_class=tok, compute_metrics=classification_metrics if seq_cls else None,
-        optimizers=(optimizer(model, cfg), None), callbacks=callbacks,
+        model=model,
+        args=args,
+        train_dataset=datasets["train"],
+        eval_dataset=eval_ds,
+        data_collator=collator,
+        processing_class=tok,
+        compute_metrics=classification_metrics if seq_cls else None,
+        optimizers=(optimizer(model, cfg), None),
+        callbacks=callbacks,
     )
     tr.remove_callback(PrinterCallback)  # progress goes through the listeners instead
     return tr

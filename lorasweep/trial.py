@@ -22,8 +22,7 @@ def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), run_id: st
     labels = data.labels(cfg, parts)
     targets, model_type = model.targets(cfg, len(labels) if labels else None)
 
-    with tracking.run(cfg, run_id=run_id) as active, \
-            tempfile.TemporaryDirectory(prefix="lorasweep-trial-") as tmp:
+    with tracking.run(cfg, run_id=run_id) as active, tempfile.TemporaryDirectory(prefix="lorasweep-trial-") as tmp:
         out = Path(tmp)
         mlflow.log_params(tracking.flatten(cfg))
         (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -39,7 +38,11 @@ def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), run_id: st
         before = after.forgetting_before(cfg, peft_model, tok)  # the base's general-text perplexity (cached)
         datasets = data.tokenize(cfg, parts, tok, labels)
         trainable, total = peft_model.get_nb_trainable_parameters()
-        sizes = {"trainable_params": trainable, "trainable_pct": 100.0 * trainable / total, "adapted_modules": len(targets)}
+        sizes = {
+            "trainable_params": trainable,
+            "trainable_pct": 100.0 * trainable / total,
+            "adapted_modules": len(targets),
+        }
         mlflow.log_metrics(sizes)
 
         # 3. Train, reporting each log and eval step to MLflow and to any listener (a sweep's scheduler).
@@ -63,8 +66,11 @@ def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), run_id: st
             **final,
             **{k: float(v) for k, v in test.items() if k in ("test_loss", "test_accuracy", "test_macro_f1")},
             "train_loss_final": float(result.training_loss),
-            "train_runtime_s": runtime, "samples_per_s": samples / runtime, "tokens_per_s": samples * n_tokens / runtime,
-            **measure.peak_memory_mb(), **sizes,
+            "train_runtime_s": runtime,
+            "samples_per_s": samples / runtime,
+            "tokens_per_s": samples * n_tokens / runtime,
+            **measure.peak_memory_mb(),
+            **sizes,
         }
 
         # 4. What the adapter learned: the spectrum of each module's update.

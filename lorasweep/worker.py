@@ -19,12 +19,12 @@ OOM_HINT = " (out of memory: try a smaller train.batch_size, quant=nf4, or train
 class Job:
     """What the driver hands a worker: the trial's identity in both stores, and how to build its config."""
 
-    number: int                 # the Optuna trial number: the trial's one identity
-    run_id: str                 # its MLflow child run, created by the driver
-    overrides: list[str]        # Hydra overrides: the sweep's base, then the sampled values
+    number: int  # the Optuna trial number: the trial's one identity
+    run_id: str  # its MLflow child run, created by the driver
+    overrides: list[str]  # Hydra overrides: the sweep's base, then the sampled values
     study_name: str
-    storage: str                # Optuna storage URL the workers share
-    pruner: dict                # {"name": ..., **options}, built into the same Optuna pruner as the driver's
+    storage: str  # Optuna storage URL the workers share
+    pruner: dict  # {"name": ..., **options}, built into the same Optuna pruner as the driver's
     metric: str
     tracking_uri: str
     gpu_share: float
@@ -73,8 +73,13 @@ def run(job: Job) -> dict:
     value = summary.get(job.metric)
     if value is None:
         return {"state": "FAILED", "reason": f"the trial never reported {job.metric}", **node}
-    return {"state": "COMPLETE", "value": float(value), "step": summary["steps"],
-            "train_runtime_s": summary["train_runtime_s"], **node}
+    return {
+        "state": "COMPLETE",
+        "value": float(value),
+        "step": summary["steps"],
+        "train_runtime_s": summary["train_runtime_s"],
+        **node,
+    }
 
 
 def warm(overrides: list[str], threads: int) -> int:

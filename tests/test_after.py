@@ -34,12 +34,23 @@ def _trained(m: dict) -> None:
 
 # ----------------------------------------------------------------------------------------------- merge
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_fp32_merge_matches_unmerged_for_every_variant(variant, store):
     limit = 2 if variant == "dora" else 4  # r=4: within a limit of 4, over a limit of 2
-    summary = run_trial(compose([*TINY, f"adapter.variant={variant}", "adapter.r=4", "tracking.merge_check=true",
-                                 f"tracking.max_serving_rank={limit}", *FORGET]))
+    summary = run_trial(
+        compose(
+            [
+                *TINY,
+                f"adapter.variant={variant}",
+                "adapter.r=4",
+                "tracking.merge_check=true",
+                f"tracking.max_serving_rank={limit}",
+                *FORGET,
+            ]
+        )
+    )
     run = _run(summary)
     m = run.data.metrics
     _trained(m)
@@ -56,8 +67,18 @@ def test_fp32_merge_matches_unmerged_for_every_variant(variant, store):
 @pytest.mark.slow
 @pytest.mark.parametrize("variant,quant", [("lora", "nf4"), ("dora", "nf4"), ("adalora", "nf4")])
 def test_quantized_merge_reports_dequantized_and_requantized(variant, quant, store):
-    summary = run_trial(compose([*TINY, f"quant={quant}", f"adapter.variant={variant}", "adapter.r=4",
-                                 "tracking.merge_check=true", "tracking.save_adapter=false"]))
+    summary = run_trial(
+        compose(
+            [
+                *TINY,
+                f"quant={quant}",
+                f"adapter.variant={variant}",
+                "adapter.r=4",
+                "tracking.merge_check=true",
+                "tracking.save_adapter=false",
+            ]
+        )
+    )
     run = _run(summary)
     m, tags = run.data.metrics, run.data.tags
     # dequantized base + merged ΔW reproduces the 4-bit model: the layers compute with the dequantized weight
@@ -80,6 +101,7 @@ def test_merge_check_off_by_default_logs_size_only(store):
 
 
 # ----------------------------------------------------------------------------------------------- forgetting
+
 
 def test_forgetting_before_equals_a_direct_computation(store):
     cfg = compose([*TINY, *FORGET])
@@ -123,6 +145,7 @@ def test_forgetting_reads_a_local_text_file(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- spectrum
+
 
 def _planted(m: int, n: int, rank: int, seed: int, noise: float = 1.0) -> torch.Tensor:
     """noise·G plus, when rank > 0, a rank-`rank` signal with singular values well above the MP edge."""
@@ -197,26 +220,51 @@ def test_minilm_spectrum_list_is_stable_and_cached(capsys):
 
 @pytest.mark.slow
 def test_trial_logs_the_resolved_spectrum_list(store):
-    summary = run_trial(compose([*TINY, "adapter.targets=[spectrum:50%]", "train.max_steps=2",
-                                 "tracking.save_adapter=false"]))
+    summary = run_trial(
+        compose([*TINY, "adapter.targets=[spectrum:50%]", "train.max_steps=2", "tracking.save_adapter=false"])
+    )
     run = _run(summary)
     logged = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/targets.json")
     assert logged["adapter.targets"] == ["spectrum:50%"]
     # tiny_llama: 2 layers × 7 module types, ceil(50 % of 2) = 1 per type
     assert len(logged["resolved"]) == 7 and run.data.metrics["adapted_modules"] == 7
     assert {n.rsplit(".", 1)[-1] for n in logged["resolved"]} == {
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
 
 
 # ----------------------------------------------------------------------------------------------- as a sweep metric
 
-@pytest.mark.parametrize("overrides,starts", [
-    (["sweep.metric=forget_ppl_ratio"], ("sweep.metric='forget_ppl_ratio' is not allowed: a metric the trials log: "
-                                         "forget_ppl_ratio needs tracking.forgetting=true")),
-    (["sweep.metric=merge_metric_delta"], ("sweep.metric='merge_metric_delta' is not allowed: a metric the trials log: "
-                                           "merge_metric_delta needs tracking.merge_check=true")),
-    (["sweep.metric=merge_requant_metric_delta", "tracking.merge_check=true"], "sweep.metric='merge_requant_metric_delta'"),
-])
+
+@pytest.mark.parametrize(
+    "overrides,starts",
+    [
+        (
+            ["sweep.metric=forget_ppl_ratio"],
+            (
+                "sweep.metric='forget_ppl_ratio' is not allowed: a metric the trials log: "
+                "forget_ppl_ratio needs tracking.forgetting=true"
+            ),
+        ),
+        (
+            ["sweep.metric=merge_metric_delta"],
+            (
+                "sweep.metric='merge_metric_delta' is not allowed: a metric the trials log: "
+                "merge_metric_delta needs tracking.merge_check=true"
+            ),
+        ),
+        (
+            ["sweep.metric=merge_requant_metric_delta", "tracking.merge_check=true"],
+            "sweep.metric='merge_requant_metric_delta'",
+        ),
+    ],
+)
 def test_a_sweep_ranking_by_an_unlogged_metric_is_refused(overrides, starts):
     with pytest.raises(ConfigError) as e:
         from lorasweep.config import validate
@@ -229,9 +277,20 @@ def test_a_sweep_ranking_by_an_unlogged_metric_is_refused(overrides, starts):
 def test_a_sweep_ranks_by_forget_ppl_ratio(store):
     from lorasweep.sweep import run_sweep
 
-    s = run_sweep(["sweep=smoke", "sweep.num_trials=2", "sweep.metric=forget_ppl_ratio", "sweep.mode=min",
-                   "sweep.pruner.name=none", *FORGET])
-    runs = [r for r in mlflow.MlflowClient().search_runs([e.experiment_id for e in mlflow.search_experiments()])
-            if r.data.tags.get("mlflow.parentRunId")]
+    s = run_sweep(
+        [
+            "sweep=smoke",
+            "sweep.num_trials=2",
+            "sweep.metric=forget_ppl_ratio",
+            "sweep.mode=min",
+            "sweep.pruner.name=none",
+            *FORGET,
+        ]
+    )
+    runs = [
+        r
+        for r in mlflow.MlflowClient().search_runs([e.experiment_id for e in mlflow.search_experiments()])
+        if r.data.tags.get("mlflow.parentRunId")
+    ]
     ratios = sorted(r.data.metrics["forget_ppl_ratio"] for r in runs)
     assert len(ratios) == 2 and s["best_value"] == pytest.approx(ratios[0])

@@ -18,13 +18,18 @@ from safetensors.torch import save_file
 from lorasweep.analysis import report, runs, subspace, tables, verdicts
 from lorasweep.errors import ConfigError
 
-K = 96          # width of the toy A matrices (k >= the largest r)
+K = 96  # width of the toy A matrices (k >= the largest r)
 LAYERS = 2
-MODULES = {"q": "attention.self.query", "v": "attention.self.value", "k": "attention.self.key",
-           "o": "attention.output.dense"}
+MODULES = {
+    "q": "attention.self.query",
+    "v": "attention.self.value",
+    "k": "attention.self.key",
+    "o": "attention.output.dense",
+}
 
 
 # ----------------------------------------------------------------------------------------- building runs
+
 
 def basis(seed: int) -> torch.Tensor:
     """A K×K orthonormal basis per seed: the adapters of one seed share right-singular vectors."""
@@ -52,40 +57,82 @@ def write_adapter(path: Path, r: int, seed: int, targets: list[str]) -> None:
     (path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": r}))
 
 
-def make_sweep(tmp: Path, name: str, cells: list[dict], metric: str = "eval_accuracy", mode: str = "max",
-               stamp: str = "20260101-000000", adapters: bool = False) -> tuple[str, str]:
+def make_sweep(
+    tmp: Path,
+    name: str,
+    cells: list[dict],
+    metric: str = "eval_accuracy",
+    mode: str = "max",
+    stamp: str = "20260101-000000",
+    adapters: bool = False,
+) -> tuple[str, str]:
     """A parent run tagged as a sweep and a child per cell: cell = {targets, r, seed, value, state?, extra?}."""
     client = mlflow.MlflowClient()
     exp = mlflow.set_experiment("lorasweep").experiment_id
     sweep_id = f"{name}-{stamp}"
-    parent = client.create_run(exp, tags={"lorasweep_role": "sweep", "sweep_id": sweep_id, "device": "cpu (test)",
-                                          "git_commit": "0123456789" * 4, "torch_version": "9.9",
-                                          "command": f"lorasweep sweep sweep={name}"}).info.run_id
-    client.log_batch(parent, params=[Param("sweep.metric", metric), Param("sweep.mode", mode),
-                                     Param("model.name", "minilm"), Param("data.name", "tweets")])
+    parent = client.create_run(
+        exp,
+        tags={
+            "lorasweep_role": "sweep",
+            "sweep_id": sweep_id,
+            "device": "cpu (test)",
+            "git_commit": "0123456789" * 4,
+            "torch_version": "9.9",
+            "command": f"lorasweep sweep sweep={name}",
+        },
+    ).info.run_id
+    client.log_batch(
+        parent,
+        params=[
+            Param("sweep.metric", metric),
+            Param("sweep.mode", mode),
+            Param("model.name", "minilm"),
+            Param("data.name", "tweets"),
+        ],
+    )
     for c in cells:
-        run = client.create_run(exp, tags={"mlflow.parentRunId": parent, "sweep_id": sweep_id,
-                                           "trial_state": c.get("state", "COMPLETE")}).info.run_id
-        params = {"adapter.r": c["r"], "adapter.targets": json.dumps(c["targets"], separators=(",", ":")),
-                  "adapter.alpha": 16, "seed": c["seed"], "train.seed": c["seed"], "model.name": "minilm",
-                  "train.max_steps": 60, **c.get("params", {})}
+        run = client.create_run(
+            exp, tags={"mlflow.parentRunId": parent, "sweep_id": sweep_id, "trial_state": c.get("state", "COMPLETE")}
+        ).info.run_id
+        params = {
+            "adapter.r": c["r"],
+            "adapter.targets": json.dumps(c["targets"], separators=(",", ":")),
+            "adapter.alpha": 16,
+            "seed": c["seed"],
+            "train.seed": c["seed"],
+            "model.name": "minilm",
+            "train.max_steps": 60,
+            **c.get("params", {}),
+        }
         n = len(c["targets"])
         er = min(c["r"], 3)  # effective rank 95 % capped at 3: a low-rank update
-        metrics = {**({} if "history" in c else {metric: c["value"]}), "trainable_params": 2 * K * c["r"] * n * LAYERS,
-                   "peak_memory_mb": 500 + c["r"], "energy_rank95_mean": er, "effective_rank_mean": er + 0.5,
-                   **{f"energy_rank95_{t}_mean": er for t in c["targets"]},
-                   **{f"effective_rank_{t}_mean": er + 0.5 for t in c["targets"]}, **c.get("metrics", {})}
+        metrics = {
+            **({} if "history" in c else {metric: c["value"]}),
+            "trainable_params": 2 * K * c["r"] * n * LAYERS,
+            "peak_memory_mb": 500 + c["r"],
+            "energy_rank95_mean": er,
+            "effective_rank_mean": er + 0.5,
+            **{f"energy_rank95_{t}_mean": er for t in c["targets"]},
+            **{f"effective_rank_{t}_mean": er + 0.5 for t in c["targets"]},
+            **c.get("metrics", {}),
+        }
         now = int(time.time() * 1000)
-        client.log_batch(run, params=[Param(k, str(v)) for k, v in params.items()],
-                         metrics=[Metric(k, float(v), now, 60) for k, v in metrics.items()])
+        client.log_batch(
+            run,
+            params=[Param(k, str(v)) for k, v in params.items()],
+            metrics=[Metric(k, float(v), now, 60) for k, v in metrics.items()],
+        )
         for step, v in c.get("history", []):
             client.log_metric(run, metric, v, step=step)
         if adapters:
             d = tmp / "art" / run
             write_adapter(d / "adapter", c["r"], c["seed"], c["targets"])
             client.log_artifacts(run, str(d / "adapter"), "adapter")
-            spectra = [{"name": f"layer.{l}.{t}", "module_type": t, "r": c["r"],
-                        "sv": [1.0 / (i + 1) for i in range(c["r"])]} for l in range(LAYERS) for t in c["targets"]]
+            spectra = [
+                {"name": f"layer.{l}.{t}", "module_type": t, "r": c["r"], "sv": [1.0 / (i + 1) for i in range(c["r"])]}
+                for l in range(LAYERS)
+                for t in c["targets"]
+            ]
             (d / "spectra.json").write_text(json.dumps(spectra))
             client.log_artifact(run, str(d / "spectra.json"), "spectra")
         client.set_terminated(run, "FINISHED")
@@ -93,11 +140,16 @@ def make_sweep(tmp: Path, name: str, cells: list[dict], metric: str = "eval_accu
     return sweep_id, parent
 
 
-TABLE6_CELLS = [{"targets": t, "r": r, "seed": s, "value": 0.60 + 0.01 * s + (0.05 if t == ["q", "v"] else 0)}
-                for t in (["q"], ["q", "v"]) for r in (1, 8, 64) for s in (0, 1, 2)]
+TABLE6_CELLS = [
+    {"targets": t, "r": r, "seed": s, "value": 0.60 + 0.01 * s + (0.05 if t == ["q", "v"] else 0)}
+    for t in (["q"], ["q", "v"])
+    for r in (1, 8, 64)
+    for s in (0, 1, 2)
+]
 
 
 # ----------------------------------------------------------------------------------------- φ
+
 
 def test_phi_is_one_for_identical_and_zero_for_orthogonal_subspaces():
     a = torch.randn(8, 32)
@@ -120,7 +172,7 @@ def test_phi_matches_a_direct_computation_on_random_matrices():
     _, _, v1 = np.linalg.svd(a1.double().numpy(), full_matrices=False)
     _, _, v2 = np.linalg.svd(a2.double().numpy(), full_matrices=False)
     for i, j in [(1, 1), (1, 40), (3, 7), (8, 8), (8, 33), (5, 2)]:
-        u1, u2 = v1[:i].T, v2[:j].T   # Eq. 4: the top-i and top-j right-singular vectors as columns
+        u1, u2 = v1[:i].T, v2[:j].T  # Eq. 4: the top-i and top-j right-singular vectors as columns
         direct = np.linalg.norm(u1.T @ u2, "fro") ** 2 / min(i, j)
         assert grid[i - 1, j - 1] == pytest.approx(direct, abs=1e-9)
         assert subspace.phi(a1, a2, i, j) == pytest.approx(direct, abs=1e-9)
@@ -138,12 +190,13 @@ def test_module_names_layers_and_types():
 
 # ----------------------------------------------------------------------------------------- stats and verdicts
 
+
 def test_group_stats_mean_std_n():
     df = pd.DataFrame({"weights": ["Wq"] * 3 + ["Wq+Wv"], "r": [8, 8, 8, 4], "value": [60.0, 62.0, 64.0, 70.0]})
     s = tables.group_stats(df, ["weights", "r"], "value")
     assert list(s.columns) == ["weights", "r", "mean", "std", "n"]
     wq = s[s["weights"] == "Wq"].iloc[0]
-    assert (wq["mean"], wq["std"], wq["n"]) == (62.0, 2.0, 3)   # sample std, ddof=1
+    assert (wq["mean"], wq["std"], wq["n"]) == (62.0, 2.0, 3)  # sample std, ddof=1
     assert math.isnan(s[s["weights"] == "Wq+Wv"].iloc[0]["std"])  # one seed: no std
 
 
@@ -154,8 +207,8 @@ def stats(rows):
 def test_rank_verdict_agrees_within_tolerance_and_disagrees_beyond_it():
     agree = verdicts.table6_verdicts(stats([("Wq", 1, 60.0, 1.0, 3), ("Wq", 64, 60.5, 1.0, 3)]), "%")
     assert agree[0]["verdict"].startswith("agree")
-    assert agree[0]["difference"] == -0.5 and agree[0]["tolerance"] == 1.0   # the 1-pt floor beats se = 0.82
-    assert "68.8 vs 70.0 (-1.2)" in agree[0]["paper"]                        # from the paper's Table 6
+    assert agree[0]["difference"] == -0.5 and agree[0]["tolerance"] == 1.0  # the 1-pt floor beats se = 0.82
+    assert "68.8 vs 70.0 (-1.2)" in agree[0]["paper"]  # from the paper's Table 6
     far = verdicts.table6_verdicts(stats([("Wq", 1, 50.0, 1.0, 3), ("Wq", 64, 60.0, 1.0, 3)]), "%")
     assert far[0]["verdict"].startswith("disagree") and far[0]["difference"] == -10.0
     # noisy seeds widen the tolerance to the standard error of the difference
@@ -165,26 +218,45 @@ def test_rank_verdict_agrees_within_tolerance_and_disagrees_beyond_it():
 
 def test_sufficient_rank_verdict_wq_needs_larger_r_than_wq_wv():
     # Wq is 4 pts short at r=1 and reaches its best at r=4; Wq+Wv is within 1 pt of its best already at r=1
-    agree = verdicts.table6_verdicts(stats([("Wq", 1, 60.0, 0.5, 3), ("Wq", 4, 64.0, 0.5, 3), ("Wq", 64, 63.5, 0.5, 3),
-                                            ("Wq+Wv", 1, 69.5, 0.5, 3), ("Wq+Wv", 4, 70.0, 0.5, 3),
-                                            ("Wq+Wv", 64, 70.0, 0.5, 3)]), "%")[-1]
+    agree = verdicts.table6_verdicts(
+        stats(
+            [
+                ("Wq", 1, 60.0, 0.5, 3),
+                ("Wq", 4, 64.0, 0.5, 3),
+                ("Wq", 64, 63.5, 0.5, 3),
+                ("Wq+Wv", 1, 69.5, 0.5, 3),
+                ("Wq+Wv", 4, 70.0, 0.5, 3),
+                ("Wq+Wv", 64, 70.0, 0.5, 3),
+            ]
+        ),
+        "%",
+    )[-1]
     assert agree["claim"].startswith("Wq alone needs a larger r") and agree["verdict"].startswith("agree")
     assert agree["difference"] == 2.0 and "Wq r=4" in agree["ours"] and "Wq+Wv r=1" in agree["ours"]
     assert "WikiSQL: Wq r=2, Wq+Wv r=1; MultiNLI: Wq r=1, Wq+Wv r=1" == agree["paper"]  # from Table 6, 1-pt floor
-    same = verdicts.table6_verdicts(stats([("Wq", 1, 63.5, 0.5, 3), ("Wq", 64, 64.0, 0.5, 3),
-                                           ("Wq+Wv", 1, 66.0, 0.5, 3), ("Wq+Wv", 64, 70.0, 0.5, 3)]), "%")[-1]
-    assert same["verdict"].startswith("disagree") and same["difference"] == -6.0     # log2(1/64): Wq+Wv needs more
-    lower_is_better = verdicts.table6_verdicts(stats([("Wq", 1, 2.0, 0.01, 3), ("Wq", 64, 1.0, 0.01, 3),
-                                                      ("Wq+Wv", 1, 1.0, 0.01, 3), ("Wq+Wv", 64, 1.0, 0.01, 3)]),
-                                               "", "min")[-1]
+    same = verdicts.table6_verdicts(
+        stats(
+            [("Wq", 1, 63.5, 0.5, 3), ("Wq", 64, 64.0, 0.5, 3), ("Wq+Wv", 1, 66.0, 0.5, 3), ("Wq+Wv", 64, 70.0, 0.5, 3)]
+        ),
+        "%",
+    )[-1]
+    assert same["verdict"].startswith("disagree") and same["difference"] == -6.0  # log2(1/64): Wq+Wv needs more
+    lower_is_better = verdicts.table6_verdicts(
+        stats(
+            [("Wq", 1, 2.0, 0.01, 3), ("Wq", 64, 1.0, 0.01, 3), ("Wq+Wv", 1, 1.0, 0.01, 3), ("Wq+Wv", 64, 1.0, 0.01, 3)]
+        ),
+        "",
+        "min",
+    )[-1]
     assert lower_is_better["verdict"].startswith("agree")
     one_rank = verdicts.table6_verdicts(stats([("Wq", 8, 60.0, 0.5, 3), ("Wq+Wv", 8, 61.0, 0.5, 3)]), "%")[-1]
     assert one_rank["verdict"].startswith("n/a")
 
 
 def test_equal_budget_verdicts_on_agreeing_and_disagreeing_data():
-    good = stats([("Wq", 8, 60.0, 0.5, 3), ("Wk", 8, 59.0, 0.5, 3), ("Wv", 8, 63.0, 0.5, 3),
-                  ("Wq+Wv", 4, 64.0, 0.5, 3)])
+    good = stats(
+        [("Wq", 8, 60.0, 0.5, 3), ("Wk", 8, 59.0, 0.5, 3), ("Wv", 8, 63.0, 0.5, 3), ("Wq+Wv", 4, 64.0, 0.5, 3)]
+    )
     v = {x["claim"].split(" ")[0]: x for x in verdicts.table5_verdicts(good, "%", "max")}
     assert v["Wq+Wv"]["verdict"].startswith("agree") and v["Wq+Wv"]["difference"] == 0.0
     assert v["Wq"]["verdict"].startswith("agree") and v["Wq"]["difference"] == 4.0
@@ -201,8 +273,13 @@ def test_equal_budget_verdicts_on_agreeing_and_disagreeing_data():
 
 
 def test_low_rank_verdict():
-    t = pd.DataFrame({"r": [64, 64, 8], "metrics.energy_rank95_q_mean": [10.0, 12.0, 5.0],
-                      "metrics.energy_rank95_v_mean": [50.0, 40.0, 8.0]})
+    t = pd.DataFrame(
+        {
+            "r": [64, 64, 8],
+            "metrics.energy_rank95_q_mean": [10.0, 12.0, 5.0],
+            "metrics.energy_rank95_v_mean": [50.0, 40.0, 8.0],
+        }
+    )
     v = {x["claim"][:4]: x for x in verdicts.spectra_verdicts(t)}
     assert v["ΔWq:"]["verdict"].startswith("agree") and v["ΔWq:"]["difference"] == pytest.approx(11 / 64, abs=1e-3)
     assert v["ΔWv:"]["verdict"].startswith("disagree")
@@ -210,19 +287,44 @@ def test_low_rank_verdict():
 
 # ----------------------------------------------------------------------------------------- reports end to end
 
+
 def test_table6_report_from_mlflow(store, tmp_path):
     sweep_id, parent = make_sweep(tmp_path, "paper_table6", TABLE6_CELLS, adapters=True)
     assert report.cli([sweep_id]) == 0
     out = Path("reports") / sweep_id
-    for f in ["README.md", "verdicts.md", "verdicts.tex", "verdicts.csv", "table6.md", "table6.tex", "table6.csv",
-              "table6_grid.csv", "metric_vs_rank.png", "effective_rank.png", "effective_rank.csv", "spectra.png",
-              "cost.png", "subspace_fig3.png", "subspace_fig4.png", "subspace.csv", "leaderboard.csv", "summary.csv",
-              "objective.png"]:
+    for f in [
+        "README.md",
+        "verdicts.md",
+        "verdicts.tex",
+        "verdicts.csv",
+        "table6.md",
+        "table6.tex",
+        "table6.csv",
+        "table6_grid.csv",
+        "metric_vs_rank.png",
+        "effective_rank.png",
+        "effective_rank.csv",
+        "spectra.png",
+        "cost.png",
+        "subspace_fig3.png",
+        "subspace_fig4.png",
+        "subspace.csv",
+        "leaderboard.csv",
+        "summary.csv",
+        "objective.png",
+    ]:
         assert (out / f).exists(), f
 
     t6 = pd.read_csv(out / "table6.csv")
-    assert list(t6.columns) == ["weight type", "r", "mean", "std", "n", "paper (GPT-3 175B) WikiSQL",
-                                "paper (GPT-3 175B) MultiNLI"]
+    assert list(t6.columns) == [
+        "weight type",
+        "r",
+        "mean",
+        "std",
+        "n",
+        "paper (GPT-3 175B) WikiSQL",
+        "paper (GPT-3 175B) MultiNLI",
+    ]
     assert list(zip(t6["weight type"], t6["r"])) == [(w, r) for w in ("Wq", "Wq+Wv") for r in (1, 8, 64)]
     wq1 = t6.iloc[0]
     assert wq1["mean"] == pytest.approx(61.0) and wq1["std"] == pytest.approx(1.0) and wq1["n"] == 3  # in %
@@ -235,33 +337,47 @@ def test_table6_report_from_mlflow(store, tmp_path):
 
     v = pd.read_csv(out / "verdicts.csv")
     rank = v[v["claim"].str.contains(" is within ")]
-    assert len(rank) == 2 and rank["verdict"].str.startswith("agree").all()   # equal across r by construction
+    assert len(rank) == 2 and rank["verdict"].str.startswith("agree").all()  # equal across r by construction
     needs = v[v["claim"].str.startswith("Wq alone needs a larger r")].iloc[0]
     assert needs["verdict"].startswith("disagree") and needs["difference"] == 0.0  # both sufficient at r=1
     fig3 = v[v["claim"].str.contains("same config share")]
     fig4 = v[v["claim"].str.contains("two seeds")]
     assert set(fig3["claim"].str[:4]) == {"ΔWq:", "ΔWv:"} and fig3["verdict"].str.startswith("agree").all()
-    assert fig4["verdict"].str.startswith("disagree").all()    # random bases per seed: chance-level overlap
+    assert fig4["verdict"].str.startswith("disagree").all()  # random bases per seed: chance-level overlap
     low = v[v["claim"].str.contains("95 % of the update")]
-    assert low["verdict"].str.startswith("agree").all()        # k = 3 of r = 64
+    assert low["verdict"].str.startswith("agree").all()  # k = 3 of r = 64
     phi = pd.read_csv(out / "subspace.csv")
     assert set(phi["figure"]) == {"fig3", "fig4"} and len(phi[phi["figure"] == "fig3"]) == 3 * LAYERS * 2
     assert np.allclose(phi.loc[phi["figure"] == "fig3", "phi11"], 1.0)
 
     readme = (out / "README.md").read_text()
-    for piece in ["![metric against rank](metric_vs_rank.png)", "## Verdicts", "Hu et al. 2021", "## Table 6",
-                  "![subspace fig3](subspace_fig3.png)", "## Leaderboard", "## Pruning"]:
+    for piece in [
+        "![metric against rank](metric_vs_rank.png)",
+        "## Verdicts",
+        "Hu et al. 2021",
+        "## Table 6",
+        "![subspace fig3](subspace_fig3.png)",
+        "## Leaderboard",
+        "## Pruning",
+    ]:
         assert piece in readme
-    assert re.search(r"- ran `lorasweep sweep sweep=paper_table6` on cpu \(test\) \(torch 9\.9\), lorasweep commit `0123456`; started \d{4}-\d\d-\d\d "
-                     r"\d\d:\d\d UTC, wall \d+\.\d min \(FINISHED\)", readme)
+    assert re.search(
+        r"- ran `lorasweep sweep sweep=paper_table6` on cpu \(test\) \(torch 9\.9\), lorasweep commit `0123456`; "
+        r"started \d{4}-\d\d-\d\d "
+        r"\d\d:\d\d UTC, wall \d+\.\d min \(FINISHED\)",
+        readme,
+    )
     logged = {f.path for f in mlflow.MlflowClient().list_artifacts(parent, "report")}
     assert {f"report/{f.name}" for f in out.iterdir()} <= logged
 
 
 def test_table5_report_and_sweep_resolution(store, tmp_path):
     rows = [(["q"], 8), (["k"], 8), (["v"], 8), (["o"], 8), (["q", "k"], 4), (["q", "v"], 4), (["q", "k", "v", "o"], 4)]
-    cells = [{"targets": t, "r": r, "seed": s, "value": 0.5 + 0.02 * i + 0.01 * s}
-             for i, (t, r) in enumerate(rows) for s in (0, 1, 2)]
+    cells = [
+        {"targets": t, "r": r, "seed": s, "value": 0.5 + 0.02 * i + 0.01 * s}
+        for i, (t, r) in enumerate(rows)
+        for s in (0, 1, 2)
+    ]
     cells.append({"targets": ["q"], "r": 8, "seed": 3, "value": 0.99, "state": "PRUNED"})  # never counted
     old, _ = make_sweep(tmp_path, "paper_table5", cells[:3], stamp="20250101-000000")
     sweep_id, parent = make_sweep(tmp_path, "paper_table5", cells)
@@ -276,7 +392,7 @@ def test_table5_report_and_sweep_resolution(store, tmp_path):
     report.cli(["sweep=paper_table5", "--out", "out"])
     t5 = pd.read_csv(Path("out") / sweep_id / "table5.csv")
     assert list(t5["weight type"]) == ["Wq", "Wk", "Wv", "Wo", "Wq+Wk", "Wq+Wv", "Wq+Wk+Wv+Wo"]
-    assert t5.iloc[0]["n"] == 3 and t5.iloc[0]["mean"] == pytest.approx(51.0)   # the pruned 0.99 is left out
+    assert t5.iloc[0]["n"] == 3 and t5.iloc[0]["mean"] == pytest.approx(51.0)  # the pruned 0.99 is left out
     assert t5.iloc[0]["paper (GPT-3 175B) WikiSQL"] == 70.4
     assert math.isnan(t5.iloc[6]["paper (GPT-3 175B) WikiSQL"])  # our r=4 is not the paper's r=2: no reference
     shown = (Path("out") / sweep_id / "table5.md").read_text()
@@ -287,21 +403,36 @@ def test_table5_report_and_sweep_resolution(store, tmp_path):
 
 
 def test_any_sweep_gets_leaderboard_importances_and_pruning(store, tmp_path):
-    cells = [{"targets": ["q", "v"], "r": r, "seed": 0, "value": 0.5 + 0.01 * r, "params": {"train.lr": lr}}
-             for r in (2, 4, 8) for lr in (0.001, 0.003)]
-    cells.append({"targets": ["q", "v"], "r": 16, "seed": 0, "value": 0.4, "state": "PRUNED",
-                  "history": [(15, 0.3), (30, 0.4)], "params": {"train.lr": 0.01}})
+    cells = [
+        {"targets": ["q", "v"], "r": r, "seed": 0, "value": 0.5 + 0.01 * r, "params": {"train.lr": lr}}
+        for r in (2, 4, 8)
+        for lr in (0.001, 0.003)
+    ]
+    cells.append(
+        {
+            "targets": ["q", "v"],
+            "r": 16,
+            "seed": 0,
+            "value": 0.4,
+            "state": "PRUNED",
+            "history": [(15, 0.3), (30, 0.4)],
+            "params": {"train.lr": 0.01},
+        }
+    )
     sweep_id, _ = make_sweep(tmp_path, "rank_alpha", cells)
     Path(f"sweeps_out/{sweep_id}").mkdir(parents=True)  # where lorasweep sweep keeps the study (cwd = tmp)
-    study = optuna.create_study(study_name=sweep_id, storage=f"sqlite:///sweeps_out/{sweep_id}/optuna.db",
-                                direction="maximize")
+    study = optuna.create_study(
+        study_name=sweep_id, storage=f"sqlite:///sweeps_out/{sweep_id}/optuna.db", direction="maximize"
+    )
     for c in cells[:-1]:
         study.enqueue_trial({"adapter.r": c["r"], "train.lr": c["params"]["train.lr"]})
-    study.optimize(lambda t: t.suggest_categorical("adapter.r", [2, 4, 8]) / 100
-                   + t.suggest_float("train.lr", 1e-3, 1e-2) * 0, n_trials=6)
+    study.optimize(
+        lambda t: t.suggest_categorical("adapter.r", [2, 4, 8]) / 100 + t.suggest_float("train.lr", 1e-3, 1e-2) * 0,
+        n_trials=6,
+    )
     out, _ = report.build(sweep_id)
     readme = (out / "README.md").read_text()
-    assert "Table" not in readme.split("## Summary")[0]      # r and lr both vary: no paper table
+    assert "Table" not in readme.split("## Summary")[0]  # r and lr both vary: no paper table
     assert "Pruned trials stopped at step 30 (median; 30–30), saving 30 of their 60 steps (50 %)" in readme
     imp = pd.read_csv(out / "importances.csv")
     assert set(imp["parameter"]) == {"adapter.r", "train.lr"} and imp.iloc[0]["parameter"] == "adapter.r"
@@ -315,9 +446,17 @@ def test_learns_vs_forgets_marks_the_pareto_trials(store, tmp_path):
     # (accuracy, forget ratio): C learns most, E forgets least, A trades between; B and D are dominated
     # (C learns more than B and forgets less; A beats D on both)
     points = {"A": (0.70, 1.02), "B": (0.60, 1.10), "C": (0.75, 1.05), "D": (0.55, 1.03), "E": (0.50, 1.00)}
-    cells = [{"targets": ["q", "v"], "r": r, "seed": 0, "value": acc, "params": {"tag": name},
-              "metrics": {"forget_ppl_ratio": ratio, "adapter_size_mb": r / 10, "merge_max_abs_logit_diff": 1e-7 * r}}
-             for r, (name, (acc, ratio)) in zip((1, 2, 4, 8, 16), points.items())]
+    cells = [
+        {
+            "targets": ["q", "v"],
+            "r": r,
+            "seed": 0,
+            "value": acc,
+            "params": {"tag": name},
+            "metrics": {"forget_ppl_ratio": ratio, "adapter_size_mb": r / 10, "merge_max_abs_logit_diff": 1e-7 * r},
+        }
+        for r, (name, (acc, ratio)) in zip((1, 2, 4, 8, 16), points.items())
+    ]
     cells.append({"targets": ["q", "v"], "r": 32, "seed": 0, "value": 0.9})  # no forgetting measured: not plotted
     sweep_id, _ = make_sweep(tmp_path, "forgets", cells)
     out, _ = report.build(sweep_id, log=False)

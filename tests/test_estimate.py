@@ -1,4 +1,5 @@
-"""The estimator: exact trainable counts against PEFT and closed forms, memory arithmetic, headlines, JSON, calibration."""
+"""The estimator: exact trainable counts against PEFT and closed forms, memory arithmetic, headlines, JSON,
+calibration."""
 
 import copy
 import importlib.util
@@ -31,7 +32,12 @@ def cfg_for(model: str, *overrides: str):
     data = "tweets" if model == "minilm" else "tweets_sft"
     key = (model, data)
     if key not in _CFG:
-        _CFG[key] = compose([f"model={model}", f"data={data}",])
+        _CFG[key] = compose(
+            [
+                f"model={model}",
+                f"data={data}",
+            ]
+        )
     cfg = copy.deepcopy(_CFG[key])
     for o in overrides:
         k, v = o.split("=", 1)
@@ -73,8 +79,9 @@ def test_worked_figures_llama2_7b() -> None:
     assert full["params"]["total"] == 6_738_415_616 + 39_976_960
 
 
-SMALL = [("tiny_llama", v, a) for v in VARIANTS for a in ALIASES] + \
-        [("minilm", v, a) for v in VARIANTS for a in ("qv", "mlp", "all-linear")]
+SMALL = [("tiny_llama", v, a) for v in VARIANTS for a in ALIASES] + [
+    ("minilm", v, a) for v in VARIANTS for a in ("qv", "mlp", "all-linear")
+]
 
 
 @pytest.mark.parametrize("model,variant,alias", SMALL)
@@ -94,16 +101,23 @@ def closed_form(s: dict, alias: str, r: int) -> int:
     """LoRA params per alias from the architecture alone: r x (in + out) per adapted Linear, times the depth."""
     h, i, hq, kv = s["h"], s["i"], s["heads"] * s["head_dim"], s["kv_heads"] * s["head_dim"]
     shapes = {"q": (h, hq), "k": (h, kv), "v": (h, kv), "o": (hq, h), "gate": (h, i), "up": (h, i), "down": (i, h)}
-    groups = {"q": ["q"], "v": ["v"], "qv": ["q", "v"], "attn": ["q", "k", "v", "o"], "mlp": ["gate", "up", "down"],
-              "all-linear": list(shapes)}
+    groups = {
+        "q": ["q"],
+        "v": ["v"],
+        "qv": ["q", "v"],
+        "attn": ["q", "k", "v", "o"],
+        "mlp": ["gate", "up", "down"],
+        "all-linear": list(shapes),
+    }
     return s["layers"] * sum(r * sum(shapes[m]) for m in groups[alias])
 
 
 @pytest.mark.parametrize("model", BIG)
 def test_counts_on_big_architectures_match_closed_form(model: str) -> None:
     for alias in ALIASES:
-        est = E.estimate(cfg_for(model, "adapter.r=16", f"adapter.targets=[{','.join(ALIASES[alias])}]"),
-                         batch_size=1, seq_len=8)
+        est = E.estimate(
+            cfg_for(model, "adapter.r=16", f"adapter.targets=[{','.join(ALIASES[alias])}]"), batch_size=1, seq_len=8
+        )
         assert est["params"]["trainable"] == closed_form(est["architecture"], alias, 16), alias
 
 
@@ -116,8 +130,14 @@ def test_variants_on_a_real_architecture_equal_full_depth_peft(variant: str) -> 
 
 
 def test_variant_counts_differ_as_their_definitions_say() -> None:
-    s = {v: E.estimate(cfg_for("llama2_7b", f"adapter.variant={v}", "adapter.r=16", "adapter.targets=[attn]"),
-                       batch_size=1, seq_len=8)["params"]["trainable"] for v in VARIANTS}
+    s = {
+        v: E.estimate(
+            cfg_for("llama2_7b", f"adapter.variant={v}", "adapter.r=16", "adapter.targets=[attn]"),
+            batch_size=1,
+            seq_len=8,
+        )["params"]["trainable"]
+        for v in VARIANTS
+    }
     assert s["lora"] == s["rslora"] == s["pissa"] == 16_777_216
     assert s["dora"] == s["lora"] + 32 * 4 * 4096  # one magnitude per output feature
     assert s["adalora"] == s["lora"] + 32 * 4 * 16  # one singular value per rank
@@ -160,14 +180,19 @@ def test_adapter_gradient_optimizer_bytes() -> None:
     assert adam["optimizer"]["bytes"] == 8 * t and paged["optimizer"]["bytes"] == 2 * t
     parts = ["weights", "adapter", "gradients", "optimizer", "activations", "workspace"]
     assert adam["peak_allocated"]["bytes"] == sum(adam[p]["bytes"] for p in parts)
-    assert adam["total"]["bytes"] == sum(adam[p]["bytes"] for p in ("peak_allocated", "allocator_slack", "cuda_context"))
+    assert adam["total"]["bytes"] == sum(
+        adam[p]["bytes"] for p in ("peak_allocated", "allocator_slack", "cuda_context")
+    )
     with pytest.raises(ConfigError):
         E.estimate(base, batch_size=1, seq_len=8, optim="no_such_optim")
 
 
 def test_activations_scale_and_modes() -> None:
     cfg = cfg_for("llama2_7b", "adapter.targets=[all-linear]", "adapter.dropout=0.0")
-    act = lambda **kw: E.estimate(cfg, **kw)["memory"]["activations"]["bytes"]
+
+    def act(**kw):
+        return E.estimate(cfg, **kw)["memory"]["activations"]["bytes"]
+
     a1 = act(batch_size=1, seq_len=1024, gradient_checkpointing=False, autocast=True)
     a4 = act(batch_size=4, seq_len=1024, gradient_checkpointing=False, autocast=True)
     assert a4 == pytest.approx(4 * a1, rel=1e-6)  # linear in tokens on the flash path
@@ -176,8 +201,13 @@ def test_activations_scale_and_modes() -> None:
     # QLoRA without autocast keeps fp32 activations: about twice bf16 LoRA's (under autocast, as the Trainer runs it).
     q = cfg_for("mistral_7b", "adapter.targets=[all-linear]", "adapter.dropout=0.0", "quant.method=nf4")
     qa = E.estimate(q, batch_size=4, seq_len=1024, gradient_checkpointing=False, autocast=False)
-    bf = E.estimate(cfg_for("mistral_7b", "adapter.targets=[all-linear]", "adapter.dropout=0.0"), batch_size=4,
-                    seq_len=1024, gradient_checkpointing=False, autocast=True)
+    bf = E.estimate(
+        cfg_for("mistral_7b", "adapter.targets=[all-linear]", "adapter.dropout=0.0"),
+        batch_size=4,
+        seq_len=1024,
+        gradient_checkpointing=False,
+        autocast=True,
+    )
     ratio = qa["memory"]["activations"]["bytes"] / bf["memory"]["activations"]["bytes"]
     assert 1.5 < ratio < 2.5
     assert qa["memory"]["activations"]["exact"] is False and qa["params"]["exact"] is True
@@ -187,12 +217,22 @@ def test_activations_scale_and_modes() -> None:
 
 
 def test_65b_qlora_fits_48gb_and_16bit_lora_does_not() -> None:
-    q = cfg_for("llama_65b", "quant.method=nf4", "quant.double_quant=true", "adapter.r=16", "adapter.targets=[all-linear]")
-    qlora = E.estimate(q, batch_size=1, seq_len=512, gradient_checkpointing=True, optim="paged_adamw_8bit", autocast=True)
+    q = cfg_for(
+        "llama_65b", "quant.method=nf4", "quant.double_quant=true", "adapter.r=16", "adapter.targets=[all-linear]"
+    )
+    qlora = E.estimate(
+        q, batch_size=1, seq_len=512, gradient_checkpointing=True, optim="paged_adamw_8bit", autocast=True
+    )
     assert qlora["fits"]["48"] and E.fits(qlora, 48) and E.gpu_fraction(qlora, 48) < 1
     assert not qlora["fits"]["24"]
-    lora = E.estimate(cfg_for("llama_65b", "quant.method=none", "adapter.r=16", "adapter.targets=[all-linear]"),
-                      batch_size=1, seq_len=512, gradient_checkpointing=True, optim="paged_adamw_8bit", autocast=True)
+    lora = E.estimate(
+        cfg_for("llama_65b", "quant.method=none", "adapter.r=16", "adapter.targets=[all-linear]"),
+        batch_size=1,
+        seq_len=512,
+        gradient_checkpointing=True,
+        optim="paged_adamw_8bit",
+        autocast=True,
+    )
     assert not lora["fits"]["48"] and not lora["fits"]["80"] and E.gpu_fraction(lora, 80) > 1
     assert lora["memory"]["weights"]["bytes"] > 120 * GB
 
@@ -213,15 +253,38 @@ def test_json_schema(capsys) -> None:
     rc = E.cli(["model=tiny_llama", "data=tweets_sft", "estimate.batch_size=2", "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
-    for k, t in [("model", str), ("variant", str), ("r", int), ("targets", list), ("target_modules", int),
-                 ("batch_size", int), ("seq_len", int), ("gradient_checkpointing", bool), ("optim", str),
-                 ("autocast", bool), ("params", dict), ("memory", dict), ("fits", dict),
-                 ("activations_by_checkpointing", dict), ("quant", dict)]:
+    for k, t in [
+        ("model", str),
+        ("variant", str),
+        ("r", int),
+        ("targets", list),
+        ("target_modules", int),
+        ("batch_size", int),
+        ("seq_len", int),
+        ("gradient_checkpointing", bool),
+        ("optim", str),
+        ("autocast", bool),
+        ("params", dict),
+        ("memory", dict),
+        ("fits", dict),
+        ("activations_by_checkpointing", dict),
+        ("quant", dict),
+    ]:
         assert isinstance(out[k], t), k
     assert out["batch_size"] == 2
     assert set(out["params"]) == {"trainable", "total", "base", "trainable_pct", "exact"}
-    assert set(out["memory"]) == {"weights", "adapter", "gradients", "optimizer", "activations", "workspace",
-                                  "peak_allocated", "allocator_slack", "cuda_context", "total"}
+    assert set(out["memory"]) == {
+        "weights",
+        "adapter",
+        "gradients",
+        "optimizer",
+        "activations",
+        "workspace",
+        "peak_allocated",
+        "allocator_slack",
+        "cuda_context",
+        "total",
+    }
     for part in out["memory"].values():
         assert set(part) == {"bytes", "gib", "exact", "note"} and isinstance(part["bytes"], int)
     assert set(out["fits"]) == {"24", "48", "80"}
@@ -229,7 +292,15 @@ def test_json_schema(capsys) -> None:
 
 
 def test_table_and_bad_input(capsys) -> None:
-    assert E.cli(["model=tiny_llama", "data=tweets_sft",]) == 0
+    assert (
+        E.cli(
+            [
+                "model=tiny_llama",
+                "data=tweets_sft",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "trainable params" in text and "fits: 24 GB" in text and "estimate" in text
     assert E.cli(["model=tiny_llama", "adapter.targets=[nope]"]) == 2
@@ -245,8 +316,10 @@ def test_config_from_local_folder(tmp_path) -> None:
     AutoConfig.for_model(**spec).save_pretrained(tmp_path)
     cfg = cfg_for("tiny_llama", "model.source=pretrained", f"model.path={tmp_path}")
     cfg.model.config = None
-    assert E.estimate(cfg, batch_size=1, seq_len=8)["params"]["trainable"] == \
-        E.estimate(cfg_for("tiny_llama"), batch_size=1, seq_len=8)["params"]["trainable"]
+    assert (
+        E.estimate(cfg, batch_size=1, seq_len=8)["params"]["trainable"]
+        == E.estimate(cfg_for("tiny_llama"), batch_size=1, seq_len=8)["params"]["trainable"]
+    )
     cfg.model.path = str(tmp_path / "missing")
     with pytest.raises(ConfigError):
         E.estimate(cfg, batch_size=1, seq_len=8)
@@ -268,8 +341,11 @@ def test_calibration_within_15_percent_on_every_measured_row() -> None:
     rows = cal.rows(MEASURED)
     assert len(rows) == 68
     results = [cal.compare(r) for r in rows]
-    misses = [(r["file"], r["model"], r["quant"], r["r"], r["batch"], r["seq"], r["grad_ckpt"], f"{r['error']:+.1%}")
-              for r in results if abs(r["error"]) > cal.TOLERANCE]
+    misses = [
+        (r["file"], r["model"], r["quant"], r["r"], r["batch"], r["seq"], r["grad_ckpt"], f"{r['error']:+.1%}")
+        for r in results
+        if abs(r["error"]) > cal.TOLERANCE
+    ]
     assert not misses, misses
     assert all(int(r["trainable_params"]) == r["trainable_estimate"] for r in results)
     assert math.isclose(sum(abs(r["error"]) for r in results) / len(results), 0, abs_tol=0.05)

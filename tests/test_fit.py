@@ -14,8 +14,9 @@ def tiny():
     return cfg, estimate(cfg)["memory"]["total"]["bytes"] / 2**30
 
 
-@pytest.mark.parametrize("need_over_gpu,share", [(0.05, 0.125), (0.1, 0.125), (0.2, 0.25), (0.3, 0.5),
-                                                 (0.75, 1.0), (1.5, 1.0)])
+@pytest.mark.parametrize(
+    "need_over_gpu,share", [(0.05, 0.125), (0.1, 0.125), (0.2, 0.25), (0.3, 0.5), (0.75, 1.0), (1.5, 1.0)]
+)
 def test_auto_share_is_the_smallest_that_holds_the_estimate(tiny, need_over_gpu, share):
     cfg, need = tiny
     assert gpu_share(cfg, need / need_over_gpu) == share  # 1.5: it fits no share; the fit check then refuses it
@@ -37,8 +38,9 @@ def test_fit_check_needs_a_gpu_size_without_a_gpu(tiny, no_gpu):
         fit_check(cfg, 0.5)
 
 
-@pytest.mark.parametrize("field,value", [("gpus_per_trial", -1), ("gpus_per_trial", 1.5), ("gpus_per_trial", "half"),
-                                         ("cpus_per_trial", 0)])
+@pytest.mark.parametrize(
+    "field,value", [("gpus_per_trial", -1), ("gpus_per_trial", 1.5), ("gpus_per_trial", "half"), ("cpus_per_trial", 0)]
+)
 def test_bad_engine_fields(field, value):
     cfg = compose([])
     cfg.engine[field] = value

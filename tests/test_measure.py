@@ -28,7 +28,7 @@ def test_singular_values_match_full_svd(d: int, k: int, r: int) -> None:
     assert sv.dtype == torch.float64
     assert sv.numel() == min(d, k, r)
     torch.testing.assert_close(sv, full[: sv.numel()], rtol=1e-5, atol=1e-10 * float(full[0]))
-    assert torch.all(full[sv.numel():] <= 1e-10 * full[0])  # nothing the QR path leaves out is nonzero
+    assert torch.all(full[sv.numel() :] <= 1e-10 * full[0])  # nothing the QR path leaves out is nonzero
 
 
 def test_singular_values_rank_deficient_and_float32() -> None:
@@ -86,10 +86,17 @@ def test_zero_update_has_zero_ranks() -> None:
 
 # ----------------------------------------------------------------------------------------------- on a model
 
+
 def tiny_llama() -> LlamaForCausalLM:
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=172, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2)
+    cfg = LlamaConfig(
+        vocab_size=1000,
+        hidden_size=64,
+        intermediate_size=172,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -97,11 +104,11 @@ METHODS = {
     "lora": lambda: LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=TARGETS),
     "rslora": lambda: LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, use_rslora=True, target_modules=TARGETS),
     "dora": lambda: LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, use_dora=True, target_modules=TARGETS),
-    "pissa": lambda: LoraConfig(r=4, lora_alpha=4, lora_dropout=0.0, init_lora_weights="pissa",
-                                target_modules=TARGETS),
+    "pissa": lambda: LoraConfig(r=4, lora_alpha=4, lora_dropout=0.0, init_lora_weights="pissa", target_modules=TARGETS),
     "vera": lambda: VeraConfig(r=8, vera_dropout=0.0, target_modules=TARGETS),
-    "adalora": lambda: AdaLoraConfig(init_r=6, target_r=4, lora_alpha=8, lora_dropout=0.0, total_step=10,
-                                     target_modules=TARGETS),
+    "adalora": lambda: AdaLoraConfig(
+        init_r=6, target_r=4, lora_alpha=8, lora_dropout=0.0, total_step=10, target_modules=TARGETS
+    ),
 }
 
 
@@ -162,12 +169,14 @@ def test_update_against_pretrained_weight_with_snapshot(method: str) -> None:
             want = mod(x) - ref[name](x)  # relative to W0, not to PiSSA's residual
         dw = formed(measure.update_factors(mod, init=snap[name]))
         # PiSSA formed its residual in float32, so W_res + s·B0·A0 recovers W0 only to float32 precision
-        torch.testing.assert_close(x @ dw.T, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()),
-                                   msg=f"{method} {name}")
+        torch.testing.assert_close(
+            x @ dw.T, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()), msg=f"{method} {name}"
+        )
     if method == "pissa":  # without the snapshot the residual-relative update differs from the honest one
         name, mod = adapted(model)[0]
-        assert not torch.allclose(formed(measure.update_factors(mod)),
-                                  formed(measure.update_factors(mod, init=snap[name])))
+        assert not torch.allclose(
+            formed(measure.update_factors(mod)), formed(measure.update_factors(mod, init=snap[name]))
+        )
 
 
 def test_update_of_lora_on_embedding() -> None:
@@ -197,8 +206,9 @@ def test_spectra_aggregate_and_files(method_model, tmp_path) -> None:
     assert measure.spectra(model) == rows  # family from model.config
 
     agg = measure.aggregate(rows)
-    expected = {f"{m}_mean" for m in ("effective_rank", "energy_rank90", "energy_rank95", "energy_rank99",
-                                      "stable_rank")}
+    expected = {
+        f"{m}_mean" for m in ("effective_rank", "energy_rank90", "energy_rank95", "energy_rank99", "stable_rank")
+    }
     for t in ("q", "v", "down", "up"):
         expected |= {f"effective_rank_{t}_mean", f"energy_rank95_{t}_mean"}
     assert set(agg) == expected

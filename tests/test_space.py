@@ -65,7 +65,9 @@ def test_sweep_file_sets_base_fields_and_user_overrides_win() -> None:
     plain, cfg = compose([]), compose(["sweep=rank_alpha"])
     assert (plain.train.max_steps, plain.train.eval_every) == (80, 40)  # conf/train/default.yaml
     assert cfg.train.max_steps == 60 and cfg.train.eval_every == 15 and cfg.model.name == "minilm"  # the sweep's base
-    cfg = compose(["sweep=rank_alpha", "sweep.num_trials=5", "train.max_steps=200", "sweep.space.adapter.r.values=[4,8]"])
+    cfg = compose(
+        ["sweep=rank_alpha", "sweep.num_trials=5", "train.max_steps=200", "sweep.space.adapter.r.values=[4,8]"]
+    )
     spec = parse_sweep(cfg)
     assert (spec.num_trials, cfg.train.max_steps, spec.dim("adapter.r").values) == (5, 200, (4, 8))
     smoke = compose(["sweep=smoke"])
@@ -90,19 +92,31 @@ BAD = [
     (["sweep=smoke", "sweep.space.adapter.r.kind=gaussian"], "sweep.space.adapter.r.kind"),
     (["sweep=smoke", "sweep.space.adapter.r.values=[]"], "sweep.space.adapter.r.values"),
     (["sweep=smoke", "sweep.space.adapter.r.values=[2,2]"], "sweep.space.adapter.r.values"),
-    (["sweep=smoke", "sweep.space.train.lr.low=0.1"], "sweep.space.train.lr.low"),            # low >= high
-    (["sweep=smoke", "sweep.space.train.lr.low=0.0"], "sweep.space.train.lr.low"),            # logfloat low <= 0
+    (["sweep=smoke", "sweep.space.train.lr.low=0.1"], "sweep.space.train.lr.low"),  # low >= high
+    (["sweep=smoke", "sweep.space.train.lr.low=0.0"], "sweep.space.train.lr.low"),  # logfloat low <= 0
     (["sweep=smoke", "+sweep.space.train.lr.step=0.1"], "sweep.space.train.lr.step"),
     (["sweep=smoke", "+sweep.space.train.max_steps={kind:int,low:10,high:10}"], "sweep.space.train.max_steps.low"),
-    (["sweep=smoke", "+sweep.space.train.max_steps={kind:int,low:10,high:25,step:10}"], "sweep.space.train.max_steps.high"),
-    (["sweep=smoke", "+sweep.space.train.max_steps={kind:int,low:0,high:64,log:true}"], "sweep.space.train.max_steps.low"),
-    (["sweep=smoke", "+sweep.space.train.max_steps={kind:int,low:1,high:65,log:true,step:2}"], "sweep.space.train.max_steps.log"),
+    (
+        ["sweep=smoke", "+sweep.space.train.max_steps={kind:int,low:10,high:25,step:10}"],
+        "sweep.space.train.max_steps.high",
+    ),
+    (
+        ["sweep=smoke", "+sweep.space.train.max_steps={kind:int,low:0,high:64,log:true}"],
+        "sweep.space.train.max_steps.low",
+    ),
+    (
+        ["sweep=smoke", "+sweep.space.train.max_steps={kind:int,low:1,high:65,log:true,step:2}"],
+        "sweep.space.train.max_steps.log",
+    ),
     (["sweep=smoke", "+sweep.space.train.max_steps={kind:float,low:1,high:5}"], "sweep.space.train.max_steps.kind"),
     (["sweep=smoke", "+sweep.space.train.batch_size=32"], "sweep.space.train.batch_size"),
     (["sweep=smoke", "+sweep.space.adapter.rank={kind:choice,values:[1,2]}"], "sweep.space.adapter.rank"),
     (["sweep=smoke", "+sweep.space.quant={kind:choice,values:[1]}"], "sweep.space.quant"),
     (["sweep=smoke", "+sweep.space.seed={kind:choice,values:[1,2],helper:true}"], "sweep.space.seed.helper"),
-    (["sweep=smoke", "+sweep.space.train.lr.when={adapter.varaint:[lora]}"], "sweep.space.train.lr.when.adapter.varaint"),
+    (
+        ["sweep=smoke", "+sweep.space.train.lr.when={adapter.varaint:[lora]}"],
+        "sweep.space.train.lr.when.adapter.varaint",
+    ),
     (["sweep=smoke", "+sweep.space.train.lr.when={alpha_mult:[3]}"], "sweep.space.train.lr.when.alpha_mult"),
     (["sweep=smoke", "+sweep.space.train.lr.when={train.lr:[0.1]}"], "sweep.space.train.lr.when.train.lr"),
     (["sweep=smoke", "sweep.space.adapter.alpha.of=[adapter.r,alpha_mul]"], "sweep.space.adapter.alpha.of"),
@@ -110,8 +124,14 @@ BAD = [
     (["sweep=smoke", "sweep.space.adapter.alpha.derived=pow"], "sweep.space.adapter.alpha.derived"),
     (["sweep=smoke", "+sweep.space.alpha_mult.when={adapter.r:[2,4]}"], "sweep.space.adapter.alpha.when"),
     (["sweep=smoke", "+sweep.space.adapter.r.when={adapter.alpha:[4]}"], "sweep.space.adapter.alpha.when"),
-    (["sweep=smoke", "+sweep.space.h1={kind:choice,values:[1,2],helper:true,when:{h2:1}}",
-      "+sweep.space.h2={kind:choice,values:[1,2],helper:true,when:{h1:1}}"], "sweep.space.h1"),  # a cycle
+    (
+        [
+            "sweep=smoke",
+            "+sweep.space.h1={kind:choice,values:[1,2],helper:true,when:{h2:1}}",
+            "+sweep.space.h2={kind:choice,values:[1,2],helper:true,when:{h1:1}}",
+        ],
+        "sweep.space.h1",
+    ),  # a cycle
     (["sweep=smoke", "sweep.sampler.name=grid"], "sweep.space.adapter.r.kind"),
     (["sweep=target_modules", "sweep.num_trials=7"], "sweep.num_trials"),
 ]
@@ -161,33 +181,46 @@ def test_grid_search_space_and_enumeration() -> None:
     assert grid_space(qlora) == {"quant.method": ["none", "nf4", "fp4"], "quant.double_quant": [False, True]}
     trials = [v for v, _ in sample(qlora, 6)]
     assert {(v["quant.method"], v.get("quant.double_quant")) for v in trials} == {
-        ("none", None), ("nf4", False), ("nf4", True), ("fp4", False), ("fp4", True)}
+        ("none", None),
+        ("nf4", False),
+        ("nf4", True),
+        ("fp4", False),
+        ("fp4", True),
+    }
     assert all(("quant.double_quant" in v) == (v["quant.method"] != "none") for v in trials)
 
 
 def test_derived_values() -> None:
     spec = spec_of("sweep=rank_alpha")
-    points = [{"adapter.r": 1, "alpha_rule": "per_rank", "alpha_mult": 0.5},
-              {"adapter.r": 16, "alpha_rule": "per_rank", "alpha_mult": 2},
-              {"adapter.r": 32, "alpha_rule": "fixed"}]
+    points = [
+        {"adapter.r": 1, "alpha_rule": "per_rank", "alpha_mult": 0.5},
+        {"adapter.r": 16, "alpha_rule": "per_rank", "alpha_mult": 2},
+        {"adapter.r": 32, "alpha_rule": "fixed"},
+    ]
     (a, pa), (b, pb), (c, pc) = sample(spec, 3, enqueue=points)
     assert a == {"adapter.r": 1, "adapter.alpha": 0.5} and type(a["adapter.alpha"]) is float
     assert b == {"adapter.r": 16, "adapter.alpha": 32} and type(b["adapter.alpha"]) is int  # int field stays int
-    assert c == {"adapter.r": 32} and "alpha_mult" not in pc                                 # alpha keeps its 16
-    assert pb == points[1]                                                                   # helpers are Optuna params
+    assert c == {"adapter.r": 32} and "alpha_mult" not in pc  # alpha keeps its 16
+    assert pb == points[1]  # helpers are Optuna params
 
     lit = spec_of("sweep=smoke", "sweep.space.adapter.alpha={derived:add,of:[adapter.r,8]}")
     for v, p in sample(lit, 4):
         assert v["adapter.alpha"] == p["adapter.r"] + 8 and type(v["adapter.alpha"]) is int
-    first = spec_of("sweep=smoke", "+sweep.space.alpha_mult.when={adapter.r:[8]}",
-                    "sweep.space.adapter.alpha={derived:first,of:[alpha_mult,12]}")
+    first = spec_of(
+        "sweep=smoke",
+        "+sweep.space.alpha_mult.when={adapter.r:[8]}",
+        "sweep.space.adapter.alpha={derived:first,of:[alpha_mult,12]}",
+    )
     for v, p in sample(first, 8, enqueue=[{"adapter.r": 8}, {"adapter.r": 2}]):
         assert v["adapter.alpha"] == (p["alpha_mult"] if v["adapter.r"] == 8 else 12)
 
 
 def test_types_survive_sampling() -> None:
-    spec = spec_of("sweep=smoke", "+sweep.space.train.max_steps={kind:int,low:2,high:8,step:2}",
-                   "+sweep.space.adapter.dropout={kind:float,low:0,high:0.2}")
+    spec = spec_of(
+        "sweep=smoke",
+        "+sweep.space.train.max_steps={kind:int,low:2,high:8,step:2}",
+        "+sweep.space.adapter.dropout={kind:float,low:0,high:0.2}",
+    )
     for v, _ in sample(spec, 6):
         assert type(v["adapter.r"]) is int and type(v["train.max_steps"]) is int and v["train.max_steps"] % 2 == 0
         assert type(v["adapter.dropout"]) is float and type(v["train.lr"]) is float
@@ -195,16 +228,33 @@ def test_types_survive_sampling() -> None:
 
 
 def test_to_overrides_syntax() -> None:
-    values = {"adapter.r": 8, "adapter.targets": ["q", "v"], "train.lr": 1e-05, "quant.double_quant": True,
-              "adapter.alpha_over_r": None, "adapter.variant": "lora", "data.prompt_template": "Tweet: {}"}
+    values = {
+        "adapter.r": 8,
+        "adapter.targets": ["q", "v"],
+        "train.lr": 1e-05,
+        "quant.double_quant": True,
+        "adapter.alpha_over_r": None,
+        "adapter.variant": "lora",
+        "data.prompt_template": "Tweet: {}",
+    }
     ov = to_overrides(values)
-    assert ov == ["adapter.r=8", "adapter.targets=[q,v]", "train.lr=1e-05", "quant.double_quant=true",
-                  "adapter.alpha_over_r=null", "adapter.variant=lora", "data.prompt_template='Tweet: {}'"]
+    assert ov == [
+        "adapter.r=8",
+        "adapter.targets=[q,v]",
+        "train.lr=1e-05",
+        "quant.double_quant=true",
+        "adapter.alpha_over_r=null",
+        "adapter.variant=lora",
+        "data.prompt_template='Tweet: {}'",
+    ]
     assert shlex.join(ov[:2]) == "adapter.r=8 'adapter.targets=[q,v]'"
     cfg = compose(ov)
     assert cfg.train.lr == 1e-05 and cfg.data.prompt_template == "Tweet: {}" and list(cfg.adapter.targets) == ["q", "v"]
     spec = spec_of("sweep=smoke")
-    assert to_overrides({"adapter.r": 2, "alpha_mult": 2, "adapter.alpha": 4}, spec) == ["adapter.r=2", "adapter.alpha=4"]
+    assert to_overrides({"adapter.r": 2, "alpha_mult": 2, "adapter.alpha": 4}, spec) == [
+        "adapter.r=2",
+        "adapter.alpha=4",
+    ]
 
 
 @pytest.mark.parametrize("name", ["tpe", "random", "gp", "cmaes"])
@@ -219,10 +269,15 @@ def test_every_sampler_builds_and_samples_or_says_what_it_needs(name: str) -> No
     assert all(v["adapter.r"] in (2, 4, 8) for v in values)
 
 
-@pytest.mark.parametrize("pruner,cls", [("successive_halving", optuna.pruners.SuccessiveHalvingPruner),
-                                        ("hyperband", optuna.pruners.HyperbandPruner),
-                                        ("none", optuna.pruners.NopPruner),
-                                        ("asha", optuna.pruners.SuccessiveHalvingPruner)])
+@pytest.mark.parametrize(
+    "pruner,cls",
+    [
+        ("successive_halving", optuna.pruners.SuccessiveHalvingPruner),
+        ("hyperband", optuna.pruners.HyperbandPruner),
+        ("none", optuna.pruners.NopPruner),
+        ("asha", optuna.pruners.SuccessiveHalvingPruner),
+    ],
+)
 def test_every_pruner_builds(pruner: str, cls: type) -> None:
     assert type(make_pruner(spec_of("sweep=smoke", "~sweep.pruner", f"+sweep.pruner={{name:{pruner}}}"))) is cls
 

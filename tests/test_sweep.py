@@ -19,11 +19,19 @@ from lorasweep.sweep import run_sweep
 from lorasweep.tracking import flatten
 
 pytestmark = pytest.mark.slow
-GRID_LR = ["~sweep.space", "~sweep.sampler", "+sweep.sampler={name:grid,seed:0}",
-           "+sweep.space={train:{lr:{kind:grid,values:[0.03,0.01,1.0e-6,1.0e-7]}}}"]
+GRID_LR = [
+    "~sweep.space",
+    "~sweep.sampler",
+    "+sweep.sampler={name:grid,seed:0}",
+    "+sweep.space={train:{lr:{kind:grid,values:[0.03,0.01,1.0e-6,1.0e-7]}}}",
+]
 # Seed 1 samples useful rates first (0.003, 0.01), then a useless one: some pruner has something to prune.
-GRID_LR6 = ["~sweep.space", "~sweep.sampler", "+sweep.sampler={name:grid,seed:1}",
-            "+sweep.space={train:{lr:{kind:grid,values:[0.03,0.01,0.003,1.0e-6,1.0e-7,1.0e-8]}}}"]
+GRID_LR6 = [
+    "~sweep.space",
+    "~sweep.sampler",
+    "+sweep.sampler={name:grid,seed:1}",
+    "+sweep.space={train:{lr:{kind:grid,values:[0.03,0.01,0.003,1.0e-6,1.0e-7,1.0e-8]}}}",
+]
 
 
 def children(store: str, sweep_dir: str):
@@ -79,17 +87,29 @@ def test_best_trial_and_its_rerun_command(mode, store, capsys):
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
-@pytest.mark.parametrize("pruner", [
-    "{name:median,n_startup_trials:1,n_warmup_steps:0}",
-    "{name:asha,time_attr:step,grace_period:2,reduction_factor:2,max_t:6}",
-    "{name:successive_halving,min_resource:2,reduction_factor:2}",
-    "{name:hyperband,min_resource:2,max_resource:6,reduction_factor:2}",
-])
+@pytest.mark.parametrize(
+    "pruner",
+    [
+        "{name:median,n_startup_trials:1,n_warmup_steps:0}",
+        "{name:asha,time_attr:step,grace_period:2,reduction_factor:2,max_t:6}",
+        "{name:successive_halving,min_resource:2,reduction_factor:2}",
+        "{name:hyperband,min_resource:2,max_resource:6,reduction_factor:2}",
+    ],
+)
 def test_pruned_trials_are_the_same_in_optuna_and_mlflow(pruner, store):
     """Learning rates from useful to useless: the pruner stops some; both stores name the same trials PRUNED,
     stopped before the last step, and the leaderboard ranks only the finished ones."""
-    s = run_sweep(["sweep=smoke", "sweep.num_trials=6", "train.max_steps=6", "train.eval_every=2", *GRID_LR6,
-                   "~sweep.pruner", f"+sweep.pruner={pruner}"])
+    s = run_sweep(
+        [
+            "sweep=smoke",
+            "sweep.num_trials=6",
+            "train.max_steps=6",
+            "train.eval_every=2",
+            *GRID_LR6,
+            "~sweep.pruner",
+            f"+sweep.pruner={pruner}",
+        ]
+    )
     client, _, runs = children(store, s["sweep_dir"])
     states = same_states(runs, study_of(s["sweep_dir"]))
     pruned = [r for r in runs if r.data.tags["trial_state"] == "PRUNED"]
@@ -101,7 +121,9 @@ def test_pruned_trials_are_the_same_in_optuna_and_mlflow(pruner, store):
         else:
             assert r.data.tags["trial_state"] == "COMPLETE" and steps == [2, 4, 6]
     assert s["counts"] == {"COMPLETE": 6 - len(pruned), "PRUNED": len(pruned)}
-    assert {row["run_id"] for row in s["top"]} <= {r.info.run_id for r in runs if r.data.tags["trial_state"] == "COMPLETE"}
+    assert {row["run_id"] for row in s["top"]} <= {
+        r.info.run_id for r in runs if r.data.tags["trial_state"] == "COMPLETE"
+    }
 
 
 def test_four_concurrent_trials_all_train_overlap_and_lose_no_metric(store):
@@ -110,9 +132,20 @@ def test_four_concurrent_trials_all_train_overlap_and_lose_no_metric(store):
     from lorasweep.estimate import estimate
 
     need_gb = estimate(compose(["sweep=smoke"]))["memory"]["total"]["bytes"] / 2**30
-    s = run_sweep(["sweep=smoke", "sweep.num_trials=4", "sweep.max_concurrent=4", "engine.num_cpus=4",
-                   "engine.num_gpus=1", "engine.gpus_per_trial=auto", f"engine.gpu_memory_gb={need_gb / 0.2:.3f}",
-                   "sweep.pruner.name=none", "train.max_steps=8", *GRID_LR])
+    s = run_sweep(
+        [
+            "sweep=smoke",
+            "sweep.num_trials=4",
+            "sweep.max_concurrent=4",
+            "engine.num_cpus=4",
+            "engine.num_gpus=1",
+            "engine.gpus_per_trial=auto",
+            f"engine.gpu_memory_gb={need_gb / 0.2:.3f}",
+            "sweep.pruner.name=none",
+            "train.max_steps=8",
+            *GRID_LR,
+        ]
+    )
     client, parent, runs = children(store, s["sweep_dir"])
     assert s["counts"] == {"COMPLETE": 4}
     spans = []
@@ -123,7 +156,7 @@ def test_four_concurrent_trials_all_train_overlap_and_lose_no_metric(store):
         assert [m.step for m in train] == [2, 4, 6, 8]
         spans.append((min(m.timestamp for m in train), max(m.timestamp for m in train)))
     # Some pair of trials was training at the same time (step 2 of one before the last step of another).
-    assert any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1:]), spans
+    assert any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1 :]), spans
     assert len({r.data.tags["pid"] for r in runs}) >= 2
     assert len({frozenset(r.data.params) for r in runs}) == 1  # the compare view lines the params up
     arts = {a.path for a in client.list_artifacts(parent)}
@@ -133,8 +166,16 @@ def test_four_concurrent_trials_all_train_overlap_and_lose_no_metric(store):
 def test_refused_configs_fail_in_both_stores_and_max_failures_stops_launches(store):
     """Every sampled trial is VeRA with LoRA+ (refused by validation): each ends FAILED with the reason, and the
     sweep stops launching after max_failures + 1 failures, though the budget is 6."""
-    s = run_sweep(["sweep=smoke", "sweep.num_trials=6", "+sweep.max_failures=1", "adapter.loraplus_ratio=4",
-                   "~sweep.space", "+sweep.space={adapter:{variant:{kind:choice,values:[vera]}}}"])
+    s = run_sweep(
+        [
+            "sweep=smoke",
+            "sweep.num_trials=6",
+            "+sweep.max_failures=1",
+            "adapter.loraplus_ratio=4",
+            "~sweep.space",
+            "+sweep.space={adapter:{variant:{kind:choice,values:[vera]}}}",
+        ]
+    )
     client, _, runs = children(store, s["sweep_dir"])
     states = same_states(runs, study_of(s["sweep_dir"]))
     assert list(states.values()) == ["FAILED", "FAILED"]
@@ -146,8 +187,9 @@ def test_refused_configs_fail_in_both_stores_and_max_failures_stops_launches(sto
 
 def test_a_config_sampled_again_is_not_trained_again(store):
     """A one-point space sampled 3 times: one trial trains, the other two reuse its result, in both stores."""
-    s = run_sweep(["sweep=smoke", "sweep.pruner.name=none", "~sweep.space",
-                   "+sweep.space={adapter:{r:{kind:choice,values:[4]}}}"])
+    s = run_sweep(
+        ["sweep=smoke", "sweep.pruner.name=none", "~sweep.space", "+sweep.space={adapter:{r:{kind:choice,values:[4]}}}"]
+    )
     client, _, runs = children(store, s["sweep_dir"])
     states = same_states(runs, study_of(s["sweep_dir"]))
     assert sorted(states.values()) == ["COMPLETE", "REUSED", "REUSED"]
@@ -163,8 +205,16 @@ def test_a_config_sampled_again_is_not_trained_again(store):
 def test_three_concurrent_trials_build_the_model_cache_once(store, tmp_path, monkeypatch):
     """An empty model cache and 3 trials at once that all need the config-built model: all train."""
     monkeypatch.setenv("LORASWEEP_CACHE", str(tmp_path / "empty-cache"))  # the workers' cache, not the session's
-    s = run_sweep(["sweep=smoke", "sweep.max_concurrent=3", "engine.num_cpus=3", "sweep.pruner.name=none", *GRID_LR,
-                   "sweep.num_trials=3"])
+    s = run_sweep(
+        [
+            "sweep=smoke",
+            "sweep.max_concurrent=3",
+            "engine.num_cpus=3",
+            "sweep.pruner.name=none",
+            *GRID_LR,
+            "sweep.num_trials=3",
+        ]
+    )
     assert s["counts"] == {"COMPLETE": 3}
     built = [p.name for p in (tmp_path / "empty-cache" / "models").iterdir() if p.is_dir()]
     assert len(built) == 1 and built[0].startswith("tiny_llama-")
@@ -189,7 +239,15 @@ def test_sigkill_the_driver_then_resume(store, tmp_path):
     """SIGKILL the driver (only it) mid-sweep: no process of the sweep outlives it; resume=true kills the trial
     left RUNNING in both stores and finishes the budget without rerunning finished trials."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": store}
-    cmd = [sys.executable, "-m", "lorasweep.cli", "sweep", "sweep=smoke", "sweep.num_trials=4", "sweep.pruner.name=none"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lorasweep.cli",
+        "sweep",
+        "sweep=smoke",
+        "sweep.num_trials=4",
+        "sweep.pruner.name=none",
+    ]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     db = None
     while proc.poll() is None:  # until one trial finished and the next one runs
@@ -220,8 +278,12 @@ def test_sigkill_the_driver_then_resume(store, tmp_path):
     states = same_states(runs, study)
     killed = [t for t in study.trials if t.user_attrs.get("killed")]
     assert killed and all(states[t.number] == "KILLED" for t in killed)
-    assert all("driver died" in client.get_run(t.user_attrs["mlflow_run_id"]).data.tags["failure_reason"] for t in killed)
-    assert sorted(states.values()).count("COMPLETE") == 4 and finished_before <= {n for n, s in states.items() if s == "COMPLETE"}
+    assert all(
+        "driver died" in client.get_run(t.user_attrs["mlflow_run_id"]).data.tags["failure_reason"] for t in killed
+    )
+    assert sorted(states.values()).count("COMPLETE") == 4 and finished_before <= {
+        n for n, s in states.items() if s == "COMPLETE"
+    }
     assert client.get_run(parent).info.status == "FINISHED"
     assert _leftovers(tmp_path) == []
 
@@ -235,8 +297,17 @@ def test_two_node_cluster_runs_trials_on_both_nodes(store):
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     try:
-        s = run_sweep(["sweep=smoke", "sweep.num_trials=2", "sweep.max_concurrent=2", "sweep.pruner.name=none",
-                       *GRID_LR, f"engine.address={cluster.address}", "engine.log_server_host=127.0.0.1"])
+        s = run_sweep(
+            [
+                "sweep=smoke",
+                "sweep.num_trials=2",
+                "sweep.max_concurrent=2",
+                "sweep.pruner.name=none",
+                *GRID_LR,
+                f"engine.address={cluster.address}",
+                "engine.log_server_host=127.0.0.1",
+            ]
+        )
     finally:
         cluster.shutdown()
     client, _, runs = children(store, s["sweep_dir"])
@@ -246,8 +317,16 @@ def test_two_node_cluster_runs_trials_on_both_nodes(store):
 
 def test_time_limit_kills_running_trials_with_that_reason(store):
     """Trials still running at sweep.time_limit_s end KILLED in MLflow and FAIL (killed) in Optuna."""
-    s = run_sweep(["sweep=smoke", "sweep.num_trials=3", "sweep.pruner.name=none", "sweep.time_limit_s=15",
-                   "train.max_steps=100000", "train.eval_every=50000"])
+    s = run_sweep(
+        [
+            "sweep=smoke",
+            "sweep.num_trials=3",
+            "sweep.pruner.name=none",
+            "sweep.time_limit_s=15",
+            "train.max_steps=100000",
+            "train.eval_every=50000",
+        ]
+    )
     client, _, runs = children(store, s["sweep_dir"])
     study = study_of(s["sweep_dir"])
     states = same_states(runs, study)
@@ -285,11 +364,15 @@ def postgres():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    subprocess.run([*as_user, initdb, "-D", str(data), "-U", "postgres", "--auth=trust"], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [*as_user, initdb, "-D", str(data), "-U", "postgres", "--auth=trust"], check=True, capture_output=True
+    )
     opts = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
-    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-o", opts, "-l", str(data / "log"), "-w", "start"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*as_user, pg_ctl, "-D", str(data), "-o", opts, "-l", str(data / "log"), "-w", "start"],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
     finally:
@@ -306,9 +389,17 @@ def test_postgres_storage_on_two_nodes_loses_and_duplicates_no_trial(store, post
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     try:
-        s = run_sweep(["sweep=smoke", "sweep.num_trials=6", "sweep.max_concurrent=2", *GRID_LR6,
-                       f"engine.storage='{postgres}'", f"engine.address={cluster.address}",
-                       "engine.log_server_host=127.0.0.1"])
+        s = run_sweep(
+            [
+                "sweep=smoke",
+                "sweep.num_trials=6",
+                "sweep.max_concurrent=2",
+                *GRID_LR6,
+                f"engine.storage='{postgres}'",
+                f"engine.address={cluster.address}",
+                "engine.log_server_host=127.0.0.1",
+            ]
+        )
     finally:
         cluster.shutdown()
     study = optuna.load_study(study_name=Path(s["sweep_dir"]).name, storage=postgres)

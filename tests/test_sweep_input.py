@@ -17,16 +17,22 @@ BAD = [
     (["sweep=rank_alpha", "sweep.metric=eval_bogus"], "sweep.metric='eval_bogus'", "eval_accuracy, eval_macro_f1"),
     (["sweep=smoke", "sweep.metric=eval_accuracy"], "sweep.metric='eval_accuracy'", "eval_loss, eval_perplexity"),
     (["sweep=qlora", "model=tiny_llama", "data=tweets_sft"], "sweep.metric='eval_macro_f1'", "a causal_lm trial"),
-    (["sweep=rank_alpha", "data.source=file", "data.format=csv", "data.encoding=utf-8", "CSV"],
-     "data.train_size=4800", "rows remain"),
+    (
+        ["sweep=rank_alpha", "data.source=file", "data.format=csv", "data.encoding=utf-8", "CSV"],
+        "data.train_size=4800",
+        "rows remain",
+    ),
     (["sweep=smoke", "+adapter.bogus=1"], "adapter.bogus='1'", "not a config field"),
     (["sweep=smoke", "+train.max_step=9"], "train.max_step='9'", "did you mean train.max_steps?"),
     (["sweep=smoke", "engine.address=127.0.0.1:6379"], "tracking.uri=", "engine.log_server_host"),
     (["sweep=smoke", "sweep.num_trials=0"], "sweep.num_trials=0", ""),
     (["sweep=smoke", "sweep.max_concurrent=0"], "sweep.max_concurrent=0", ""),
     (["sweep=smoke", "sweep.sampler.name=bogus"], "sweep.sampler.name='bogus'", "tpe"),
-    (["sweep=smoke", "~sweep.pruner", "+sweep.pruner={name:asha,time_attr:training_iteration}"],
-     "sweep.pruner=", "only 'step'"),
+    (
+        ["sweep=smoke", "~sweep.pruner", "+sweep.pruner={name:asha,time_attr:training_iteration}"],
+        "sweep.pruner=",
+        "only 'step'",
+    ),
     (["sweep=smoke", "engine.cpus_per_trial=0"], "engine.cpus_per_trial=0", ""),
     (["sweep=smoke", "resume=nosuch"], "resume='nosuch'", ""),
     (["sweep=smoke", "adapter.targets=[nonsense]"], "adapter.targets='nonsense'", ""),
@@ -44,10 +50,13 @@ def test_bad_sweep_input_is_one_line_exit_2_and_nothing_created(argv, starts, me
     assert not (tmp_path / "sweeps_out").exists()
 
 
-@pytest.mark.parametrize("argv,starts", [
-    (["model=llama2_7b", "adapter.r=0", "--json"], "adapter.r=0"),
-    (["model=nosuch"], "override="),
-])
+@pytest.mark.parametrize(
+    "argv,starts",
+    [
+        (["model=llama2_7b", "adapter.r=0", "--json"], "adapter.r=0"),
+        (["model=nosuch"], "override="),
+    ],
+)
 def test_bad_estimate_input_is_one_line_exit_2(argv, starts, capsys):
     assert main(["estimate", *argv]) == 2
     err = capsys.readouterr().err.strip()

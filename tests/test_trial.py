@@ -10,8 +10,18 @@ from lorasweep.config import VARIANTS, compose
 from lorasweep.trial import run_trial
 from tests.conftest import all_runs
 
-TINY = ["model=tiny_llama", "data=tweets_sft", "data.train_size=48", "data.eval_size=8", "data.test_size=8",
-        "data.max_length=32", "train.max_steps=4", "train.eval_every=2", "train.batch_size=4", "train.lr=1e-2"]
+TINY = [
+    "model=tiny_llama",
+    "data=tweets_sft",
+    "data.train_size=48",
+    "data.eval_size=8",
+    "data.test_size=8",
+    "data.max_length=32",
+    "train.max_steps=4",
+    "train.eval_every=2",
+    "train.batch_size=4",
+    "train.lr=1e-2",
+]
 
 
 def _check_run(store: str, summary: dict, metric: str) -> mlflow.entities.Run:
@@ -19,11 +29,26 @@ def _check_run(store: str, summary: dict, metric: str) -> mlflow.entities.Run:
     run = client.get_run(summary["run_id"])
     assert run.info.status == "FINISHED"
     m = run.data.metrics
-    for name in ["train_loss", "eval_loss", metric, "trainable_params", "trainable_pct", "samples_per_s", "tokens_per_s",
-                 "train_runtime_s", "peak_memory_mb", "effective_rank_mean", "energy_rank95_mean", "stable_rank_mean"]:
+    for name in [
+        "train_loss",
+        "eval_loss",
+        metric,
+        "trainable_params",
+        "trainable_pct",
+        "samples_per_s",
+        "tokens_per_s",
+        "train_runtime_s",
+        "peak_memory_mb",
+        "effective_rank_mean",
+        "energy_rank95_mean",
+        "stable_rank_mean",
+    ]:
         assert name in m, name
     assert m["trainable_params"] > 0 and 0 < m["trainable_pct"] < 100
-    assert [h.step for h in client.get_metric_history(run.info.run_id, "eval_loss")] == [2, 4] or metric == "eval_accuracy"
+    assert [h.step for h in client.get_metric_history(run.info.run_id, "eval_loss")] == [
+        2,
+        4,
+    ] or metric == "eval_accuracy"
     p = run.data.params
     assert p["adapter.r"] in ("4", "8") and p["model.name"] and p["train.max_steps"].isdigit()
     for tag in ["git_commit", "lorasweep_version", "device", "torch_version", "peft_version", "transformers_version"]:
@@ -31,7 +56,9 @@ def _check_run(store: str, summary: dict, metric: str) -> mlflow.entities.Run:
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "spectra"} <= arts
     inputs = {d.tags[0].value if d.tags else None: d.dataset for d in run.inputs.dataset_inputs}
-    assert set(inputs) == {"train", "eval", "test"} and all(int(json.loads(d.profile)["num_rows"]) > 0 for d in inputs.values())
+    assert set(inputs) == {"train", "eval", "test"} and all(
+        int(json.loads(d.profile)["num_rows"]) > 0 for d in inputs.values()
+    )
     spectra = {a.path for a in client.list_artifacts(run.info.run_id, "spectra")}
     assert spectra == {"spectra/spectra.csv", "spectra/spectra.json", "spectra/spectra.png"}
     return run
@@ -53,16 +80,27 @@ def test_tiny_llama_trial_per_variant(variant, store):
 
     base = AutoModelForCausalLM.from_pretrained(folder(compose(TINY).model))
     loaded = PeftModel.from_pretrained(base, local)
-    assert loaded.peft_config["default"].peft_type.value.lower() == {"rslora": "lora", "dora": "lora", "pissa": "lora"}.get(variant, variant)
-    rows = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="spectra/spectra.json")).read_text())
+    assert loaded.peft_config["default"].peft_type.value.lower() == {
+        "rslora": "lora",
+        "dora": "lora",
+        "pissa": "lora",
+    }.get(variant, variant)
+    rows = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="spectra/spectra.json")
+        ).read_text()
+    )
     assert len(rows) == 4 and {r["module_type"] for r in rows} == {"q", "v"}  # 2 layers x (q, v)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant,quant", [("adalora", "nf4"), ("dora", "fp4"), ("vera", "int8")])
 def test_other_variants_on_quantized_bases(variant, quant, store):
-    summary = run_trial(compose([*TINY, f"quant={quant}", f"adapter.variant={variant}", "train.max_steps=2",
-                                 "tracking.save_adapter=false"]))
+    summary = run_trial(
+        compose(
+            [*TINY, f"quant={quant}", f"adapter.variant={variant}", "train.max_steps=2", "tracking.save_adapter=false"]
+        )
+    )
     assert summary["steps"] == 2 and summary["eval_loss"] > 0
 
 
@@ -82,8 +120,18 @@ def test_tiny_llama_nf4_qlora(store):
 @pytest.mark.slow
 def test_minilm_on_real_tweets_beats_majority(store):
     """The embedded default, shortened: MiniLM + LoRA on real tweets must beat the 42% majority class."""
-    summary = run_trial(compose(["train.max_steps=40", "train.eval_every=20", "data.train_size=1280",
-                                 "data.eval_size=300", "data.test_size=300", "tracking.save_adapter=false"]))
+    summary = run_trial(
+        compose(
+            [
+                "train.max_steps=40",
+                "train.eval_every=20",
+                "data.train_size=1280",
+                "data.eval_size=300",
+                "data.test_size=300",
+                "tracking.save_adapter=false",
+            ]
+        )
+    )
     _check_run(store, summary, "eval_accuracy")
     assert summary["eval_accuracy"] > 0.50, summary
     assert 0 < summary["eval_macro_f1"] <= 1
@@ -123,8 +171,15 @@ def test_4bit_layers_whose_width_does_not_divide_by_32_train_and_eval(cpu_kernel
     import bitsandbytes as bnb
 
     monkeypatch.setattr(bnb.nn.modules, "has_avx512bf16", lambda: cpu_kernel)  # read by Linear4bit.__init__
-    odd = [*TINY, "quant=nf4", "model.config.intermediate_size=172", "train.max_steps=2", "train.eval_every=1",
-           "tracking.save_adapter=false", "adapter.targets=[q,v]"]
+    odd = [
+        *TINY,
+        "quant=nf4",
+        "model.config.intermediate_size=172",
+        "train.max_steps=2",
+        "train.eval_every=1",
+        "tracking.save_adapter=false",
+        "adapter.targets=[q,v]",
+    ]
     summary = run_trial(compose(odd))
     assert summary["steps"] == 2 and summary["eval_loss"] > 0
     from lorasweep import model
@@ -143,11 +198,20 @@ def test_a_trial_on_a_warm_worker_matches_the_same_trial_in_a_fresh_process(stor
 
     from lorasweep import data, model
 
-    short = ["train.max_steps=4", "train.eval_every=2", "train.batch_size=8", "data.train_size=64",
-             "data.eval_size=32", "data.test_size=32", "tracking.save_adapter=false", "tracking.spectra=false"]
+    short = [
+        "train.max_steps=4",
+        "train.eval_every=2",
+        "train.batch_size=8",
+        "data.train_size=64",
+        "data.eval_size=32",
+        "data.test_size=32",
+        "tracking.save_adapter=false",
+        "tracking.spectra=false",
+    ]
     a, b = [*short, "adapter.r=4"], [*short, "adapter.r=8", "train.lr=1e-2"]
-    p = subprocess.run([sys.executable, "-m", "lorasweep.cli", "trial", *a], capture_output=True, text=True,
-                       cwd=tmp_path, timeout=600)
+    p = subprocess.run(
+        [sys.executable, "-m", "lorasweep.cli", "trial", *a], capture_output=True, text=True, cwd=tmp_path, timeout=600
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     fresh = mlflow.MlflowClient(store).search_runs([mlflow.get_experiment_by_name("lorasweep").experiment_id])[0]
 

@@ -65,8 +65,17 @@ def rank_vs_nominal(trials: pd.DataFrame, path: Path) -> Path | None:
                 if metric not in rows or rows[metric].isna().all():
                     continue
                 g = rows.groupby("r")[metric].agg(["mean", "std"]).reset_index()
-                ax.errorbar(g["r"].astype(int), g["mean"], yerr=g["std"].fillna(0), ls=style, marker="o", ms=3,
-                            capsize=2, color=f"C{n % 10}", label=mtype if style == "-" else None)
+                ax.errorbar(
+                    g["r"].astype(int),
+                    g["mean"],
+                    yerr=g["std"].fillna(0),
+                    ls=style,
+                    marker="o",
+                    ms=3,
+                    capsize=2,
+                    color=f"C{n % 10}",
+                    label=mtype if style == "-" else None,
+                )
         ax.plot(ranks, ranks, ":", color="grey", lw=1)
         _rank_axis(ax, ranks)
         ax.set_yscale("log", base=2)
@@ -90,8 +99,13 @@ def spectra(rows: list[dict], path: Path) -> Path | None:
             width = min(len(s) for s in sel["sv"])
             mean = np.mean([s[:width] for s in sel["sv"]], axis=0)
             keep = mean > 0  # a log axis has no zero
-            ax.plot(np.arange(1, width + 1)[keep], mean[keep], marker="." if width < 20 else None,
-                    color=f"C{n % 10}", label=f"r={int(r)}")
+            ax.plot(
+                np.arange(1, width + 1)[keep],
+                mean[keep],
+                marker="." if width < 20 else None,
+                color=f"C{n % 10}",
+                label=f"r={int(r)}",
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("index i")
@@ -111,7 +125,7 @@ def cost_vs_rank(trials: pd.DataFrame, path: Path) -> Path | None:
     for i, m in enumerate(metrics):
         ax = fig.add_subplot(1, len(metrics), i + 1)
         if by_rank:
-            for w, rows in (trials.groupby("weights", sort=False) if "weights" in trials else [("all", trials)]):
+            for w, rows in trials.groupby("weights", sort=False) if "weights" in trials else [("all", trials)]:
                 g = rows.groupby("r")[m].agg(["mean", "std"]).reset_index()
                 ax.errorbar(g["r"].astype(int), g["mean"], yerr=g["std"].fillna(0), marker="o", capsize=3, label=w)
             _rank_axis(ax, sorted(int(r) for r in trials["r"].dropna().unique()))
@@ -147,8 +161,16 @@ def phi_heatmaps(rows: list[dict], title: str, path: Path, max_layers: int = 6) 
                 ax.axis("off")
                 continue
             grid = cell["phi"]
-            image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower", interpolation="nearest",
-                              extent=(0.5, grid.shape[1] + 0.5, 0.5, grid.shape[0] + 0.5))
+            image = ax.imshow(
+                grid,
+                vmin=0,
+                vmax=1,
+                cmap="viridis",
+                aspect="auto",
+                origin="lower",
+                interpolation="nearest",
+                extent=(0.5, grid.shape[1] + 0.5, 0.5, grid.shape[0] + 0.5),
+            )
             ax.set_title(f"ΔW{mtype}, layer {layer}", fontsize=8)
             ax.tick_params(labelsize=6)
             if li == 0:
@@ -176,7 +198,9 @@ def objective(trials: pd.DataFrame, dims: list[str], metric: str, path: Path) ->
         else:
             values = trials[f"params.{key}"] if f"params.{key}" in trials else trials[key]
         num = pd.to_numeric(values, errors="coerce")
-        x = num if num.notna().all() else values.map(lambda v: "-" if pd.isna(v) else str(v))  # pandas 3 keeps NaN in astype(str)
+        x = (
+            num if num.notna().all() else values.map(lambda v: "-" if pd.isna(v) else str(v))
+        )  # pandas 3 keeps NaN in astype(str)
         for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
             sel = (trials["state"] == state) & trials[col].notna()
             if sel.any():
@@ -208,8 +232,10 @@ def pareto(metric: pd.Series, forget: pd.Series, mode: str) -> pd.Series:
     strictly (mode: 'max' or 'min' for the metric; forget_ppl_ratio is always better low)."""
     m = metric.to_numpy(float) * (1 if mode == "max" else -1)
     f = forget.to_numpy(float)
-    front = [not any((m[j] >= m[i]) and (f[j] <= f[i]) and ((m[j] > m[i]) or (f[j] < f[i])) for j in range(len(m)))
-             for i in range(len(m))]
+    front = [
+        not any((m[j] >= m[i]) and (f[j] <= f[i]) and ((m[j] > m[i]) or (f[j] < f[i])) for j in range(len(m)))
+        for i in range(len(m))
+    ]
     return pd.Series(front, index=metric.index)
 
 
@@ -225,7 +251,9 @@ def learns_vs_forgets(trials: pd.DataFrame, metric: str, mode: str, path: Path) 
     pts["is_pareto"] = pareto(pts[col], pts[ratio], mode)
     fig = _figure(6, 4.2)
     ax = fig.add_subplot()
-    groups = pts.groupby("weights", sort=True) if "weights" in pts and pts["weights"].notna().all() else [("trials", pts)]
+    groups = (
+        pts.groupby("weights", sort=True) if "weights" in pts and pts["weights"].notna().all() else [("trials", pts)]
+    )
     for n, (label, rows) in enumerate(groups):
         ax.scatter(rows[ratio], rows[col], color=f"C{n % 10}", alpha=0.75, label=label)
     front = pts[pts["is_pareto"]].sort_values(ratio)

@@ -18,7 +18,7 @@ from lorasweep.analysis import figures, paper, runs, subspace, tables, verdicts
 from lorasweep.errors import ConfigError
 
 USAGE = "usage: lorasweep report SWEEP [--out DIR] [--no-log]   (SWEEP: sweep id, sweep name or parent run id)"
-OWNED = (".md", ".tex", ".csv", ".png")     # what a report writes; cleared first, so no stale figure survives
+OWNED = (".md", ".tex", ".csv", ".png")  # what a report writes; cleared first, so no stale figure survives
 STATES = ("COMPLETE", "PRUNED", "FAILED", "KILLED")
 ARTIFACT_DIR = "report"
 
@@ -71,8 +71,11 @@ def build(ref: str, root: Path = Path("reports"), log: bool = True) -> tuple[Pat
     if shape:
         stats = tables.group_stats(complete, ["weights", "r"], "value")
         md += _paper_tables(shape, stats, complete, metric, unit, out)
-        found += verdicts.table5_verdicts(stats, unit, sweep.mode) if shape == "table5" else \
-            verdicts.table6_verdicts(stats, unit, sweep.mode)
+        found += (
+            verdicts.table5_verdicts(stats, unit, sweep.mode)
+            if shape == "table5"
+            else verdicts.table6_verdicts(stats, unit, sweep.mode)
+        )
         found += verdicts.spectra_verdicts(complete)
         md += _rank_figures(shape, stats, complete, sweep, ylabel, out)
     with tempfile.TemporaryDirectory(prefix="lorasweep-report-") as tmp:
@@ -94,7 +97,10 @@ def paper_shape(complete: pd.DataFrame, dims: list[str]) -> str | None:
         return None
     if set(dims) - {"adapter.targets", "adapter.r", "adapter.alpha"}:
         return None
-    if "params.adapter.alpha" in complete and complete.groupby(["weights", "r"])["params.adapter.alpha"].nunique().max() > 1:
+    if (
+        "params.adapter.alpha" in complete
+        and complete.groupby(["weights", "r"])["params.adapter.alpha"].nunique().max() > 1
+    ):
         return None  # alpha searched on its own, not a function of r
     if (complete.groupby("weights")["r"].nunique() > 1).any():
         return "table6"
@@ -103,22 +109,29 @@ def paper_shape(complete: pd.DataFrame, dims: list[str]) -> str | None:
 
 # ------------------------------------------------------------------------------------------ sections
 
+
 def _header(sweep: runs.Sweep, trials: pd.DataFrame, dims: list[str], unit: str) -> list[str]:
     p = sweep.params
     counts = trials["state"].value_counts().to_dict() if len(trials) else {}
     states = ", ".join(f"{counts.get(s, 0)} {s.lower()}" for s in STATES if counts.get(s)) or "no trials"
     seeds = sorted(int(s) for s in trials["seed"].dropna().unique()) if "seed" in trials else []
-    lines = [f"# Report: {sweep.sweep_id}",
-             "\n".join([
-                 f"- sweep `{sweep.name}`: {p.get('sweep.description', '')}".rstrip(": "),
-                 f"- MLflow parent run `{sweep.parent_run_id}` in `{sweep.uri}`; these files are its `{ARTIFACT_DIR}/` artifacts",
-                 f"- model `{p.get('model.name', '?')}`, data `{p.get('data.name', '?')}`; objective `{sweep.metric}` "
-                 f"({sweep.mode}){' in %' if unit == '%' else ''}",
-                 f"- trials: {len(trials)} ({states}); swept: {', '.join(f'`{d}`' for d in dims) or 'nothing'}; "
-                 f"seeds: {seeds or '–'}",
-                 _provenance(sweep),
-                 "- statistics use COMPLETE trials only: mean ± sample std (ddof=1) over seeds, and n",
-                 f"- regenerate: `lorasweep report {sweep.sweep_id}`"])]
+    lines = [
+        f"# Report: {sweep.sweep_id}",
+        "\n".join(
+            [
+                f"- sweep `{sweep.name}`: {p.get('sweep.description', '')}".rstrip(": "),
+                f"- MLflow parent run `{sweep.parent_run_id}` in `{sweep.uri}`; "
+                f"these files are its `{ARTIFACT_DIR}/` artifacts",
+                f"- model `{p.get('model.name', '?')}`, data `{p.get('data.name', '?')}`; objective `{sweep.metric}` "
+                f"({sweep.mode}){' in %' if unit == '%' else ''}",
+                f"- trials: {len(trials)} ({states}); swept: {', '.join(f'`{d}`' for d in dims) or 'nothing'}; "
+                f"seeds: {seeds or '–'}",
+                _provenance(sweep),
+                "- statistics use COMPLETE trials only: mean ± sample std (ddof=1) over seeds, and n",
+                f"- regenerate: `lorasweep report {sweep.sweep_id}`",
+            ]
+        ),
+    ]
     return lines
 
 
@@ -126,53 +139,76 @@ def _provenance(sweep: runs.Sweep) -> str:
     """Where and when the sweep ran, from its parent run: device, versions, commit, start and wall time."""
     t = sweep.tags
     start = datetime.fromtimestamp(sweep.start_ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    wall = (f"wall {(sweep.end_ms - sweep.start_ms) / 60000:.1f} min ({sweep.status})" if sweep.end_ms
-            else f"still {sweep.status}")
+    wall = (
+        f"wall {(sweep.end_ms - sweep.start_ms) / 60000:.1f} min ({sweep.status})"
+        if sweep.end_ms
+        else f"still {sweep.status}"
+    )
     versions = ", ".join(f"{k} {t[f'{k}_version']}" for k in ("torch", "peft", "transformers") if f"{k}_version" in t)
     command = f"`{t['command']}` " if "command" in t else ""
-    return (f"- ran {command}on {t.get('device', '?')} ({versions}), lorasweep commit `{t.get('git_commit', '?')[:7]}`; "
-            f"started {start}, {wall}")
+    return (
+        f"- ran {command}on {t.get('device', '?')} ({versions}), lorasweep commit `{t.get('git_commit', '?')[:7]}`; "
+        f"started {start}, {wall}"
+    )
 
 
-def _paper_tables(shape: str, stats: pd.DataFrame, complete: pd.DataFrame, metric: str, unit: str,
-                  out: Path) -> list[str]:
+def _paper_tables(
+    shape: str, stats: pd.DataFrame, complete: pd.DataFrame, metric: str, unit: str, out: Path
+) -> list[str]:
     cite = f"Reference columns are the paper's: {paper.CITATION}"
     if shape == "table5":
-        n_params = complete.groupby("weights")["metrics.trainable_params"].mean().to_dict() \
-            if "metrics.trainable_params" in complete else {}
+        n_params = (
+            complete.groupby("weights")["metrics.trainable_params"].mean().to_dict()
+            if "metrics.trainable_params" in complete
+            else {}
+        )
         numeric, shown = tables.table5(stats, n_params, metric, unit)
-        caption = (f"Table 5 layout (transposed): weight types at an equal adapter budget. {cite}, Table 5 "
-                   f"({paper.MODEL}, validation accuracy %, 18M trainable parameters).")
+        caption = (
+            f"Table 5 layout (transposed): weight types at an equal adapter budget. {cite}, Table 5 "
+            f"({paper.MODEL}, validation accuracy %, 18M trainable parameters)."
+        )
         tables.write(numeric, shown, out / "table5", caption)
-        return ["## Table 5: which weight matrices, at an equal budget",
-                f"{caption} Files: [md](table5.md), [tex](table5.tex), [csv](table5.csv).",
-                tables.to_markdown(shown)]
+        return [
+            "## Table 5: which weight matrices, at an equal budget",
+            f"{caption} Files: [md](table5.md), [tex](table5.tex), [csv](table5.csv).",
+            tables.to_markdown(shown),
+        ]
     numeric, shown, grid = tables.table6(stats, metric, unit)
     caption = f"Table 6: validation metric against rank r. {cite}, Table 6 ({paper.MODEL}, validation accuracy %)."
     tables.write(numeric, shown, out / "table6", caption)
     tables.write(grid, grid, out / "table6_grid", caption + " Paper's layout: a block of rows per source.")
-    return ["## Table 6: which rank",
-            f"{caption} Files: [md](table6.md), [tex](table6.tex), [csv](table6.csv); the paper's layout: "
-            f"[md](table6_grid.md), [tex](table6_grid.tex), [csv](table6_grid.csv).",
-            tables.to_markdown(grid), tables.to_markdown(shown)]
+    return [
+        "## Table 6: which rank",
+        f"{caption} Files: [md](table6.md), [tex](table6.tex), [csv](table6.csv); the paper's layout: "
+        f"[md](table6_grid.md), [tex](table6_grid.tex), [csv](table6_grid.csv).",
+        tables.to_markdown(grid),
+        tables.to_markdown(shown),
+    ]
 
 
-def _rank_figures(shape: str, stats: pd.DataFrame, complete: pd.DataFrame, sweep: runs.Sweep, ylabel: str,
-                  out: Path) -> list[str]:
+def _rank_figures(
+    shape: str, stats: pd.DataFrame, complete: pd.DataFrame, sweep: runs.Sweep, ylabel: str, out: Path
+) -> list[str]:
     md = ["## Figures"]
     if shape == "table6":
         figures.metric_vs_rank(stats, ylabel, out / "metric_vs_rank.png")
-        md.append("Metric against rank, mean ± std over seeds, per set of adapted weights:\n\n"
-                  "![metric against rank](metric_vs_rank.png)")
+        md.append(
+            "Metric against rank, mean ± std over seeds, per set of adapted weights:\n\n"
+            "![metric against rank](metric_vs_rank.png)"
+        )
     erank = _effective_rank_table(complete, out)
     if figures.rank_vs_nominal(complete, out / "effective_rank.png"):
-        md.append("Rank of the learned update ΔW against its nominal rank r, per module type (mean over layers, "
-                  "then mean ± std over seeds); the dotted diagonal is full use of r. "
-                  "Files: [md](effective_rank.md), [tex](effective_rank.tex), [csv](effective_rank.csv).\n\n"
-                  "![effective rank](effective_rank.png)\n\n" + erank)
+        md.append(
+            "Rank of the learned update ΔW against its nominal rank r, per module type (mean over layers, "
+            "then mean ± std over seeds); the dotted diagonal is full use of r. "
+            "Files: [md](effective_rank.md), [tex](effective_rank.tex), [csv](effective_rank.csv).\n\n"
+            "![effective rank](effective_rank.png)\n\n" + erank
+        )
     if figures.spectra(_spectra_rows(complete, sweep), out / "spectra.png"):
-        md.append("Normalised singular values σᵢ/σ₁ of ΔW (mean over layers and seeds), per module type and r:\n\n"
-                  "![spectra](spectra.png)")
+        md.append(
+            "Normalised singular values σᵢ/σ₁ of ΔW (mean over layers and seeds), per module type and r:\n\n"
+            "![spectra](spectra.png)"
+        )
     if figures.cost_vs_rank(complete, out / "cost.png"):
         md.append("Peak memory and trainable parameters:\n\n![cost](cost.png)")
     return md
@@ -183,21 +219,45 @@ def _effective_rank_table(complete: pd.DataFrame, out: Path) -> str:
     cols = sorted(c for c in complete.columns if c.startswith("metrics.energy_rank95_") and c.endswith("_mean"))
     numeric, shown = [], []
     for c in cols:
-        mtype = "all" if c == "metrics.energy_rank95_mean" else c.removeprefix("metrics.energy_rank95_").removesuffix("_mean")
+        mtype = (
+            "all"
+            if c == "metrics.energy_rank95_mean"
+            else c.removeprefix("metrics.energy_rank95_").removesuffix("_mean")
+        )
         for (w, r), rows in complete.groupby(["weights", "r"], sort=True):
             vals = rows[c].dropna()
             if vals.empty:
                 continue
             std = float(vals.std(ddof=1)) if len(vals) > 1 else float("nan")
-            numeric.append({"module type": mtype, "weight type": w, "r": int(r), "energy_rank95 mean": vals.mean(),
-                            "std": std, "n": len(vals), "fraction of r": vals.mean() / int(r)})
-            shown.append({"module type": mtype, "weight type": w, "r": int(r),
-                          "energy rank 95 %": f"{vals.mean():.2f} ± {std:.2f}", "n": len(vals),
-                          "k / r": f"{vals.mean() / int(r):.2f}"})
+            numeric.append(
+                {
+                    "module type": mtype,
+                    "weight type": w,
+                    "r": int(r),
+                    "energy_rank95 mean": vals.mean(),
+                    "std": std,
+                    "n": len(vals),
+                    "fraction of r": vals.mean() / int(r),
+                }
+            )
+            shown.append(
+                {
+                    "module type": mtype,
+                    "weight type": w,
+                    "r": int(r),
+                    "energy rank 95 %": f"{vals.mean():.2f} ± {std:.2f}",
+                    "n": len(vals),
+                    "k / r": f"{vals.mean() / int(r):.2f}",
+                }
+            )
     if not numeric:
         return ""
-    tables.write(pd.DataFrame(numeric), pd.DataFrame(shown), out / "effective_rank",
-                 "Effective rank at 95 % energy of ΔW (k of nominal r), per module type, mean ± std over seeds.")
+    tables.write(
+        pd.DataFrame(numeric),
+        pd.DataFrame(shown),
+        out / "effective_rank",
+        "Effective rank at 95 % energy of ΔW (k of nominal r), per module type, mean ± std over seeds.",
+    )
     return tables.to_markdown(pd.DataFrame(shown))
 
 
@@ -212,19 +272,27 @@ def _spectra_rows(complete: pd.DataFrame, sweep: runs.Sweep) -> list[dict]:
     return rows
 
 
-def _subspace(complete: pd.DataFrame, dims: list[str], sweep: runs.Sweep, out: Path,
-              tmp: Path) -> tuple[pd.DataFrame, list[str]]:
+def _subspace(
+    complete: pd.DataFrame, dims: list[str], sweep: runs.Sweep, out: Path, tmp: Path
+) -> tuple[pd.DataFrame, list[str]]:
     """φ heatmaps for r_lo vs r_hi of the same config and seed (Fig. 3) and for two seeds at r_hi (Fig. 4)."""
     empty = pd.DataFrame(columns=["figure", "pair", "module", "layer", "module_type", "k", "r_a", "r_b", "phi11"])
     if complete.empty or "r" not in complete or "seed" not in complete:
         return empty, []
-    config = ["weights" if d == "adapter.targets" else f"params.{d}" for d in dims
-              if d not in ("adapter.r", "adapter.alpha")]
+    config = [
+        "weights" if d == "adapter.targets" else f"params.{d}" for d in dims if d not in ("adapter.r", "adapter.alpha")
+    ]
     config = [c for c in config if c in complete]  # helper dimensions are not config params
     groups = list(complete.groupby(config, sort=True, dropna=False)) if config else [((), complete)]
     # the paper's Fig. 3/4 use the Wq+Wv adapter; else the config that adapts the most module types
-    _, group = max(groups, key=lambda kv: (kv[1].get("weights", pd.Series([""])).iloc[0] == "Wq+Wv",
-                                           len(kv[1].get("weights", pd.Series([""])).iloc[0].split("+")), len(kv[1])))
+    _, group = max(
+        groups,
+        key=lambda kv: (
+            kv[1].get("weights", pd.Series([""])).iloc[0] == "Wq+Wv",
+            len(kv[1].get("weights", pd.Series([""])).iloc[0].split("+")),
+            len(kv[1]),
+        ),
+    )
     ranks = sorted(int(r) for r in group["r"].dropna().unique())
     if not ranks:
         return empty, []
@@ -243,14 +311,31 @@ def _subspace(complete: pd.DataFrame, dims: list[str], sweep: runs.Sweep, out: P
 
     plans = []
     if r_lo is not None:
-        pairs = [(by[r_lo, s], by[r_hi, s], f"seed {s}") for s in sorted({s for _, s in by})
-                 if (r_lo, s) in by and (r_hi, s) in by]
-        plans.append(("fig3", r_lo, r_hi, pairs, f"φ(A_r={r_lo}, A_r={r_hi}, i, j), same config and seed "
-                                                 f"(paper Fig. 3), mean over {len(pairs)} seed(s)"))
+        pairs = [
+            (by[r_lo, s], by[r_hi, s], f"seed {s}")
+            for s in sorted({s for _, s in by})
+            if (r_lo, s) in by and (r_hi, s) in by
+        ]
+        plans.append(
+            (
+                "fig3",
+                r_lo,
+                r_hi,
+                pairs,
+                f"φ(A_r={r_lo}, A_r={r_hi}, i, j), same config and seed (paper Fig. 3), mean over {len(pairs)} seed(s)",
+            )
+        )
     seeds = sorted(s for r, s in by if r == r_hi)[:3]
     pairs4 = [(by[r_hi, a], by[r_hi, b], f"seeds {a} vs {b}") for a, b in itertools.combinations(seeds, 2)]
-    plans.append(("fig4", r_hi, r_hi, pairs4, f"φ(A_r={r_hi} seed a, A_r={r_hi} seed b, i, j) (paper Fig. 4), "
-                                              f"mean over {len(pairs4)} seed pair(s)"))
+    plans.append(
+        (
+            "fig4",
+            r_hi,
+            r_hi,
+            pairs4,
+            f"φ(A_r={r_hi} seed a, A_r={r_hi} seed b, i, j) (paper Fig. 4), mean over {len(pairs4)} seed pair(s)",
+        )
+    )
     label = group["weights"].iloc[0] if "weights" in group else "the config"
     md, rows = [], []
     for fig_name, ra, rb, pairs, title in plans:
@@ -261,28 +346,58 @@ def _subspace(complete: pd.DataFrame, dims: list[str], sweep: runs.Sweep, out: P
                 continue
             for m in subspace.compare(a, b):
                 grids.setdefault((m["module_type"], m["layer"], m["module"]), []).append(m["phi"])
-                rows.append({"figure": fig_name, "pair": pair, "module": m["module"], "layer": m["layer"],
-                             "module_type": m["module_type"], "k": m["k"], "r_a": ra, "r_b": rb,
-                             "phi11": float(m["phi"][0, 0]),
-                             "phi_diag_mean": float(np.mean(np.diag(m["phi"])))})
+                rows.append(
+                    {
+                        "figure": fig_name,
+                        "pair": pair,
+                        "module": m["module"],
+                        "layer": m["layer"],
+                        "module_type": m["module_type"],
+                        "k": m["k"],
+                        "r_a": ra,
+                        "r_b": rb,
+                        "phi11": float(m["phi"][0, 0]),
+                        "phi_diag_mean": float(np.mean(np.diag(m["phi"]))),
+                    }
+                )
         heat = [{"module_type": t, "layer": layer, "phi": np.mean(g, axis=0)} for (t, layer, _), g in grids.items()]
         if figures.phi_heatmaps(heat, f"{label}: {title}", out / f"subspace_{fig_name}.png"):
-            md.append(f"{title}, adapter {label}, per module type (rows) and layer (columns):\n\n"
-                      f"![subspace {fig_name}](subspace_{fig_name}.png)")
+            md.append(
+                f"{title}, adapter {label}, per module type (rows) and layer (columns):\n\n"
+                f"![subspace {fig_name}](subspace_{fig_name}.png)"
+            )
     if not rows:
-        return empty, ["## Subspace similarity", "_No pair of saved adapters to compare (needs trials with "
-                                                 "tracking.save_adapter=true: two ranks, or two seeds at one rank)._"]
+        return empty, [
+            "## Subspace similarity",
+            "_No pair of saved adapters to compare (needs trials with "
+            "tracking.save_adapter=true: two ranks, or two seeds at one rank)._",
+        ]
     phi = pd.DataFrame(rows)
     phi.to_csv(out / "subspace.csv", index=False)
-    summary = phi.groupby(["figure", "module_type"]).agg(
-        modules=("phi11", "size"), phi11_median=("phi11", "median"), phi11_min=("phi11", "min"),
-        phi11_max=("phi11", "max"), phi_diag_mean=("phi_diag_mean", "mean")).reset_index()
-    tables.write(summary.round(4), summary.round(3), out / "subspace_summary",
-                 "Subspace similarity φ(1,1) and the mean of φ(i,i), per figure and module type.")
-    head = ["## Subspace similarity (paper §7.2, Eq. 4)",
-            "φ(A₁, A₂, i, j) = ‖U₁ᵢᵀU₂ⱼ‖²_F / min(i, j) over the right-singular vectors of the saved A matrices "
-            "(loaded with PEFT's `load_peft_weights`). 1: one top subspace contains the other; 0: orthogonal. "
-            "Per-module values: [subspace.csv](subspace.csv).", tables.to_markdown(summary.round(3))]
+    summary = (
+        phi.groupby(["figure", "module_type"])
+        .agg(
+            modules=("phi11", "size"),
+            phi11_median=("phi11", "median"),
+            phi11_min=("phi11", "min"),
+            phi11_max=("phi11", "max"),
+            phi_diag_mean=("phi_diag_mean", "mean"),
+        )
+        .reset_index()
+    )
+    tables.write(
+        summary.round(4),
+        summary.round(3),
+        out / "subspace_summary",
+        "Subspace similarity φ(1,1) and the mean of φ(i,i), per figure and module type.",
+    )
+    head = [
+        "## Subspace similarity (paper §7.2, Eq. 4)",
+        "φ(A₁, A₂, i, j) = ‖U₁ᵢᵀU₂ⱼ‖²_F / min(i, j) over the right-singular vectors of the saved A matrices "
+        "(loaded with PEFT's `load_peft_weights`). 1: one top subspace contains the other; 0: orthogonal. "
+        "Per-module values: [subspace.csv](subspace.csv).",
+        tables.to_markdown(summary.round(3)),
+    ]
     return phi, head + md
 
 
@@ -291,41 +406,62 @@ def _verdict_section(found: list[dict], unit: str, out: Path) -> list[str]:
         return []
     df = pd.DataFrame(found)
     tables.write(df, df, out / "verdicts", "The paper's claims tested on this sweep.")
-    rule = ("Tolerance for two means a, b: max(1 pt, se) for metrics in %, else max(1 % of the larger |mean|, se), "
-            "with se = √(s_a²/n_a + s_b²/n_b) over seeds. 'Within' claims agree when |difference| ≤ tolerance, "
-            "'better/worse' claims when the difference exceeds it in the claimed direction. A set's sufficient r is its "
-            "smallest r within tolerance of the set's best mean. Effective-rank claims: "
-            f"agree when k/r ≤ {verdicts.LOW_RANK}. φ claims: Fig. 3 agrees when median φ(1,1) > {verdicts.TOP_SHARED}, "
-            "Fig. 4 when it exceeds 6.635/k, the 99th percentile of φ(1,1) for random directions in ℝᵏ.")
+    rule = (
+        "Tolerance for two means a, b: max(1 pt, se) for metrics in %, else max(1 % of the larger |mean|, se), "
+        "with se = √(s_a²/n_a + s_b²/n_b) over seeds. 'Within' claims agree when |difference| ≤ tolerance, "
+        "'better/worse' claims when the difference exceeds it in the claimed direction. A set's sufficient r is its "
+        "smallest r within tolerance of the set's best mean. Effective-rank claims: "
+        f"agree when k/r ≤ {verdicts.LOW_RANK}. φ claims: Fig. 3 agrees when median φ(1,1) > {verdicts.TOP_SHARED}, "
+        "Fig. 4 when it exceeds 6.635/k, the 99th percentile of φ(1,1) for random directions in ℝᵏ."
+    )
     n_agree = int(df["verdict"].str.startswith("agree").sum())
     n_dis = int(df["verdict"].str.startswith("disagree").sum())
-    return ["## Verdicts on the paper's claims",
-            f"{n_agree} agree, {n_dis} disagree, {len(df) - n_agree - n_dis} not testable. {rule} "
-            f"Paper: {paper.CITATION}; the paper's numbers are {paper.MODEL} on WikiSQL and MultiNLI, ours are this "
-            "sweep's model and data, so the verdicts compare the direction and size of effects, not accuracies. "
-            "Files: [md](verdicts.md), [tex](verdicts.tex), [csv](verdicts.csv).",
-            tables.to_markdown(df)]
+    return [
+        "## Verdicts on the paper's claims",
+        f"{n_agree} agree, {n_dis} disagree, {len(df) - n_agree - n_dis} not testable. {rule} "
+        f"Paper: {paper.CITATION}; the paper's numbers are {paper.MODEL} on WikiSQL and MultiNLI, ours are this "
+        "sweep's model and data, so the verdicts compare the direction and size of effects, not accuracies. "
+        "Files: [md](verdicts.md), [tex](verdicts.tex), [csv](verdicts.csv).",
+        tables.to_markdown(df),
+    ]
 
 
-def _generic(sweep: runs.Sweep, trials: pd.DataFrame, complete: pd.DataFrame, dims: list[str], metric: str,
-             unit: str, out: Path) -> list[str]:
+def _generic(
+    sweep: runs.Sweep, trials: pd.DataFrame, complete: pd.DataFrame, dims: list[str], metric: str, unit: str, out: Path
+) -> list[str]:
     """For any sweep: summary per swept group, leaderboard, objective per dimension, importances, pruning."""
     md = []
-    keys = ["weights" if d == "adapter.targets" and "weights" in complete else
-            "r" if d == "adapter.r" and "r" in complete else f"params.{d}" for d in dims]
+    keys = [
+        "weights"
+        if d == "adapter.targets" and "weights" in complete
+        else "r"
+        if d == "adapter.r" and "r" in complete
+        else f"params.{d}"
+        for d in dims
+    ]
     if len(complete):
         summary = tables.group_stats(complete.assign(all="all"), keys or ["all"], "value")
         summary["mean ± std"] = [tables.fmt_ms(m, s, unit) for m, s in zip(summary["mean"], summary["std"])]
         summary = summary.sort_values("mean", ascending=sweep.mode == "min")
         shown = summary.drop(columns=["mean", "std"]).rename(columns=lambda c: c.removeprefix("params."))
-        tables.write(summary.rename(columns=lambda c: c.removeprefix("params.")), shown, out / "summary",
-                     f"{metric}{' (%)' if unit == '%' else ''} per swept group, mean ± std over seeds, best first.")
-        md += ["## Summary per swept group", "Files: [md](summary.md), [tex](summary.tex), [csv](summary.csv).",
-               tables.to_markdown(shown)]
+        tables.write(
+            summary.rename(columns=lambda c: c.removeprefix("params.")),
+            shown,
+            out / "summary",
+            f"{metric}{' (%)' if unit == '%' else ''} per swept group, mean ± std over seeds, best first.",
+        )
+        md += [
+            "## Summary per swept group",
+            "Files: [md](summary.md), [tex](summary.tex), [csv](summary.csv).",
+            tables.to_markdown(shown),
+        ]
     board = tables.leaderboard(trials, dims, metric, sweep.mode)
     tables.write(board, board, out / "leaderboard", f"Trials by {metric} ({sweep.mode}), best first.")
-    md += ["## Leaderboard", f"Top {min(10, len(board))} of {len(board)} (all states: [csv](leaderboard.csv)).",
-           tables.to_markdown(board.head(10))]
+    md += [
+        "## Leaderboard",
+        f"Top {min(10, len(board))} of {len(board)} (all states: [csv](leaderboard.csv)).",
+        tables.to_markdown(board.head(10)),
+    ]
     if figures.objective(trials, [*dims, *(["seed"] if "seed" in trials else [])], metric, out / "objective.png"):
         md += ["## Objective against each swept dimension", "![objective](objective.png)"]
     md += _learns_vs_forgets(complete, dims, metric, sweep.mode, out)
@@ -346,37 +482,61 @@ def _learns_vs_forgets(complete: pd.DataFrame, dims: list[str], metric: str, mod
     pts = figures.learns_vs_forgets(complete, metric, mode, out / "learns_vs_forgets.png")
     if pts is None:
         return []
-    cols = {f"metrics.{metric}": metric, "metrics.forget_ppl_ratio": "forget_ppl_ratio",
-            "metrics.forget_ppl_before": "ppl before", "metrics.forget_ppl_after": "ppl after",
-            **{f"params.{d}": d for d in dims}, "is_pareto": "Pareto", "run_id": "run_id"}
+    cols = {
+        f"metrics.{metric}": metric,
+        "metrics.forget_ppl_ratio": "forget_ppl_ratio",
+        "metrics.forget_ppl_before": "ppl before",
+        "metrics.forget_ppl_after": "ppl after",
+        **{f"params.{d}": d for d in dims},
+        "is_pareto": "Pareto",
+        "run_id": "run_id",
+    }
     table = pts[[c for c in cols if c in pts]].rename(columns=cols).sort_values("forget_ppl_ratio")
     tables.write(table, table, out / "learns_vs_forgets", f"{metric} against forget_ppl_ratio per complete trial.")
-    return ["## Learns vs forgets",
-            (f"{metric} against general-text perplexity after / before training (tracking.forgetting); ringed: the "
-             f"Pareto front ({int(pts['is_pareto'].sum())} of {len(pts)} trials), where no trial learns more and "
-             "forgets less. Files: [md](learns_vs_forgets.md), [csv](learns_vs_forgets.csv)."),
-            "![learns vs forgets](learns_vs_forgets.png)", tables.to_markdown(table.head(20))]
+    return [
+        "## Learns vs forgets",
+        (
+            f"{metric} against general-text perplexity after / before training (tracking.forgetting); ringed: the "
+            f"Pareto front ({int(pts['is_pareto'].sum())} of {len(pts)} trials), where no trial learns more and "
+            "forgets less. Files: [md](learns_vs_forgets.md), [csv](learns_vs_forgets.csv)."
+        ),
+        "![learns vs forgets](learns_vs_forgets.png)",
+        tables.to_markdown(table.head(20)),
+    ]
 
 
-AFTER_COLUMNS = ("adapter_size_mb", "adapter_max_rank", "serving_rank_ok", "merge_max_abs_logit_diff",
-                 "merge_metric_delta", "merge_requant_max_abs_logit_diff", "merge_requant_metric_delta")
+AFTER_COLUMNS = (
+    "adapter_size_mb",
+    "adapter_max_rank",
+    "serving_rank_ok",
+    "merge_max_abs_logit_diff",
+    "merge_metric_delta",
+    "merge_requant_max_abs_logit_diff",
+    "merge_requant_metric_delta",
+)
 
 
 def _after_training(complete: pd.DataFrame, dims: list[str], metric: str, mode: str, out: Path) -> list[str]:
     """Size, serving rank and merge check per complete trial (lorasweep/after.py), best objective first."""
-    cols = [f"metrics.{c}" for c in AFTER_COLUMNS if f"metrics.{c}" in complete and complete[f"metrics.{c}"].notna().any()]
+    cols = [
+        f"metrics.{c}" for c in AFTER_COLUMNS if f"metrics.{c}" in complete and complete[f"metrics.{c}"].notna().any()
+    ]
     if not cols:
         return []
     keep = {f"params.{d}": d for d in dims if f"params.{d}" in complete}
     table = complete[[*keep, f"metrics.{metric}", *cols, "run_id"]].rename(columns=lambda c: c.removeprefix("metrics."))
     table = table.rename(columns=keep).sort_values(metric, ascending=mode == "min").reset_index(drop=True)
     tables.write(table, table, out / "after_training", "Adapter size, serving rank and merge check per complete trial.")
-    return ["## After training: size, serving rank, merge check",
-            ("Per complete trial, best first (`docs/after.md`): the saved adapter in MiB, its largest rank against "
-             "tracking.max_serving_rank, and, where tracking.merge_check was on, the largest logit difference and "
-             "the metric difference of the merged model against the unmerged one on the eval rows. Files: "
-             "[md](after_training.md), [csv](after_training.csv)."),
-            tables.to_markdown(table.head(20))]
+    return [
+        "## After training: size, serving rank, merge check",
+        (
+            "Per complete trial, best first (`docs/after.md`): the saved adapter in MiB, its largest rank against "
+            "tracking.max_serving_rank, and, where tracking.merge_check was on, the largest logit difference and "
+            "the metric difference of the merged model against the unmerged one on the eval rows. Files: "
+            "[md](after_training.md), [csv](after_training.csv)."
+        ),
+        tables.to_markdown(table.head(20)),
+    ]
 
 
 def _importances(sweep: runs.Sweep) -> tuple[dict[str, float], str]:
@@ -399,19 +559,26 @@ def _importances(sweep: runs.Sweep) -> tuple[dict[str, float], str]:
         # fANOVA, seeded: stable on the few dozen trials of a sweep, where PED-ANOVA's top quantile is a
         # handful of trials
         imp = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+        )
     except Exception as e:  # too few complete trials, a single-valued parameter, ...: say why, keep the report
         return {}, f"_Importances not available: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}_"
     n = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-    return dict(imp), (f"fANOVA on the Optuna study `{sweep.sweep_id}` ({n} complete trials). Seed importance is the "
-                       "share of the objective's variance that is noise between seeds.")
+    return dict(imp), (
+        f"fANOVA on the Optuna study `{sweep.sweep_id}` ({n} complete trials). Seed importance is the "
+        "share of the objective's variance that is noise between seeds."
+    )
 
 
 def _pruning(sweep: runs.Sweep, trials: pd.DataFrame, metric: str) -> str:
     counts = trials["state"].value_counts().to_dict() if len(trials) else {}
     total = max(1, len(trials))
-    df = pd.DataFrame([{"state": s, "trials": int(counts.get(s, 0)), "share": f"{100 * counts.get(s, 0) / total:.0f} %"}
-                       for s in [*STATES, *sorted(set(counts) - set(STATES))]])
+    df = pd.DataFrame(
+        [
+            {"state": s, "trials": int(counts.get(s, 0)), "share": f"{100 * counts.get(s, 0) / total:.0f} %"}
+            for s in [*STATES, *sorted(set(counts) - set(STATES))]
+        ]
+    )
     lines = [tables.to_markdown(df)]
     pruned = trials[trials["state"] == "PRUNED"]
     if len(pruned):
@@ -420,9 +587,14 @@ def _pruning(sweep: runs.Sweep, trials: pd.DataFrame, metric: str) -> str:
         max_steps = pd.to_numeric(pruned.get("params.train.max_steps"), errors="coerce").fillna(0)
         budget = float(max_steps.sum())
         ran = float(sum(stopped))
-        saved = f", saving {budget - ran:.0f} of their {budget:.0f} steps ({100 * (1 - ran / budget):.0f} %)" if budget else ""
-        lines.append(f"Pruned trials stopped at step {np.median(stopped):.0f} (median; {min(stopped)}–{max(stopped)})"
-                     f"{saved}.")
+        saved = (
+            f", saving {budget - ran:.0f} of their {budget:.0f} steps ({100 * (1 - ran / budget):.0f} %)"
+            if budget
+            else ""
+        )
+        lines.append(
+            f"Pruned trials stopped at step {np.median(stopped):.0f} (median; {min(stopped)}–{max(stopped)}){saved}."
+        )
     failed = trials[trials["state"] == "FAILED"]
     if len(failed) and "tags.failure_reason" in failed:
         reasons = failed["tags.failure_reason"].fillna("unknown").str.slice(0, 160).value_counts()

@@ -15,8 +15,8 @@ from lorasweep.analysis import paper
 from lorasweep.errors import ConfigError
 
 DEFAULT_URI = "sqlite:///mlflow.db"
-SEED_KEYS = ("seed", "train.seed")       # train.seed interpolates seed: both vary together
-_STAMP = r"\d{8}-\d{6}"                   # sweep ids are <name>-YYYYmmdd-HHMMSS
+SEED_KEYS = ("seed", "train.seed")  # train.seed interpolates seed: both vary together
+_STAMP = r"\d{8}-\d{6}"  # sweep ids are <name>-YYYYmmdd-HHMMSS
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -33,7 +33,7 @@ class Sweep:
     uri: str
     tags: dict[str, str]
     start_ms: int
-    end_ms: int | None      # None while the sweep's parent run is still open
+    end_ms: int | None  # None while the sweep's parent run is still open
     status: str
 
     @property
@@ -60,8 +60,11 @@ def find_sweep(ref: str, uri: str | None = None) -> Sweep:
     hits = [p for p in parents if ref in (p.data.tags.get("sweep_id"), p.info.run_id)]
     if not hits:
         named = re.compile(rf"{re.escape(ref)}-{_STAMP}")
-        hits = sorted((p for p in parents if named.fullmatch(p.data.tags.get("sweep_id", ""))),
-                      key=lambda p: (p.data.tags["sweep_id"], p.info.start_time), reverse=True)[:1]
+        hits = sorted(
+            (p for p in parents if named.fullmatch(p.data.tags.get("sweep_id", ""))),
+            key=lambda p: (p.data.tags["sweep_id"], p.info.start_time),
+            reverse=True,
+        )[:1]
     if not hits and _RUN_ID.fullmatch(ref):
         try:
             client.get_run(ref)
@@ -75,18 +78,30 @@ def find_sweep(ref: str, uri: str | None = None) -> Sweep:
         raise ConfigError("SWEEP", ref, f"a sweep id, sweep name or parent run id in {uri} (sweeps there: {shown})")
     p = hits[0]
     params = dict(p.data.params)
-    return Sweep(sweep_id=p.data.tags.get("sweep_id", p.info.run_id), parent_run_id=p.info.run_id,
-                 experiment_id=p.info.experiment_id, metric=params.get("sweep.metric", "eval_loss"),
-                 mode=params.get("sweep.mode", "min"), params=params, uri=uri, tags=dict(p.data.tags),
-                 start_ms=p.info.start_time, end_ms=p.info.end_time, status=p.info.status)
+    return Sweep(
+        sweep_id=p.data.tags.get("sweep_id", p.info.run_id),
+        parent_run_id=p.info.run_id,
+        experiment_id=p.info.experiment_id,
+        metric=params.get("sweep.metric", "eval_loss"),
+        mode=params.get("sweep.mode", "min"),
+        params=params,
+        uri=uri,
+        tags=dict(p.data.tags),
+        start_ms=p.info.start_time,
+        end_ms=p.info.end_time,
+        status=p.info.status,
+    )
 
 
 def load_trials(sweep: Sweep) -> pd.DataFrame:
     """One row per child run: run_id, state, artifact_uri, params.* (as logged), metrics.*, plus decoded
     `targets` (canonical alias tuple), `weights` (Wq+Wv label), `r` and `seed` where the config has them."""
     mlflow.set_tracking_uri(sweep.uri)
-    df = mlflow.search_runs(experiment_ids=[sweep.experiment_id], max_results=50000,
-                            filter_string=f"tags.mlflow.parentRunId = '{sweep.parent_run_id}'")
+    df = mlflow.search_runs(
+        experiment_ids=[sweep.experiment_id],
+        max_results=50000,
+        filter_string=f"tags.mlflow.parentRunId = '{sweep.parent_run_id}'",
+    )
     if df.empty:
         return pd.DataFrame(columns=["run_id", "state", "artifact_uri", "weights", "r", "seed"])
     status = df["status"].map({"FINISHED": "COMPLETE"}).fillna(df["status"])

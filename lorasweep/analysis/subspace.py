@@ -50,8 +50,11 @@ def load_lora_a(run_id: str, uri: str, dst: Path) -> dict[str, torch.Tensor]:
     from peft.utils import load_peft_weights
 
     try:
-        path = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="adapter",
-                                                        dst_path=str(dst / run_id), tracking_uri=uri))
+        path = Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path="adapter", dst_path=str(dst / run_id), tracking_uri=uri
+            )
+        )
     except (mlflow.exceptions.MlflowException, OSError) as e:
         raise FileNotFoundError(f"run {run_id} has no adapter artifact: {e}") from None
     if not (path / ADAPTER_FILE).exists():  # else PEFT would look on the Hub
@@ -62,8 +65,9 @@ def load_lora_a(run_id: str, uri: str, dst: Path) -> dict[str, torch.Tensor]:
 
 def module_name(key: str) -> str:
     """`base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight` -> `bert.encoder...query`."""
-    return key.removeprefix("base_model.model.").removesuffix(".weight").removesuffix(".lora_A").removesuffix(
-        ".default")
+    return (
+        key.removeprefix("base_model.model.").removesuffix(".weight").removesuffix(".lora_A").removesuffix(".default")
+    )
 
 
 def layer_of(name: str) -> int:
@@ -86,7 +90,13 @@ def compare(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[dict
     rows = []
     for name in sorted(set(a) & set(b), key=lambda n: (layer_of(n), n)):
         grid = phi_grid(a[name], b[name])
-        rows.append({"module": name, "layer": layer_of(name), "module_type": type_of(name),
-                     "k": int(a[name].shape[1]), "phi": grid})
+        rows.append(
+            {
+                "module": name,
+                "layer": layer_of(name),
+                "module_type": type_of(name),
+                "k": int(a[name].shape[1]),
+                "phi": grid,
+            }
+        )
     return rows
-

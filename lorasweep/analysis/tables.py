@@ -61,11 +61,27 @@ def table5(stats: pd.DataFrame, params: pd.DataFrame, metric: str, unit: str) ->
         t, r = _targets_of(w), int(row["r"])
         refs = {d: paper.table5(t, d) if paper.table5_rank(t) == r else None for d in paper.DATASETS}
         n_params = params.get(w)
-        numeric.append({"weight type": w, "r": r, "trainable params": n_params, "mean": row["mean"],
-                        "std": row["std"], "n": int(row["n"]), **{paper.ref_column(d): refs[d] for d in paper.DATASETS}})
-        shown.append({"weight type": w, "r": r, "trainable params": "–" if n_params is None else f"{n_params:,.0f}",
-                      f"{ours_column(metric, unit)} mean ± std": fmt_ms(row["mean"], row["std"], unit), "n": int(row["n"]),
-                      **{paper.ref_column(d): _ref(refs[d], t, paper.table5_rank(t)) for d in paper.DATASETS}})
+        numeric.append(
+            {
+                "weight type": w,
+                "r": r,
+                "trainable params": n_params,
+                "mean": row["mean"],
+                "std": row["std"],
+                "n": int(row["n"]),
+                **{paper.ref_column(d): refs[d] for d in paper.DATASETS},
+            }
+        )
+        shown.append(
+            {
+                "weight type": w,
+                "r": r,
+                "trainable params": "–" if n_params is None else f"{n_params:,.0f}",
+                f"{ours_column(metric, unit)} mean ± std": fmt_ms(row["mean"], row["std"], unit),
+                "n": int(row["n"]),
+                **{paper.ref_column(d): _ref(refs[d], t, paper.table5_rank(t)) for d in paper.DATASETS},
+            }
+        )
     return pd.DataFrame(numeric), pd.DataFrame(shown)
 
 
@@ -89,11 +105,25 @@ def table6(stats: pd.DataFrame, metric: str, unit: str) -> tuple[pd.DataFrame, p
                 continue
             row = sel.iloc[0]
             refs = {d: paper.table6(t, r, d) for d in paper.DATASETS}
-            numeric.append({"weight type": w, "r": r, "mean": row["mean"], "std": row["std"], "n": int(row["n"]),
-                            **{paper.ref_column(d): refs[d] for d in paper.DATASETS}})
-            shown.append({"weight type": w, "r": r,
-                          f"{ours_column(metric, unit)} mean ± std": fmt_ms(row["mean"], row["std"], unit),
-                          "n": int(row["n"]), **{paper.ref_column(d): fmt(refs[d], "%") for d in paper.DATASETS}})
+            numeric.append(
+                {
+                    "weight type": w,
+                    "r": r,
+                    "mean": row["mean"],
+                    "std": row["std"],
+                    "n": int(row["n"]),
+                    **{paper.ref_column(d): refs[d] for d in paper.DATASETS},
+                }
+            )
+            shown.append(
+                {
+                    "weight type": w,
+                    "r": r,
+                    f"{ours_column(metric, unit)} mean ± std": fmt_ms(row["mean"], row["std"], unit),
+                    "n": int(row["n"]),
+                    **{paper.ref_column(d): fmt(refs[d], "%") for d in paper.DATASETS},
+                }
+            )
     for source in ["ours", *paper.DATASETS]:
         for w in order:
             t = _targets_of(w)
@@ -103,8 +133,11 @@ def table6(stats: pd.DataFrame, metric: str, unit: str) -> tuple[pd.DataFrame, p
             for r in ranks:
                 sel = stats[(stats["weights"] == w) & (stats["r"] == r)]
                 if source == "ours":
-                    cells[f"r={r}"] = "–" if sel.empty else (
-                        f"{fmt_ms(sel['mean'].iloc[0], sel['std'].iloc[0], unit)} (n={int(sel['n'].iloc[0])})")
+                    cells[f"r={r}"] = (
+                        "–"
+                        if sel.empty
+                        else (f"{fmt_ms(sel['mean'].iloc[0], sel['std'].iloc[0], unit)} (n={int(sel['n'].iloc[0])})")
+                    )
                 else:
                     cells[f"r={r}"] = fmt(paper.table6(t, r, source), "%")
             label = f"{ours_column(metric, unit)}, mean ± std" if source == "ours" else paper.ref_column(source)
@@ -122,14 +155,22 @@ def leaderboard(trials: pd.DataFrame, dims: list[str], metric: str, mode: str) -
     (ranked by the value they were stopped at, never above a finished one), failed, killed. The sweep prints it
     and the report shows it."""
     col = f"metrics.{metric}"
-    cols = {"tags.optuna_trial": "trial", "state": "state", col: metric,
-            **{c: c.removeprefix("metrics.") for c in sorted(trials) if c.startswith("metrics.eval_") and c != col},
-            **{f"params.{d}": d for d in dims}, "seed": "seed", "tags.overrides": "overrides",
-            "tags.failure_reason": "failure_reason", "run_id": "run_id"}
+    cols = {
+        "tags.optuna_trial": "trial",
+        "state": "state",
+        col: metric,
+        **{c: c.removeprefix("metrics.") for c in sorted(trials) if c.startswith("metrics.eval_") and c != col},
+        **{f"params.{d}": d for d in dims},
+        "seed": "seed",
+        "tags.overrides": "overrides",
+        "tags.failure_reason": "failure_reason",
+        "run_id": "run_id",
+    }
     board = trials[[c for c in cols if c in trials]].rename(columns=cols)
     if len(board) and metric in board:
-        board = board.assign(_o=board["state"].map(STATE_ORDER).fillna(len(STATE_ORDER)),
-                             _v=board[metric] * (-1 if mode == "max" else 1))
+        board = board.assign(
+            _o=board["state"].map(STATE_ORDER).fillna(len(STATE_ORDER)), _v=board[metric] * (-1 if mode == "max" else 1)
+        )
         board = board.sort_values(["_o", "_v"], na_position="last").drop(columns=["_o", "_v"])
     return board.reset_index(drop=True)
 
@@ -142,14 +183,22 @@ def to_markdown(df: pd.DataFrame) -> str:
 
 def to_latex(df: pd.DataFrame, caption: str, label: str) -> str:
     """A booktabs table; written here so no template engine is needed."""
+
     def cell(v: object) -> str:
         s = "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
         s = re.sub(r"([&%$#_{}])", r"\\\1", s).replace("±", r"$\pm$").replace("–", "--")
         return s
 
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{cell(caption)}}}", rf"\label{{{label}}}",
-             r"\begin{tabular}{" + "l" * len(df.columns) + "}", r"\toprule",
-             " & ".join(cell(c) for c in df.columns) + r" \\", r"\midrule"]
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{cell(caption)}}}",
+        rf"\label{{{label}}}",
+        r"\begin{tabular}{" + "l" * len(df.columns) + "}",
+        r"\toprule",
+        " & ".join(cell(c) for c in df.columns) + r" \\",
+        r"\midrule",
+    ]
     lines += [" & ".join(cell(v) for v in row) + r" \\" for row in df.itertuples(index=False)]
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines) + "\n"

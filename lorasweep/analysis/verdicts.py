@@ -17,8 +17,8 @@ from lorasweep.analysis import paper
 from lorasweep.analysis.tables import fmt_ms
 
 CHI2_1_99 = 6.635  # 99th percentile of chi-square(1): a random unit vector's cos² with a fixed one is below 6.635/k
-TOP_SHARED = 0.5   # paper §7.2: r=8 and r=64 share a top direction "with normalized similarity > 0.5"
-LOW_RANK = 0.5     # "low intrinsic rank": 95 % of the update's energy within half its nominal rank
+TOP_SHARED = 0.5  # paper §7.2: r=8 and r=64 share a top direction "with normalized similarity > 0.5"
+LOW_RANK = 0.5  # "low intrinsic rank": 95 % of the update's energy within half its nominal rank
 
 
 def tolerance(a: pd.Series, b: pd.Series, unit: str) -> float:
@@ -27,15 +27,28 @@ def tolerance(a: pd.Series, b: pd.Series, unit: str) -> float:
     return max(floor, math.sqrt(se2))
 
 
-def _row(claim: str, paper_says: str, ours: str, diff: float | None, tol: float | None, agree: bool | None,
-         unit: str, how: str) -> dict:
+def _row(
+    claim: str,
+    paper_says: str,
+    ours: str,
+    diff: float | None,
+    tol: float | None,
+    agree: bool | None,
+    unit: str,
+    how: str,
+) -> dict:
     if agree is None:
         verdict = f"n/a ({how})"
     else:
         verdict = ("agree" if agree else "disagree") + f" ({how})"
-    return {"claim": claim, "paper": paper_says, "ours": ours,
-            "difference": None if diff is None else round(diff, 3), "tolerance": None if tol is None else round(tol, 3),
-            "verdict": verdict}
+    return {
+        "claim": claim,
+        "paper": paper_says,
+        "ours": ours,
+        "difference": None if diff is None else round(diff, 3),
+        "tolerance": None if tol is None else round(tol, 3),
+        "verdict": verdict,
+    }
 
 
 def _pick(stats: pd.DataFrame, weights: str, r: int | None = None) -> pd.Series | None:
@@ -59,10 +72,14 @@ def table5_verdicts(stats: pd.DataFrame, unit: str, mode: str) -> list[dict]:
     qv = _pick(stats, "Wq+Wv")
     out = []
     claim = "Wq+Wv is best at an equal parameter budget"
-    p = [(d, paper.table5(("q", "v"), d), max(paper.TABLE5.items(), key=lambda kv: kv[1][1 + i])) for i, d in
-         enumerate(paper.DATASETS)]
-    paper_says = "; ".join(f"{d}: Wq+Wv {v:.1f}, best {paper.label(b[0])} {b[1][1 + i]:.1f} (gap {b[1][1 + i] - v:.1f})"
-                           for i, (d, v, b) in enumerate(p))
+    p = [
+        (d, paper.table5(("q", "v"), d), max(paper.TABLE5.items(), key=lambda kv: kv[1][1 + i]))
+        for i, d in enumerate(paper.DATASETS)
+    ]
+    paper_says = "; ".join(
+        f"{d}: Wq+Wv {v:.1f}, best {paper.label(b[0])} {b[1][1 + i]:.1f} (gap {b[1][1 + i] - v:.1f})"
+        for i, (d, v, b) in enumerate(p)
+    )
     if qv is None or len(stats) < 2:
         out.append(_row(claim, paper_says, "–", None, None, None, unit, "needs a Wq+Wv row and another row"))
     else:
@@ -71,13 +88,26 @@ def table5_verdicts(stats: pd.DataFrame, unit: str, mode: str) -> list[dict]:
         tol = tolerance(best, qv, unit)
         rank = int((sign * stats["mean"] > sign * float(qv["mean"])).sum()) + 1
         ours = f"Wq+Wv {_ms(qv, unit)} is #{rank} of {len(stats)}; best {best['weights']} {_ms(best, unit)}"
-        out.append(_row(claim, paper_says, ours, gap, tol, gap <= tol, unit,
-                        f"gap to the best {gap:.2f} {'≤' if gap <= tol else '>'} {tol:.2f}{_u(unit)}"))
+        out.append(
+            _row(
+                claim,
+                paper_says,
+                ours,
+                gap,
+                tol,
+                gap <= tol,
+                unit,
+                f"gap to the best {gap:.2f} {'≤' if gap <= tol else '>'} {tol:.2f}{_u(unit)}",
+            )
+        )
     for alone in ("Wq", "Wk"):
         t = (alone[1],)
         claim = f"{alone} alone (all the budget in one matrix) is worse than Wq+Wv"
-        paper_says = "; ".join(f"{d}: {alone} {paper.table5(t, d):.1f} vs Wq+Wv {paper.table5(('q', 'v'), d):.1f} "
-                               f"({paper.table5(t, d) - paper.table5(('q', 'v'), d):+.1f})" for d in paper.DATASETS)
+        paper_says = "; ".join(
+            f"{d}: {alone} {paper.table5(t, d):.1f} vs Wq+Wv {paper.table5(('q', 'v'), d):.1f} "
+            f"({paper.table5(t, d) - paper.table5(('q', 'v'), d):+.1f})"
+            for d in paper.DATASETS
+        )
         row = _pick(stats, alone)
         if qv is None or row is None:
             out.append(_row(claim, paper_says, "–", None, None, None, unit, f"needs {alone} and Wq+Wv rows"))
@@ -85,8 +115,18 @@ def table5_verdicts(stats: pd.DataFrame, unit: str, mode: str) -> list[dict]:
         diff = sign * (float(qv["mean"]) - float(row["mean"]))  # > 0: Wq+Wv better
         tol = tolerance(qv, row, unit)
         ours = f"{alone} {_ms(row, unit)} vs Wq+Wv {_ms(qv, unit)}"
-        out.append(_row(claim, paper_says, ours, diff, tol, diff > tol, unit,
-                        f"Wq+Wv better by {diff:.2f} {'>' if diff > tol else '≤'} {tol:.2f}{_u(unit)}"))
+        out.append(
+            _row(
+                claim,
+                paper_says,
+                ours,
+                diff,
+                tol,
+                diff > tol,
+                unit,
+                f"Wq+Wv better by {diff:.2f} {'>' if diff > tol else '≤'} {tol:.2f}{_u(unit)}",
+            )
+        )
     return out
 
 
@@ -117,8 +157,10 @@ def table6_verdicts(stats: pd.DataFrame, unit: str, mode: str = "max") -> list[d
         claim = f"{w}: r={lo} is within tolerance of r={hi}"  # the number goes in once it is computed
         t = tuple(x[1:] if x.startswith("W") else x for x in w.split("+"))
         refs = [(d, paper.table6(t, lo, d), paper.table6(t, hi, d)) for d in paper.DATASETS]
-        paper_says = "; ".join(f"{d}: {a:.1f} vs {b:.1f} ({a - b:+.1f})" for d, a, b in refs
-                               if a is not None and b is not None) or "– (not in Table 6)"
+        paper_says = (
+            "; ".join(f"{d}: {a:.1f} vs {b:.1f} ({a - b:+.1f})" for d, a, b in refs if a is not None and b is not None)
+            or "– (not in Table 6)"
+        )
         if lo == hi:
             out.append(_row(claim, paper_says, "–", None, None, None, unit, "needs two ranks"))
             continue
@@ -127,23 +169,45 @@ def table6_verdicts(stats: pd.DataFrame, unit: str, mode: str = "max") -> list[d
         tol = tolerance(a, b, unit)
         claim = f"{w}: r={lo} is within {tol:.2f}{_u(unit)} of r={hi}"
         ours = f"r={lo} {_ms(a, unit)} vs r={hi} {_ms(b, unit)}"
-        out.append(_row(claim, paper_says, ours, diff, tol, abs(diff) <= tol, unit,
-                        f"|{diff:+.2f}| {'≤' if abs(diff) <= tol else '>'} {tol:.2f}{_u(unit)}"))
+        out.append(
+            _row(
+                claim,
+                paper_says,
+                ours,
+                diff,
+                tol,
+                abs(diff) <= tol,
+                unit,
+                f"|{diff:+.2f}| {'≤' if abs(diff) <= tol else '>'} {tol:.2f}{_u(unit)}",
+            )
+        )
     return out + _sufficient_rank_verdict(stats, unit, mode)
 
 
 def _sufficient_rank_verdict(stats: pd.DataFrame, unit: str, mode: str) -> list[dict]:
     claim = "Wq alone needs a larger r than Wq+Wv (sufficient r: the smallest r within tolerance of the set's best)"
-    paper_says = "; ".join(f"{d}: Wq r={_paper_sufficient_rank(('q',), d)}, Wq+Wv r={_paper_sufficient_rank(('q', 'v'), d)}"
-                           for d in paper.DATASETS)
+    paper_says = "; ".join(
+        f"{d}: Wq r={_paper_sufficient_rank(('q',), d)}, Wq+Wv r={_paper_sufficient_rank(('q', 'v'), d)}"
+        for d in paper.DATASETS
+    )
     sets = {w: stats[stats["weights"] == w] for w in ("Wq", "Wq+Wv")}
     if any(rows["r"].nunique() < 2 for rows in sets.values()):
         return [_row(claim, paper_says, "–", None, None, None, unit, "needs two ranks of Wq and of Wq+Wv")]
     (rq, bq), (rqv, bqv) = (sufficient_rank(sets[w], unit, mode) for w in ("Wq", "Wq+Wv"))
     ours = f"Wq r={rq} (best r={int(bq['r'])} {_ms(bq, unit)}); Wq+Wv r={rqv} (best r={int(bqv['r'])} {_ms(bqv, unit)})"
     diff = math.log2(rq / rqv)
-    return [_row(claim, paper_says, ours, diff, None, rq > rqv, unit,
-                 f"log2 of the sufficient-r ratio {diff:+.2f} {'>' if rq > rqv else '≤'} 0")]
+    return [
+        _row(
+            claim,
+            paper_says,
+            ours,
+            diff,
+            None,
+            rq > rqv,
+            unit,
+            f"log2 of the sufficient-r ratio {diff:+.2f} {'>' if rq > rqv else '≤'} 0",
+        )
+    ]
 
 
 def spectra_verdicts(trials: pd.DataFrame) -> list[dict]:
@@ -154,8 +218,11 @@ def spectra_verdicts(trials: pd.DataFrame) -> list[dict]:
     top = trials[trials["r"] == r]
     out = []
     paper_says = "ΔW has a very low intrinsic rank: r=1 already performs competitively (§7, Table 6)"
-    for col in sorted(c for c in top.columns if c.startswith("metrics.energy_rank95_") and c.endswith("_mean")
-                      and c != "metrics.energy_rank95_mean"):  # per module type; the overall mean repeats them
+    for col in sorted(
+        c
+        for c in top.columns
+        if c.startswith("metrics.energy_rank95_") and c.endswith("_mean") and c != "metrics.energy_rank95_mean"
+    ):  # per module type; the overall mean repeats them
         mtype = col.removeprefix("metrics.energy_rank95_").removesuffix("_mean")
         vals = top[col].dropna()
         if mtype == "" or vals.empty:
@@ -166,8 +233,18 @@ def spectra_verdicts(trials: pd.DataFrame) -> list[dict]:
             out.append(_row(claim, paper_says, f"k = {k:.1f}", None, None, None, "", "needs r ≥ 4"))
             continue
         ours = f"k = {k:.1f} ± {vals.std(ddof=1) if len(vals) > 1 else float('nan'):.1f} of r = {r} (n={len(vals)})"
-        out.append(_row(claim, paper_says, ours, k / r, LOW_RANK, k / r <= LOW_RANK, "",
-                        f"k/r = {k / r:.2f} {'≤' if k / r <= LOW_RANK else '>'} {LOW_RANK}"))
+        out.append(
+            _row(
+                claim,
+                paper_says,
+                ours,
+                k / r,
+                LOW_RANK,
+                k / r <= LOW_RANK,
+                "",
+                f"k/r = {k / r:.2f} {'≤' if k / r <= LOW_RANK else '>'} {LOW_RANK}",
+            )
+        )
     return out
 
 
@@ -183,13 +260,32 @@ def subspace_verdicts(phi: pd.DataFrame) -> list[dict]:
         if figure == "fig3":
             claim = f"ΔW{mtype}: r={ra} and r={rb} of the same config share their top direction (φ(1,1) > {TOP_SHARED})"
             paper_says = "Fig. 3: ΔWq and ΔWv of r=8 and r=64 share a 1-dimensional subspace with φ > 0.5"
-            out.append(_row(claim, paper_says, ours, med - TOP_SHARED, 0.0, med > TOP_SHARED, "",
-                            f"{med:.3f} {'>' if med > TOP_SHARED else '≤'} {TOP_SHARED}"))
+            out.append(
+                _row(
+                    claim,
+                    paper_says,
+                    ours,
+                    med - TOP_SHARED,
+                    0.0,
+                    med > TOP_SHARED,
+                    "",
+                    f"{med:.3f} {'>' if med > TOP_SHARED else '≤'} {TOP_SHARED}",
+                )
+            )
         else:
             chance = CHI2_1_99 / k
             claim = f"ΔW{mtype}: two seeds at r={ra} share their top direction beyond chance (φ(1,1) > {chance:.3f})"
             paper_says = "Fig. 4: top singular directions of two seeds at r=64 overlap, unlike random matrices"
-            out.append(_row(claim, paper_says, ours, med - chance, 0.0, med > chance, "",
-                            f"{med:.3f} {'>' if med > chance else '≤'} {chance:.3f}, the 99th percentile of chance "
-                            f"for k={k}"))
+            out.append(
+                _row(
+                    claim,
+                    paper_says,
+                    ours,
+                    med - chance,
+                    0.0,
+                    med > chance,
+                    "",
+                    f"{med:.3f} {'>' if med > chance else '≤'} {chance:.3f}, the 99th percentile of chance for k={k}",
+                )
+            )
     return out
