@@ -288,28 +288,32 @@ def test_sigkill_the_driver_then_resume(store, tmp_path):
     assert _leftovers(tmp_path) == []
 
 
-def test_two_node_cluster_runs_trials_on_both_nodes(store):
-    """A Ray cluster of two nodes (one machine) joined through engine.address; the log server binds where the nodes
-    reach it; each trial records the node it ran on."""
+@pytest.fixture
+def two_nodes():
+    """A Ray cluster of two 1-CPU nodes on this machine; yields its address."""
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
-    try:
-        s = run_sweep(
-            [
-                "sweep=smoke",
-                "sweep.num_trials=2",
-                "sweep.max_concurrent=2",
-                "sweep.pruner.name=none",
-                *GRID_LR,
-                f"engine.address={cluster.address}",
-                "engine.log_server_host=127.0.0.1",
-            ]
-        )
-    finally:
-        cluster.shutdown()
+    yield cluster.address
+    cluster.shutdown()
+
+
+def test_two_node_cluster_runs_trials_on_both_nodes(store, two_nodes):
+    """A Ray cluster of two nodes (one machine) joined through engine.address; the log server binds where the nodes
+    reach it; each trial records the node it ran on."""
+    s = run_sweep(
+        [
+            "sweep=smoke",
+            "sweep.num_trials=2",
+            "sweep.max_concurrent=2",
+            "sweep.pruner.name=none",
+            *GRID_LR,
+            f"engine.address={two_nodes}",
+            "engine.log_server_host=127.0.0.1",
+        ]
+    )
     client, _, runs = children(store, s["sweep_dir"])
     assert s["counts"] == {"COMPLETE": 2}
     assert len({r.data.tags["ray_node_id"] for r in runs}) == 2  # one trial per node: each has 1 CPU
@@ -380,28 +384,20 @@ def postgres():
         shutil.rmtree(data, ignore_errors=True)
 
 
-def test_postgres_storage_on_two_nodes_loses_and_duplicates_no_trial(store, postgres):
+def test_postgres_storage_on_two_nodes_loses_and_duplicates_no_trial(store, postgres, two_nodes):
     """The study in a real PostgreSQL server, trials on a two-node Ray cluster, 2 at a time: every trial number
     0..5 exists once in Optuna and once in MLflow, in the same state, and nothing is left RUNNING."""
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    try:
-        s = run_sweep(
-            [
-                "sweep=smoke",
-                "sweep.num_trials=6",
-                "sweep.max_concurrent=2",
-                *GRID_LR6,
-                f"engine.storage='{postgres}'",
-                f"engine.address={cluster.address}",
-                "engine.log_server_host=127.0.0.1",
-            ]
-        )
-    finally:
-        cluster.shutdown()
+    s = run_sweep(
+        [
+            "sweep=smoke",
+            "sweep.num_trials=6",
+            "sweep.max_concurrent=2",
+            *GRID_LR6,
+            f"engine.storage='{postgres}'",
+            f"engine.address={two_nodes}",
+            "engine.log_server_host=127.0.0.1",
+        ]
+    )
     study = optuna.load_study(study_name=Path(s["sweep_dir"]).name, storage=postgres)
     client, _, runs = children(store, s["sweep_dir"])
     states = same_states(runs, study)
