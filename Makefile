@@ -11,13 +11,14 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 setup: $(VENV)/.installed
 
-# CPU torch from this disk unless CUDA is present; then the project, editable, with test extras.
+# CPU torch from this disk unless CUDA is present; then the project, editable, with test extras (and, with CUDA,
+# nvidia-ml-py for GPU system metrics).
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
-		$(PY) -m pip install -q torch; else $(PY) -m pip install -q torch==2.13.0; fi
-	$(PY) -m pip install -q -e '.[test]'
+		$(PY) -m pip install -q torch && $(PY) -m pip install -q -e '.[test,gpu]'; else \
+		$(PY) -m pip install -q torch==2.13.0 && $(PY) -m pip install -q -e '.[test]'; fi
 	touch $@
 
 trial: setup
@@ -38,7 +39,7 @@ test: setup
 # CPU benchmarks; each prints ratios measured side by side and writes benchmarks/results/. The GPU ones
 # (bench_gpu.py, bench_packing.sh) run on a lent accelerator machine: see their headers.
 bench: setup
-	for b in bench_spectra.py bench_trial_overhead.py bench_sweep.py calibrate_estimate.py; do \
+	for b in bench_spectra.py bench_trial_overhead.py bench_sweep.py bench_vs_script.py calibrate_estimate.py; do \
 		echo "== $$b"; $(OFFLINE) $(PY) benchmarks/$$b || exit 1; done
 
 # The MLflow UI over the default local store, on loopback only.

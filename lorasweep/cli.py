@@ -1,18 +1,20 @@
-"""CLI: `lorasweep trial|sweep|estimate [hydra overrides]` and `lorasweep report SWEEP`; bad input is one line, exit 2."""
+"""CLI: `lorasweep {trial,sweep,estimate,report}`, one argparse parser with a subcommand each. Bad input is one
+line naming the field, the value and what is allowed, and exit code 2."""
 
+import argparse
 import os
 import sys
 
 from lorasweep.errors import ConfigError
 
-USAGE = "usage: lorasweep {trial,sweep,estimate} [hydra overrides ...] | lorasweep report SWEEP"
+OVERRIDES = "Hydra overrides, e.g. adapter.r=16 'adapter.targets=[q,v]' quant=nf4 (any config field; +key=value adds one)"
 
 
-def _trial(argv: list[str]) -> int:
+def _trial(args: argparse.Namespace) -> int:
     from lorasweep.config import compose
     from lorasweep.trial import run_trial
 
-    cfg = compose(argv)
+    cfg = compose(args.overrides)
 
     def progress(metrics: dict[str, float], step: int) -> None:
         if any(k.startswith("eval_") for k in metrics) or step % 50 == 0:
@@ -31,35 +33,66 @@ def _trial(argv: list[str]) -> int:
     return 0
 
 
-def _sweep(argv: list[str]) -> int:
-    from lorasweep.sweep import cli
+def _sweep(args: argparse.Namespace) -> int:
+    from lorasweep.sweep import cli, dry_run
 
-    return cli(argv)
+    return dry_run(args.overrides) if args.dry_run else cli(args.overrides)
 
 
-def _estimate(argv: list[str]) -> int:
+def _estimate(args: argparse.Namespace) -> int:
     from lorasweep.estimate import cli
 
-    return cli(argv)
+    return cli(args.overrides + (["--json"] if args.json else []))
 
 
-def _report(argv: list[str]) -> int:
-    from analysis.report import cli
+def _report(args: argparse.Namespace) -> int:
+    from lorasweep.analysis.report import cli
 
-    return cli(argv)
+    return cli(args.args)
 
 
-COMMANDS = {"trial": _trial, "sweep": _sweep, "estimate": _estimate, "report": _report}
+def _print_config(args: argparse.Namespace) -> int:
+    """`--cfg job`, as in Hydra: the composed config, resolved, and nothing run."""
+    from omegaconf import OmegaConf
+
+    from lorasweep.config import compose
+
+    print(OmegaConf.to_yaml(compose(args.overrides), resolve=True), end="")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="lorasweep", description="Hyperparameter sweeps and experiment tracking for "
+                                 "LoRA and QLoRA fine-tuning.")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{trial,sweep,estimate,report}")
+
+    def command(name: str, run, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(run=run)
+        return p
+
+    for name, run, help in (("trial", _trial, "One PEFT fine-tune from the config, tracked in MLflow."),
+                            ("sweep", _sweep, "A search over the config: sweep=<name> picks sweeps/<name>.yaml."),
+                            ("estimate", _estimate, "Trainable parameters and GPU memory of one config.")):
+        p = command(name, run, help)
+        p.add_argument("overrides", nargs="*", help=OVERRIDES)
+        p.add_argument("--cfg", choices=["job"], help="print the composed config and exit, as Hydra's --cfg job")
+        if name == "sweep":
+            p.add_argument("--dry-run", action="store_true",
+                           help="print the space, the trial budget, and each sampled config's estimate and GPU share; "
+                                "nothing trains, nothing is tracked")
+        if name == "estimate":
+            p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p = command("report", _report, "Tables and figures of a tracked sweep: lorasweep report SWEEP [--out DIR] [--no-log].")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="a sweep name (its latest run), a sweep id or a parent run id")
+    return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in COMMANDS:
-        print(USAGE, file=sys.stderr)
-        return 2
+    args = parser().parse_args(sys.argv[1:] if argv is None else argv)  # exits 2 with usage on a bad command
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        return COMMANDS[argv[0]](argv[1:])
+        return _print_config(args) if getattr(args, "cfg", None) else args.run(args)
     except ConfigError as e:
         print(f"lorasweep: error: {e}", file=sys.stderr)
         return 2

@@ -31,7 +31,13 @@ def read_table(d: DictConfig) -> pd.DataFrame:
                                                    f"or in a local folder ({why})") from None
     if d.format not in READERS:
         raise ConfigError("data.format", d.format, f"one of {sorted(READERS)}")
-    if d.source == "package":  # "<distribution>:<file inside it>", read from the installed package
+    path = file_path(d)
+    return READERS[d.format](path, d.encoding)
+
+
+def file_path(d: DictConfig) -> Path:
+    """The table's file, for package and file sources: a package names "<distribution>:<file inside it>"."""
+    if d.source == "package":
         dist, _, rel = str(d.path).partition(":")
         try:
             path = Path(importlib.metadata.distribution(dist).locate_file(rel))
@@ -43,7 +49,7 @@ def read_table(d: DictConfig) -> pd.DataFrame:
         raise ConfigError("data.source", d.source, "one of package, file, hub")
     if not path.is_file():
         raise ConfigError("data.path", d.path, "an existing file")
-    return READERS[d.format](path, d.encoding)
+    return path
 
 
 def columns(cfg: DictConfig) -> list[str]:
@@ -75,7 +81,15 @@ def splits(cfg: DictConfig) -> dict[str, pd.DataFrame]:
 
     Carving test and eval first keeps them fixed when train_size or max_train_samples change.
     """
-    return _cached(_key("splits", cfg.data, cfg.model.task), lambda: _splits(cfg))
+    return _cached(_key("splits", cfg.data, cfg.model.task, _stamp(cfg.data)), lambda: _splits(cfg))
+
+
+def _stamp(d: DictConfig) -> list | None:
+    """A user's file can change between two trials of one process: its size and mtime join the cache keys."""
+    path = Path(str(d.path)).expanduser()
+    if d.source != "file" or not path.is_file():
+        return None
+    return [path.stat().st_size, path.stat().st_mtime_ns]
 
 
 def _splits(cfg: DictConfig) -> dict[str, pd.DataFrame]:
@@ -111,7 +125,7 @@ def labels(cfg: DictConfig, parts: dict[str, pd.DataFrame]) -> list[str] | None:
 
 
 def tokenize(cfg: DictConfig, parts: dict[str, pd.DataFrame], tok, label_names: list[str] | None) -> dict[str, Dataset]:
-    key = _key("tokenized", cfg.data, cfg.model.task, tok.name_or_path, label_names)
+    key = _key("tokenized", cfg.data, cfg.model.task, _stamp(cfg.data), tok.name_or_path, label_names)
     return _cached(key, lambda: _tokenize(cfg, parts, tok, label_names))
 
 

@@ -309,21 +309,16 @@ def table(est: dict) -> str:
 
 
 def cli(argv: list[str]) -> int:
-    """`lorasweep estimate [hydra overrides] [--json]`: print the estimate; 2 on bad input."""
-    from lorasweep.config import compose
+    """`lorasweep estimate [hydra overrides] [--json]`: print the estimate; 2 on bad input (lorasweep.cli parses)."""
+    from lorasweep.config import compose, validate
 
-    ap = argparse.ArgumentParser(prog="lorasweep estimate", description="Trainable params and GPU memory of one config.")
-    ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=llama2_7b quant=nf4 estimate.seq_len=2048")
-    ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = ap.parse_args(argv)
-    from lorasweep.config import validate
-
+    overrides = [a for a in argv if a != "--json"]
     try:
-        est = estimate(validate(compose(args.overrides), has_cuda=True))  # sizing a GPU job from any machine
+        est = estimate(validate(compose(overrides), has_cuda=True))  # sizing a GPU job from any machine
     except ConfigError as e:
         print(f"lorasweep: error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(est, indent=2) if args.json else table(est))
+    print(json.dumps(est, indent=2) if "--json" in argv else table(est))
     return 0
 
 

@@ -51,10 +51,13 @@ def finish(client: mlflow.MlflowClient, study: optuna.Study, number: int, run_id
         extra["failure_reason"] = reason[:4000]
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in extra.items()])
     client.set_terminated(run_id, MLFLOW_STATUS[state])
-    if state in ("COMPLETE", "REUSED"):
-        study.tell(number, value)
-    else:
-        study.tell(number, state=OPTUNA_STATE[state])
+    try:
+        if state in ("COMPLETE", "REUSED"):
+            study.tell(number, value)
+        else:
+            study.tell(number, state=OPTUNA_STATE[state])
+    except RuntimeError:  # GridSampler asks optimize() to stop once the grid is done; the state is stored first
+        pass
 
 
 def live_trial(storage: optuna.storages.BaseStorage, study: optuna.Study, number: int) -> optuna.Trial:

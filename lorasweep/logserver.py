@@ -10,7 +10,6 @@ parent pid for where that signal is not delivered.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,15 +21,9 @@ from typing import Iterator
 
 import psutil
 
+from lorasweep.lifeline import die_with_parent
+
 PID_FILE = "logserver.pid"
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: the kernel sends SIGTERM to this child when the process that started it exits."""
-    import ctypes
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def start(backend_uri: str, artifact_root: Path, sweep_dir: Path, host: str = "127.0.0.1") -> tuple[subprocess.Popen, str]:
@@ -41,7 +34,7 @@ def start(backend_uri: str, artifact_root: Path, sweep_dir: Path, host: str = "1
         port = s.getsockname()[1]
     log = open(sweep_dir / "mlflow-server.log", "ab")
     cmd = [sys.executable, "-m", "lorasweep.logserver", backend_uri, str(artifact_root), host, str(port), str(os.getpid())]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
     log.close()
     (sweep_dir / PID_FILE).write_text(str(proc.pid))
     return proc, f"http://{host}:{port}"

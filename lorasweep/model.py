@@ -234,6 +234,16 @@ def release(cfg: DictConfig, peft_model, tok, labels: list[str] | None) -> None:
     _warm[key] = (base, tok)
 
 
+def prefetch(cfg: DictConfig, labels: list[str] | None):
+    """A warm-up: the base model a trial of this config would reuse (where that is safe); returns the tokenizer."""
+    key = _reuse_key(cfg, labels)
+    if key is None:
+        return AutoTokenizer.from_pretrained(folder(cfg.model))
+    _warm.clear()
+    _warm[key] = _load_base(cfg, labels)
+    return _warm[key][1]
+
+
 def load(cfg: DictConfig, targets: list[str], total_steps: int, labels: list[str] | None):
     """The base model (quantized when asked), prepared for k-bit training, wrapped in the adapter."""
     from peft import get_peft_model

@@ -436,12 +436,14 @@ def grid_space(spec: SweepSpec) -> dict[str, list]:
     return {d.key: _labels(d) or list(d.values) for d in spec.dims if d.kind == "grid"}
 
 
-def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
+def make_sampler(spec: SweepSpec, resumed_after: int = 0) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler. A resumed sweep offsets the seed by the trials already asked: the same seed would
+    replay the first configs (Optuna's samplers keep their random state in memory, not in the study)."""
     for package in NEEDS.get(spec.sampler, []):
         if importlib.util.find_spec(package) is None:
             raise ConfigError("sweep.sampler.name", spec.sampler, f"needs the package {package} (pip install {package})")
     cls = SAMPLERS[spec.sampler]
-    args = {"seed": spec.seed, **spec.sampler_options}
+    args = {"seed": None if spec.seed is None else spec.seed + resumed_after, **spec.sampler_options}
     if spec.sampler == "grid":
         args["search_space"] = grid_space(spec)
     return _build(cls, args, "sweep.sampler", spec.sampler)

@@ -11,6 +11,8 @@ import json
 import os
 import shlex
 import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
@@ -27,41 +29,57 @@ SWEEPS_DIR = Path(os.environ.get("LORASWEEP_SWEEPS_DIR", "sweeps_out"))
 
 def run_sweep(argv: list[str]) -> dict:
     """Run (or resume) the sweep the overrides describe; returns its summary (counts, best trial, leaderboard)."""
-    # 1. Everything that can be wrong with the input, before a run, a folder or a process exists.
+    started = time.time()
+    # 1. What can be wrong with the input and needs no heavy import, before a run, a folder or a process exists.
     cfg = compose(argv)
     spec = parse_sweep(cfg)
     out, resuming = sweep_dir(cfg, argv)
     base = [a for a in argv if not a.startswith(("resume=", "+resume="))]
+    state = json.loads((out / "state.json").read_text()) if resuming else None
     if resuming:
-        state = json.loads((out / "state.json").read_text())
         base = state["argv"]
         cfg = compose([*base, *[a for a in argv if a.startswith("sweep.")]])
         spec = parse_sweep(cfg)
-    check(cfg, spec)
+    check_engine_and_metric(cfg, spec)
 
-    # 2. The study, the parent run, the log server and Ray: started side by side.
+    # 2. Ray starts, and its workers import and load what the trials need, while the driver checks the base config
+    #    and the data (the biggest start-up costs, side by side). Bad input still stops before any run or folder.
     import ray
 
-    from lorasweep import logserver
+    from lorasweep import lifeline, logserver, worker
 
-    out.mkdir(parents=True, exist_ok=True)
-    state = state if resuming else {"sweep_id": out.name, "argv": base, "study_name": out.name, "parent_run_id": None,
-                                    "storage": cfg.engine.storage or f"sqlite:///{(out / 'optuna.db').resolve()}"}
-    started = time.time()
-    direct = tracking.uri(cfg)
-    serve = cfg.engine.log_server == "auto" and direct.startswith("sqlite:")
-    server = logserver.start(direct, Path("mlruns").resolve(), out, cfg.engine.log_server_host or "127.0.0.1") \
-        if serve else None
+    watcher = lifeline.start()
+    checking = ThreadPoolExecutor(1).submit(check_config_and_data, cfg)
     ray.init(address=cfg.engine.address, num_cpus=cfg.engine.num_cpus, num_gpus=cfg.engine.num_gpus,
              include_dashboard=False, ignore_reinit_error=True, log_to_driver=False, configure_logging=False)
+    lifeline.hold(watcher)
+    server = None
     try:
+        task = ray.remote(max_calls=0)(worker.run)  # max_calls=0: GPU tasks reuse their worker too (Ray's default: 1)
+        warm = ray.remote(max_calls=0)(worker.warm)
+        slots = [warm.options(num_cpus=cfg.engine.cpus_per_trial).remote(base, int(cfg.engine.cpus_per_trial))
+                 for _ in range(min(spec.max_concurrent, spec.num_trials))]
+        checking.result()
+
+        # 3. The sweep's folder, study, parent run and log server.
+        out.mkdir(parents=True, exist_ok=True)
+        state = state or {"sweep_id": out.name, "argv": base, "study_name": out.name, "parent_run_id": None,
+                          "storage": cfg.engine.storage or f"sqlite:///{(out / 'optuna.db').resolve()}"}
+        direct = tracking.uri(cfg)
+        if cfg.engine.log_server == "auto" and direct.startswith("sqlite:"):
+            server = logserver.start(direct, Path("mlruns").resolve(), out, cfg.engine.log_server_host or "127.0.0.1")
+            lifeline.hold(watcher)
         mlflow.set_tracking_uri(direct)
         client = mlflow.MlflowClient(direct)
         tracking.experiment(cfg)
-        storage = optuna.storages.RDBStorage(state["storage"], engine_kwargs=_engine_kwargs(state["storage"]))
+        storage = optuna.storages.RDBStorage(state["storage"], engine_kwargs=worker.engine_kwargs(state["storage"]))
         study = optuna.create_study(study_name=state["study_name"], storage=storage, load_if_exists=True,
                                     sampler=make_sampler(spec), direction="maximize" if spec.mode == "max" else "minimize")
-        study.set_metric_names([spec.metric])
+        if resuming:
+            study.sampler = make_sampler(spec, resumed_after=len(study.trials))
+        with warnings.catch_warnings():  # experimental in Optuna since 3.2, and what optuna-dashboard reads
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([spec.metric])
         with tracking.run(cfg, run_id=state["parent_run_id"], tags={"sweep_id": state["sweep_id"],
                                                                     "lorasweep_role": "sweep"}) as parent:
             if not resuming:
@@ -80,33 +98,46 @@ def run_sweep(argv: list[str]) -> dict:
             print(f"[sweep] {state['sweep_id']}: {spec.num_trials} trials of {spec.metric} ({spec.mode}); "
                   f"{done_before} already finished; mlflow parent run {pid}", flush=True)
 
-            # 3. Trials: ask, open the child run, run it on a warm worker, write its end state to both stores.
+            # 4. Trials: ask, open the child run, run it on a warm worker, write its end state to both stores.
             if budget > 0:
                 log_uri = direct
                 if server is not None:
                     logserver.wait(*server)
                     log_uri = server[1]
-                loop(cfg, spec, base, study, storage, client, pid, state, log_uri, budget, started)
+                _ready(slots)
+                print(f"[sweep] workers ready {time.time() - started:.1f} s after the command", flush=True)
+                loop(cfg, spec, base, study, storage, client, pid, state, log_uri, budget, started, task)
 
-            # 4. The leaderboard, the plot and the best trial, on the parent run.
+            # 5. The leaderboard, the plot and the best trial, on the parent run.
             summary = leaderboard(client, pid, spec, out, base)
     finally:
         ray.shutdown()
         if server is not None:
             logserver.stop(server[0])
+        lifeline.stop(watcher)
     summary["sweep_dir"] = str(out)
     summary["wall_s"] = time.time() - started
     return summary
 
 
+def _ready(slots: list) -> None:
+    """Wait for the warm-up of each worker slot, so the first trials land on warm workers. A warm-up that failed
+    only costs its trial the same work again; that trial reports its own error."""
+    import ray
+
+    for ref in slots:
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayError:
+            pass
+
+
 # ---------------------------------------------------------------- checks before anything starts
 
-def check(cfg: DictConfig, spec: SweepSpec) -> None:
-    """The base config, the metric, the engine and the data, once, in the driver."""
-    from lorasweep import data, model
+def check_engine_and_metric(cfg: DictConfig, spec: SweepSpec) -> None:
+    """The metric against the task, the engine fields, and where a cluster's trials can log: no heavy imports."""
     from lorasweep.resources import check_engine
 
-    validate(cfg)
     reported = TASK_METRICS[cfg.model.task]
     if spec.metric not in reported:
         raise ConfigError("sweep.metric", spec.metric, f"a metric a {cfg.model.task} trial reports: {', '.join(reported)}")
@@ -116,6 +147,13 @@ def check(cfg: DictConfig, spec: SweepSpec) -> None:
         raise ConfigError("tracking.uri", tracking.uri(cfg), "on a cluster (engine.address set), a tracking server the "
                           "nodes reach: tracking.uri=http://host:port, or engine.log_server_host=<an address of this "
                           "machine they reach> for the sweep's own log server")
+
+
+def check_config_and_data(cfg: DictConfig) -> None:
+    """The base config as `lorasweep trial` checks it, and the data (columns, sizes against the table), once."""
+    from lorasweep import data, model
+
+    validate(cfg)
     parts = data.splits(cfg)
     labels = data.labels(cfg, parts)
     model.targets(cfg, len(labels) if labels else None)
@@ -139,13 +177,12 @@ def trial_config(base: list[str], overrides: list[str]) -> tuple[DictConfig, flo
 # ---------------------------------------------------------------- the loop
 
 def loop(cfg, spec: SweepSpec, base, study, storage, client, parent_run_id: str, state: dict, log_uri: str,
-         budget: int, started: float) -> None:
+         budget: int, started: float, task) -> None:
     """Keep max_concurrent trials in flight until the budget, the time limit or max_failures ends the sweep."""
     import ray
 
     from lorasweep import worker
 
-    task = ray.remote(max_calls=0)(worker.run)  # max_calls=0: GPU tasks reuse their worker too (Ray's default is 1)
     pruner = {"name": spec.pruner, **spec.pruner_options}
     in_flight: dict = {}                         # Ray ObjectRef -> (trial number, MLflow run id)
     counts = {s: 0 for s in ("COMPLETE", "PRUNED", "FAILED", "KILLED", "REUSED")}
@@ -185,9 +222,10 @@ def loop(cfg, spec: SweepSpec, base, study, storage, client, parent_run_id: str,
             try:
                 trial_cfg, share = trial_config(base, overrides)
                 params = tracking.flatten(trial_cfg)
-            except (ConfigError, MemoryError) as e:  # refused before any work: FAILED with the reason
+            except Exception as e:  # refused before any work (bad sampled config, cannot fit): FAILED with the reason
                 run_id = ledger.open_child(client, parent_run_id, study, trial, sampled, overrides, sampled, state["sweep_id"])
-                end(trial.number, run_id, {"state": "FAILED", "reason": f"{type(e).__name__}: {e}" if isinstance(e, MemoryError) else str(e)})
+                end(trial.number, run_id, {"state": "FAILED", "reason": str(e) if isinstance(e, ConfigError) else
+                                           f"{type(e).__name__}: {e}".splitlines()[0]})
                 continue
             run_id = ledger.open_child(client, parent_run_id, study, trial, sampled, overrides, params, state["sweep_id"])
             twin = ledger.twin(study, trial.params)
@@ -219,8 +257,8 @@ def loop(cfg, spec: SweepSpec, base, study, storage, client, parent_run_id: str,
             for ref in in_flight:
                 ray.cancel(ref, force=True)
             for number, run_id in in_flight.values():
-                ledger.finish(client, study, number, run_id, "KILLED", reason=stop)
                 ledger.live_trial(storage, study, number).set_user_attr(ledger.KILLED, True)
+                ledger.finish(client, study, number, run_id, "KILLED", reason=stop)
                 counts["KILLED"] += 1
             in_flight.clear()
             break
@@ -228,10 +266,38 @@ def loop(cfg, spec: SweepSpec, base, study, storage, client, parent_run_id: str,
         print(f"[sweep] {stop}", flush=True)
 
 
-def _engine_kwargs(url: str) -> dict:
-    from lorasweep.worker import engine_kwargs
+def dry_run(argv: list[str]) -> int:
+    """`lorasweep sweep ... --dry-run`: the space, the budget, and each sampled config's estimate and GPU share.
+    Nothing trains, nothing is tracked. Without results TPE samples at random: the real sweep adapts."""
+    from lorasweep.estimate import estimate
 
-    return engine_kwargs(url)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cfg = compose(argv)
+    spec = parse_sweep(cfg)
+    check_engine_and_metric(cfg, spec)
+    check_config_and_data(cfg)
+    print(f"sweep: {spec.num_trials} trials of {spec.metric} ({spec.mode}), {spec.max_concurrent} at a time, "
+          f"sampler {spec.sampler}, pruner {spec.pruner}, time limit {spec.time_limit_s or '-'} s, "
+          f"max failures {'-' if spec.max_failures is None else spec.max_failures}")
+    for d in spec.dims:
+        what = d.values if d.kind in ("choice", "grid") else (d.value if d.kind == "fixed" else
+                                                             f"{d.op}{list(d.of)}" if d.kind == "derived" else f"[{d.low}, {d.high}]")
+        print(f"  {d.key}: {d.kind} {what}" + (f" when {dict(d.when)}" if d.when else "") + (" (helper)" if d.helper else ""))
+    study = optuna.create_study(sampler=make_sampler(spec), direction="maximize" if spec.mode == "max" else "minimize")
+    base = [a for a in argv if not a.startswith(("resume=", "+resume="))]
+    for _ in range(spec.num_trials):
+        trial = study.ask()
+        overrides = to_overrides(suggest(trial, spec), spec)
+        try:
+            trial_cfg, share = trial_config(base, overrides)
+            est = estimate(trial_cfg)
+            line = (f"trainable {est['params']['trainable']:>12,}  est. peak {est['memory']['total']['bytes'] / 2**30:6.2f} GiB"
+                    f"  GPU share {share:g}")
+        except Exception as e:  # what the sweep would record as FAILED
+            line = f"refused: {e}".splitlines()[0]
+        print(f"t{trial.number:03d}  {shlex.join(overrides):<60}  {line}")
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)  # a preview: nothing is learnt
+    return 0
 
 
 # ---------------------------------------------------------------- where a sweep lives
@@ -266,34 +332,22 @@ def sweep_dir(cfg: DictConfig, argv: list[str]) -> tuple[Path, bool]:
 # ---------------------------------------------------------------- results
 
 def leaderboard(client: mlflow.MlflowClient, parent_run_id: str, spec: SweepSpec, out: Path, base: list[str]) -> dict:
-    """Top trials from the child runs; CSV, Markdown and a plot of the objective per dimension on the parent run."""
-    import pandas as pd
+    """The leaderboard and the objective plot, the same ones `lorasweep report` shows, onto the parent run; the
+    best finished trial and the command that reruns it."""
+    from lorasweep.analysis import figures, runs, tables
 
-    exp = client.get_run(parent_run_id).info.experiment_id
-    runs = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=5000)
-    rows = []
+    trials = runs.load_trials(runs.find_sweep(parent_run_id, client.tracking_uri))
     keys = [d.key for d in spec.dims if not d.helper]
-    for r in runs:
-        row = {"trial": r.data.tags.get("optuna_trial"), "state": r.data.tags.get("trial_state", r.info.status),
-               spec.metric: r.data.metrics.get(spec.metric)}
-        row.update({k: v for k, v in sorted(r.data.metrics.items()) if k.startswith("eval_") and k != spec.metric})
-        row.update({"overrides": r.data.tags.get("overrides", ""), **{k: r.data.params.get(k) for k in keys},
-                    "failure_reason": r.data.tags.get("failure_reason", ""), "run_id": r.info.run_id})
-        rows.append(row)
-    df = pd.DataFrame(rows)
-    counts = df["state"].value_counts().to_dict() if len(df) else {}
-    if len(df):  # finished trials first, best first; then pruned, failed, killed
-        order = {"COMPLETE": 0, "REUSED": 1, "PRUNED": 2, "FAILED": 3, "KILLED": 4}
-        df = df.assign(_o=df["state"].map(order).fillna(5), _v=df[spec.metric] * (-1 if spec.mode == "max" else 1))
-        df = df.sort_values(["_o", "_v"], na_position="last").drop(columns=["_o", "_v"])
-    complete = df[df["state"] == "COMPLETE"].dropna(subset=[spec.metric]) if len(df) else df
-    df.to_csv(out / "leaderboard.csv", index=False)
-    (out / "leaderboard.md").write_text(df.drop(columns=["run_id"]).to_markdown(index=False) if len(df) else "no trials\n")
+    board = tables.leaderboard(trials, keys, spec.metric, spec.mode)
+    counts = board["state"].value_counts().to_dict() if len(board) else {}
+    board.to_csv(out / "leaderboard.csv", index=False)
+    shown = board.drop(columns=["run_id"]).to_markdown(index=False) if len(board) else "no trials"
+    (out / "leaderboard.md").write_text(shown + "\n")
     mlflow.log_artifact(str(out / "leaderboard.csv"))
     mlflow.log_artifact(str(out / "leaderboard.md"))
-    if len(complete):
-        _plot(df, spec, keys, out / "objective.png")
+    if figures.objective(trials, keys, spec.metric, out / "objective.png"):
         mlflow.log_artifact(str(out / "objective.png"))
+    complete = board[board["state"] == "COMPLETE"].dropna(subset=[spec.metric]) if len(board) else board
     summary = {"counts": counts, "metric": spec.metric, "top": complete.head(5).to_dict("records")}
     if len(complete):
         best = complete.iloc[0]
@@ -306,36 +360,6 @@ def leaderboard(client: mlflow.MlflowClient, parent_run_id: str, spec: SweepSpec
                        best_adapter=f"{client.get_run(best['run_id']).info.artifact_uri}/adapter")
     mlflow.log_metrics({f"trials_{k.lower()}": v for k, v in counts.items()})
     return summary
-
-
-def _plot(df, spec: SweepSpec, keys: list[str], path: Path) -> None:
-    import pandas as pd
-    from matplotlib.figure import Figure
-
-    keys = keys or ["overrides"]
-    fig = Figure(figsize=(4 * len(keys), 3.2))
-    for i, k in enumerate(keys):
-        ax = fig.add_subplot(1, len(keys), i + 1)
-        for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
-            part = df[(df["state"] == state) & df[spec.metric].notna()]
-            x = pd_numeric(part[k])
-            ax.scatter(x, part[spec.metric], marker=marker, label=state.lower())
-        ax.set_xlabel(k)
-        ax.set_ylabel(spec.metric)
-        if k == "adapter.r":
-            ax.set_xscale("log", base=2)
-        elif not pd.api.types.is_numeric_dtype(pd_numeric(df[k])):  # category labels such as ["q","v"]: tilt them
-            ax.set_xticks(ax.get_xticks(), ax.get_xticklabels(), rotation=35, ha="right", fontsize=7)
-    fig.axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-def pd_numeric(col):
-    import pandas as pd
-
-    num = pd.to_numeric(col, errors="coerce")
-    return num if num.notna().all() else col.map(lambda v: "-" if pd.isna(v) else str(v))  # pandas 3 keeps NaN in astype(str)
 
 
 def _interrupt(signum, frame):

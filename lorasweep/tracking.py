@@ -89,3 +89,14 @@ def run(cfg: DictConfig, run_id: str | None = None, tags: dict[str, str] | None 
         mlflow.end_run("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
     mlflow.end_run("FINISHED")
+
+
+def log_splits(cfg: DictConfig, parts: dict) -> None:
+    """Each split as an MLflow dataset input (name, digest, schema, row count), so runs show what they trained on."""
+    import mlflow.data
+
+    from lorasweep.data import file_path
+
+    source = None if cfg.data.source == "hub" else str(file_path(cfg.data))  # a hub id: MLflow records the code
+    for split, df in parts.items():
+        mlflow.log_input(mlflow.data.from_pandas(df, source=source, name=f"{cfg.data.name}-{split}"), context=split)

@@ -28,6 +28,7 @@ def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), run_id: st
         mlflow.log_params(tracking.flatten(cfg))
         (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         mlflow.log_artifact(str(out / "config.yaml"))
+        tracking.log_splits(cfg, parts)
         mlflow.log_dict({"adapter.targets": list(cfg.adapter.targets), "resolved": targets}, "targets.json")
 
         # 2. Model and data.

@@ -77,6 +77,22 @@ def run(job: Job) -> dict:
             "train_runtime_s": summary["train_runtime_s"], **node}
 
 
+def warm(overrides: list[str], threads: int) -> int:
+    """Ready this worker for the sweep's trials while the driver starts up: the imports, the tokenized splits and
+    (where a trial may reuse it) the base model of the sweep's base config. Returns the worker's pid."""
+    import torch
+
+    from lorasweep import data, model, trial  # noqa: F401  (trial: the rest of what a trial imports)
+    from lorasweep.config import compose
+
+    torch.set_num_threads(max(1, threads))
+    cfg = compose(overrides)
+    parts = data.splits(cfg)
+    labels = data.labels(cfg, parts)
+    data.tokenize(cfg, parts, model.prefetch(cfg, labels), labels)
+    return os.getpid()
+
+
 def engine_kwargs(url: str) -> dict:
     """sqlite: wait for the lock instead of failing when the driver and workers write at once."""
     return {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}

@@ -1,11 +1,17 @@
 """Shared test set-up: offline hub, a private MLflow store per test, one model cache per session."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
-os.environ.setdefault("LORASWEEP_CACHE", "/tmp/lorasweep-test-cache")  # before lorasweep.model is imported
+# A model cache of this session's own (before lorasweep.model is imported): no test relies on one left by a past run.
+if "LORASWEEP_CACHE" not in os.environ:
+    os.environ["LORASWEEP_CACHE"] = tempfile.mkdtemp(prefix="lorasweep-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["LORASWEEP_CACHE"], True)
 
 import mlflow
 import pytest

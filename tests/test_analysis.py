@@ -15,7 +15,7 @@ import torch
 from mlflow.entities import Metric, Param
 from safetensors.torch import save_file
 
-from analysis import report, runs, subspace, tables, verdicts
+from lorasweep.analysis import report, runs, subspace, tables, verdicts
 from lorasweep.errors import ConfigError
 
 K = 96          # width of the toy A matrices (k >= the largest r)

@@ -234,7 +234,7 @@ def test_table_and_bad_input(capsys) -> None:
     assert "trainable params" in text and "fits: 24 GB" in text and "estimate" in text
     assert E.cli(["model=tiny_llama", "adapter.targets=[nope]"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: adapter.targets='nope'") and "\n" not in err
+    assert err.startswith("lorasweep: error: adapter.targets='nope'") and "\n" not in err
     assert E.cli(["model=tiny_llama", "quant=nf9"]) == 2
 
 

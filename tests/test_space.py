@@ -221,7 +221,8 @@ def test_every_sampler_builds_and_samples_or_says_what_it_needs(name: str) -> No
 
 @pytest.mark.parametrize("pruner,cls", [("successive_halving", optuna.pruners.SuccessiveHalvingPruner),
                                         ("hyperband", optuna.pruners.HyperbandPruner),
-                                        ("none", optuna.pruners.NopPruner), ("asha", optuna.pruners.NopPruner)])
+                                        ("none", optuna.pruners.NopPruner),
+                                        ("asha", optuna.pruners.SuccessiveHalvingPruner)])
 def test_every_pruner_builds(pruner: str, cls: type) -> None:
     assert type(make_pruner(spec_of("sweep=smoke", "~sweep.pruner", f"+sweep.pruner={{name:{pruner}}}"))) is cls
 

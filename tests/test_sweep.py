@@ -1,7 +1,9 @@
-"""Sweeps for real: Ray Tune + Optuna storage + MLflow in tmp dirs, on the smoke sweep (tiny_llama, a few steps)."""
+"""Sweeps for real, through the CLI and the public API: Ray, Optuna storage and MLflow in tmp dirs, on the smoke
+sweep (tiny_llama, a few steps). No assertion depends on wall-clock margins or on a model cache from an earlier run."""
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -12,173 +14,221 @@ import mlflow
 import optuna
 import pytest
 
+from lorasweep.config import compose
 from lorasweep.sweep import run_sweep
+from lorasweep.tracking import flatten
 
 pytestmark = pytest.mark.slow
+GRID_LR = ["~sweep.space", "~sweep.sampler", "+sweep.sampler={name:grid,seed:0}",
+           "+sweep.space={train:{lr:{kind:grid,values:[0.03,0.01,1.0e-6,1.0e-7]}}}"]
+# Seed 1 samples useful rates first (0.003, 0.01), then a useless one: some pruner has something to prune.
+GRID_LR6 = ["~sweep.space", "~sweep.sampler", "+sweep.sampler={name:grid,seed:1}",
+            "+sweep.space={train:{lr:{kind:grid,values:[0.03,0.01,0.003,1.0e-6,1.0e-7,1.0e-8]}}}"]
 
 
-def children(store: str, parent: str):
+def children(store: str, sweep_dir: str):
+    parent = json.loads((Path(sweep_dir) / "state.json").read_text())["parent_run_id"]
     client = mlflow.MlflowClient(store)
     exp = client.get_run(parent).info.experiment_id
-    return client, client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'")
+    return client, parent, client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'")
 
 
-def parent_of(out: Path) -> str:
-    return json.loads((Path(out) / "state.json").read_text())["parent_run_id"]
+def study_of(sweep_dir: str) -> optuna.Study:
+    return optuna.load_study(study_name=Path(sweep_dir).name, storage=f"sqlite:///{sweep_dir}/optuna.db")
 
 
-def test_four_concurrent_trials_lose_no_metric_and_a_failure_is_recorded(store):
-    """4 trials at once against the default local store, packed 4 to one (Ray-counted) GPU by gpus_per_trial=auto;
-    vera + LoRA+ is refused inside its trial, and the rest go on."""
-    from lorasweep.config import compose
+def same_states(runs, study) -> dict[int, str]:
+    """Each Optuna trial has exactly one MLflow child, keyed by the trial number, in the matching state."""
+    by_number = {int(r.data.tags["optuna_trial"]): r for r in runs}
+    assert len(by_number) == len(runs) == len(study.trials)
+    optuna_of = {"COMPLETE": "COMPLETE", "REUSED": "COMPLETE", "PRUNED": "PRUNED", "FAILED": "FAIL", "KILLED": "FAIL"}
+    for t in study.trials:
+        run = by_number[t.number]
+        assert optuna_of[run.data.tags["trial_state"]] == t.state.name, (t.number, run.data.tags, t.state)
+        assert t.user_attrs["mlflow_run_id"] == run.info.run_id
+        assert run.info.status != "RUNNING"
+    return {n: r.data.tags["trial_state"] for n, r in by_number.items()}
+
+
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_best_trial_and_its_rerun_command(mode, store, capsys):
+    """The best trial is the min (or max) of the COMPLETE ones; the printed command composes its exact config."""
+    from lorasweep.cli import main
+
+    assert main(["sweep", "sweep=smoke", "sweep.pruner.name=none", f"sweep.mode={mode}"]) == 0
+    out = capsys.readouterr().out
+    sweep_dir = next(Path("sweeps_out").glob("smoke-*"))
+    client, parent, runs = children(store, str(sweep_dir))
+    same_states(runs, study_of(str(sweep_dir)))
+    values = {r.info.run_id: r.data.metrics["eval_loss"] for r in runs if r.data.tags["trial_state"] == "COMPLETE"}
+    assert len(values) == 3
+    best = (min if mode == "min" else max)(values, key=values.get)
+    assert client.get_run(parent).data.tags["best_run_id"] == best
+    cmd = next(line for line in out.splitlines() if line.startswith("best:")).split("rerun: ", 1)[1]
+    args = shlex.split(cmd)
+    assert args[:3] == ["lorasweep", "trial", "sweep=smoke"]
+    rerun = {k: str(v) for k, v in flatten(compose(args[2:])).items()}
+    assert rerun == client.get_run(best).data.params
+    board = [line for line in (sweep_dir / "leaderboard.md").read_text().splitlines()[2:]]
+    ranked = [float(line.split("|")[3]) for line in board if "COMPLETE" in line]
+    assert ranked == sorted(ranked, reverse=mode == "max")
+    # Names a person can read, and the UI opens on model training.
+    assert client.get_run(parent).info.run_name == sweep_dir.name
+    assert all(r.info.run_name.startswith(f"t{int(r.data.tags['optuna_trial']):03d} r=") for r in runs)
+    exp = client.get_experiment(client.get_run(parent).info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+@pytest.mark.parametrize("pruner", [
+    "{name:median,n_startup_trials:1,n_warmup_steps:0}",
+    "{name:asha,time_attr:step,grace_period:2,reduction_factor:2,max_t:6}",
+    "{name:successive_halving,min_resource:2,reduction_factor:2}",
+    "{name:hyperband,min_resource:2,max_resource:6,reduction_factor:2}",
+])
+def test_pruned_trials_are_the_same_in_optuna_and_mlflow(pruner, store):
+    """Learning rates from useful to useless: the pruner stops some; both stores name the same trials PRUNED,
+    stopped before the last step, and the leaderboard ranks only the finished ones."""
+    s = run_sweep(["sweep=smoke", "sweep.num_trials=6", "train.max_steps=6", "train.eval_every=2", *GRID_LR6,
+                   "~sweep.pruner", f"+sweep.pruner={pruner}"])
+    client, _, runs = children(store, s["sweep_dir"])
+    states = same_states(runs, study_of(s["sweep_dir"]))
+    pruned = [r for r in runs if r.data.tags["trial_state"] == "PRUNED"]
+    assert pruned, states
+    for r in runs:
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "eval_loss")]
+        if r.data.tags["trial_state"] == "PRUNED":
+            assert max(steps) < 6 and int(r.data.tags["pruned_at_step"]) == max(steps)
+        else:
+            assert r.data.tags["trial_state"] == "COMPLETE" and steps == [2, 4, 6]
+    assert s["counts"] == {"COMPLETE": 6 - len(pruned), "PRUNED": len(pruned)}
+    assert {row["run_id"] for row in s["top"]} <= {r.info.run_id for r in runs if r.data.tags["trial_state"] == "COMPLETE"}
+
+
+def test_four_concurrent_trials_all_train_overlap_and_lose_no_metric(store):
+    """4 trials at once, packed 4 to one (Ray-counted) GPU by gpus_per_trial=auto: all four train, their training
+    spans overlap, and every step of every trial reaches the store."""
     from lorasweep.estimate import estimate
 
     need_gb = estimate(compose(["sweep=smoke"]))["memory"]["total"]["bytes"] / 2**30
     s = run_sweep(["sweep=smoke", "sweep.num_trials=4", "sweep.max_concurrent=4", "engine.num_cpus=4",
                    "engine.num_gpus=1", "engine.gpus_per_trial=auto", f"engine.gpu_memory_gb={need_gb / 0.2:.3f}",
-                   "sweep.pruner.name=none", "adapter.loraplus_ratio=4", "~sweep.sampler", "+sweep.sampler={name:grid}",
-                   "~sweep.space", "+sweep.space={adapter:{variant:{kind:grid,values:[lora,vera]},r:{kind:grid,values:[2,4]}}}"])
-    client, runs = children(store, parent_of(s["sweep_dir"]))
-    assert len(runs) == 4
-    started = [r for r in runs if "gpu_share" in r.data.tags]
-    assert started and all(r.data.tags["gpu_share"] == "0.25" for r in started)  # need/GPU = 0.2 -> a quarter
-    states = sorted(r.data.tags["trial_state"] for r in runs)
-    failed = [r for r in runs if r.data.tags["trial_state"] == "FAILED"]
-    ok = [r for r in runs if r.data.tags["trial_state"] == "COMPLETE"]
-    assert len(failed) == len(ok) == 2, states  # the grid: vera at r=2 and r=4 fail, lora runs
-    for r in failed:
+                   "sweep.pruner.name=none", "train.max_steps=8", *GRID_LR])
+    client, parent, runs = children(store, s["sweep_dir"])
+    assert s["counts"] == {"COMPLETE": 4}
+    spans = []
+    for r in runs:
+        assert r.data.tags["gpu_share"] == "0.25"  # need/GPU = 0.2 -> a quarter
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "eval_loss")] == [2, 4, 6, 8]
+        train = client.get_metric_history(r.info.run_id, "train_loss")
+        assert [m.step for m in train] == [2, 4, 6, 8]
+        spans.append((min(m.timestamp for m in train), max(m.timestamp for m in train)))
+    # Some pair of trials was training at the same time (step 2 of one before the last step of another).
+    assert any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1:]), spans
+    assert len({r.data.tags["pid"] for r in runs}) >= 2
+    assert len({frozenset(r.data.params) for r in runs}) == 1  # the compare view lines the params up
+    arts = {a.path for a in client.list_artifacts(parent)}
+    assert {"sweep.yaml", "leaderboard.csv", "leaderboard.md", "objective.png"} <= arts
+
+
+def test_refused_configs_fail_in_both_stores_and_max_failures_stops_launches(store):
+    """Every sampled trial is VeRA with LoRA+ (refused by validation): each ends FAILED with the reason, and the
+    sweep stops launching after max_failures + 1 failures, though the budget is 6."""
+    s = run_sweep(["sweep=smoke", "sweep.num_trials=6", "+sweep.max_failures=1", "adapter.loraplus_ratio=4",
+                   "~sweep.space", "+sweep.space={adapter:{variant:{kind:choice,values:[vera]}}}"])
+    client, _, runs = children(store, s["sweep_dir"])
+    states = same_states(runs, study_of(s["sweep_dir"]))
+    assert list(states.values()) == ["FAILED", "FAILED"]
+    for r in runs:
         assert r.info.status == "FAILED"
         assert "adapter.loraplus_ratio=4 is not allowed: 1 with variant 'vera'" in r.data.tags["failure_reason"]
-    for r in ok:  # every step of every concurrent trial reached the store
-        assert r.info.status == "FINISHED" and r.data.params["adapter.variant"] == "lora"
-        assert [m.step for m in client.get_metric_history(r.info.run_id, "eval_loss")] == [2, 4]
-        assert [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")] == [2, 4]
-        assert "trainable_params" in r.data.metrics and r.data.params["model.name"] == "tiny_llama"
-    # Params are named and typed alike across children, so the compare view lines them up.
-    assert len({frozenset(r.data.params) for r in ok}) == 1
-    assert s["counts"] == {"COMPLETE": len(ok), "FAILED": len(failed)}
-    # The parent holds the sweep: its config, leaderboard, plot, best trial.
-    parent = client.get_run(parent_of(s["sweep_dir"]))
-    arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"sweep.yaml", "leaderboard.csv", "leaderboard.md", "objective.png"} <= arts
-    assert parent.data.tags["best_run_id"] == s["best_run_id"] and parent.info.status == "FINISHED"
-    assert s["best_command"].startswith("lorasweep trial sweep=smoke")
-    assert parent.data.tags["command"].startswith("lorasweep sweep sweep=smoke ")  # the report's provenance line
-    study = optuna.load_study(study_name=Path(s["sweep_dir"]).name, storage=f"sqlite:///{s['sweep_dir']}/optuna.db")
-    assert sorted(t.state.name for t in study.trials) == sorted("FAIL" if x == "FAILED" else x for x in states)
+        assert r.data.params["adapter.variant"] == "vera"
 
 
-def test_pruned_trials_are_pruned_in_optuna_and_mlflow(store):
-    """Trial 1 trains with a useless LR; later ones are stopped at their first eval once worse than the median."""
-    s = run_sweep(["sweep=smoke", "sweep.num_trials=4", "train.max_steps=6", "train.eval_every=2",
-                   "+sweep.pruner.n_warmup_steps=0",
-                   "sweep.sampler.seed=3"])
-    client, runs = children(store, parent_of(s["sweep_dir"]))
-    study = optuna.load_study(study_name=Path(s["sweep_dir"]).name, storage=f"sqlite:///{s['sweep_dir']}/optuna.db")
-    pruned_mlflow = {r.info.run_id for r in runs if r.data.tags["trial_state"] == "PRUNED"}
-    pruned_optuna = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
-    assert len(pruned_mlflow) == len(pruned_optuna) >= 1
+def test_a_config_sampled_again_is_not_trained_again(store):
+    """A one-point space sampled 3 times: one trial trains, the other two reuse its result, in both stores."""
+    s = run_sweep(["sweep=smoke", "sweep.pruner.name=none", "~sweep.space",
+                   "+sweep.space={adapter:{r:{kind:choice,values:[4]}}}"])
+    client, _, runs = children(store, s["sweep_dir"])
+    states = same_states(runs, study_of(s["sweep_dir"]))
+    assert sorted(states.values()) == ["COMPLETE", "REUSED", "REUSED"]
+    first = next(r for r in runs if r.data.tags["trial_state"] == "COMPLETE")
     for r in runs:
-        if r.info.run_id in pruned_mlflow:
-            assert r.info.status == "FINISHED"
-            assert max(m.step for m in client.get_metric_history(r.info.run_id, "eval_loss")) < 6
+        if r.data.tags["trial_state"] == "REUSED":
+            assert r.data.tags["reused_from"].startswith("t000") and first.info.run_id in r.data.tags["reused_from"]
+            assert r.data.metrics["eval_loss"] == first.data.metrics["eval_loss"]
+            assert not client.get_metric_history(r.info.run_id, "train_loss")  # nothing trained
+    assert [t.value for t in study_of(s["sweep_dir"]).trials] == [first.data.metrics["eval_loss"]] * 3
 
 
-def test_reconcile_records_a_trial_killed_before_its_mlflow_run_began(store, tmp_path):
-    """A driver can die after Optuna handed out a trial but before the trial's MLflow run exists: on resume that
-    trial still gets a KILLED child with its config, beside the KILLED child of the trial that had started."""
-    import shlex
-
-    from lorasweep.config import compose
-    from lorasweep.space import parse_sweep, suggest, to_overrides
-    from lorasweep.sweep import reconcile
-
-    spec = parse_sweep(compose(["sweep=smoke"]))
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/optuna.db", sampler=optuna.samplers.RandomSampler(seed=0))
-    started, unstarted = study.ask(), study.ask()
-    configs = [suggest(t, spec) for t in (started, unstarted)]
-    finished = study.ask()
-    suggest(finished, spec)
-    study.tell(finished, 1.0)
-    client = mlflow.MlflowClient(store)
-    exp = client.create_experiment("lorasweep")
-    parent = client.create_run(exp).info.run_id
-    reordered = shlex.join(to_overrides(configs[0], spec)[::-1])  # Ray's config may list the keys in another order
-    client.create_run(exp, tags={"mlflow.parentRunId": parent, "overrides": reordered})
-
-    assert reconcile(client, parent, study, spec) == 1          # the finished trial counts against the budget
-    runs = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'")
-    assert len(runs) == 2 and all(r.info.status == "KILLED" and r.data.tags["trial_state"] == "KILLED" for r in runs)
-    late = [r for r in runs if r.data.tags["failure_reason"].endswith("before its MLflow run started")]
-    assert len(late) == 1 and late[0].data.tags["optuna_trial"] == str(unstarted.number)
-    assert late[0].data.tags["overrides"] == shlex.join(to_overrides(configs[1], spec))
-    assert late[0].data.params == {k: str(v) for k, v in configs[1].items()}   # derived alpha included
-    assert "adapter.alpha" in late[0].data.params and "alpha_mult" not in late[0].data.params
-    states = {t.number: (t.state, t.user_attrs.get("killed")) for t in study.trials}
-    assert states[started.number] == states[unstarted.number] == (optuna.trial.TrialState.FAIL, True)
+def test_three_concurrent_trials_build_the_model_cache_once(store, tmp_path, monkeypatch):
+    """An empty model cache and 3 trials at once that all need the config-built model: all train."""
+    monkeypatch.setenv("LORASWEEP_CACHE", str(tmp_path / "empty-cache"))  # the workers' cache, not the session's
+    s = run_sweep(["sweep=smoke", "sweep.max_concurrent=3", "engine.num_cpus=3", "sweep.pruner.name=none", *GRID_LR,
+                   "sweep.num_trials=3"])
+    assert s["counts"] == {"COMPLETE": 3}
+    built = [p.name for p in (tmp_path / "empty-cache" / "models").iterdir() if p.is_dir()]
+    assert len(built) == 1 and built[0].startswith("tiny_llama-")
 
 
-def test_kill_driver_then_resume(store, tmp_path):
-    """SIGKILL the driver mid-sweep; resume=true finishes the budget without rerunning finished trials."""
+def _leftovers(tmp_path: Path) -> list:
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["cmdline", "cwd"]):
+        if p.pid == os.getpid():  # this test runs in tmp_path too
+            continue
+        try:
+            if str(tmp_path) in " ".join(p.info["cmdline"] or []) or str(p.info["cwd"] or "").startswith(str(tmp_path)):
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+def test_sigkill_the_driver_then_resume(store, tmp_path):
+    """SIGKILL the driver (only it) mid-sweep: no process of the sweep outlives it; resume=true kills the trial
+    left RUNNING in both stores and finishes the budget without rerunning finished trials."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": store}
     cmd = [sys.executable, "-m", "lorasweep.cli", "sweep", "sweep=smoke", "sweep.num_trials=4", "sweep.pruner.name=none"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     db = None
-    deadline = time.time() + 400
-    while time.time() < deadline:  # wait for one finished trial and one running
+    while proc.poll() is None:  # until one trial finished and the next one runs
         dbs = list(tmp_path.glob("sweeps_out/smoke-*/optuna.db"))
         if dbs:
             db = dbs[0]
             try:
-                st = optuna.load_study(study_name=db.parent.name, storage=f"sqlite:///{db}")
-                states = [t.state for t in st.trials]
-                if states.count(optuna.trial.TrialState.COMPLETE) >= 1 and optuna.trial.TrialState.RUNNING in states:
-                    break
-            except (KeyError, Exception):
-                pass
-        time.sleep(1)
-    os.killpg(proc.pid, signal.SIGKILL)
+                states = [t.state for t in study_of(str(db.parent)).trials]
+            except Exception:  # the study is still being created
+                states = []
+            if states.count(optuna.trial.TrialState.COMPLETE) >= 1 and optuna.trial.TrialState.RUNNING in states:
+                break
+        time.sleep(0.5)
+    assert proc.poll() is None, "the sweep ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    time.sleep(1)
-    import psutil
+    for _ in range(60):  # the log server and Ray's processes exit on their own once the driver is gone
+        if not _leftovers(tmp_path):
+            break
+        time.sleep(0.5)
+    assert [p.cmdline() for p in _leftovers(tmp_path)] == []
+    finished_before = {t.number for t in study_of(str(db.parent)).trials if t.state.name == "COMPLETE"}
 
-    def leftovers():  # the driver's MLflow log server and its workers share its process group
-        out = []
-        for p in psutil.process_iter(["cmdline"]):
-            try:
-                if str(tmp_path) in " ".join(p.info["cmdline"] or []):
-                    out.append(p)
-            except psutil.Error:
-                pass
-        return out
-
-    assert leftovers() == []
-    assert db is not None
-    before = optuna.load_study(study_name=db.parent.name, storage=f"sqlite:///{db}")
-    finished_before = {t.number for t in before.trials if t.state == optuna.trial.TrialState.COMPLETE}
-    assert finished_before
-
-    p = subprocess.run([*cmd, "resume=true"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    p = subprocess.run([*cmd, "resume=true"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    after = optuna.load_study(study_name=db.parent.name, storage=f"sqlite:///{db}")
-    complete = [t for t in after.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    killed = [t for t in after.trials if t.user_attrs.get("killed")]
-    assert killed and all(t.state == optuna.trial.TrialState.FAIL for t in killed)
-    assert len(complete) == 4  # the budget, with the trials finished before the kill kept, not rerun
-    assert finished_before <= {t.number for t in complete}
-    client, runs = children(store, parent_of(db.parent))
-    by_state = {}
-    for r in runs:
-        by_state.setdefault(r.data.tags.get("trial_state"), []).append(r)
-    assert len(by_state["COMPLETE"]) == 4 and len(by_state["KILLED"]) == len(killed)
-    assert all(r.info.status == "KILLED" for r in by_state["KILLED"])
-    assert client.get_run(parent_of(db.parent)).info.status == "FINISHED"
-    assert leftovers() == []  # a finished sweep stops its log server
+    study = study_of(str(db.parent))
+    client, parent, runs = children(store, str(db.parent))
+    states = same_states(runs, study)
+    killed = [t for t in study.trials if t.user_attrs.get("killed")]
+    assert killed and all(states[t.number] == "KILLED" for t in killed)
+    assert all("driver died" in client.get_run(t.user_attrs["mlflow_run_id"]).data.tags["failure_reason"] for t in killed)
+    assert sorted(states.values()).count("COMPLETE") == 4 and finished_before <= {n for n, s in states.items() if s == "COMPLETE"}
+    assert client.get_run(parent).info.status == "FINISHED"
+    assert _leftovers(tmp_path) == []
 
 
-def test_two_node_cluster(store):
-    """A small sweep on a Ray cluster of two nodes (one machine), joined through engine.address."""
+def test_two_node_cluster_runs_trials_on_both_nodes(store):
+    """A Ray cluster of two nodes (one machine) joined through engine.address; the log server binds where the nodes
+    reach it; each trial records the node it ran on."""
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
@@ -186,17 +236,85 @@ def test_two_node_cluster(store):
     cluster.wait_for_nodes()
     try:
         s = run_sweep(["sweep=smoke", "sweep.num_trials=2", "sweep.max_concurrent=2", "sweep.pruner.name=none",
-                       f"engine.address={cluster.address}"])
+                       *GRID_LR, f"engine.address={cluster.address}", "engine.log_server_host=127.0.0.1"])
     finally:
         cluster.shutdown()
+    client, _, runs = children(store, s["sweep_dir"])
     assert s["counts"] == {"COMPLETE": 2}
+    assert len({r.data.tags["ray_node_id"] for r in runs}) == 2  # one trial per node: each has 1 CPU
 
 
-def test_time_limit_stops_the_sweep_and_records_cut_trials(store):
-    """Trials Ray cuts at sweep.time_limit_s end KILLED with that reason: nothing is left RUNNING."""
+def test_time_limit_kills_running_trials_with_that_reason(store):
+    """Trials still running at sweep.time_limit_s end KILLED in MLflow and FAIL (killed) in Optuna."""
     s = run_sweep(["sweep=smoke", "sweep.num_trials=3", "sweep.pruner.name=none", "sweep.time_limit_s=15",
-                   "train.max_steps=400", "train.eval_every=200"])
-    client, runs = children(store, parent_of(s["sweep_dir"]))
-    assert runs and all(r.info.status != "RUNNING" for r in runs)
-    cut = [r for r in runs if r.data.tags.get("trial_state") == "KILLED"]
-    assert cut and all("sweep.time_limit_s=15" in r.data.tags["failure_reason"] for r in cut)
+                   "train.max_steps=100000", "train.eval_every=50000"])
+    client, _, runs = children(store, s["sweep_dir"])
+    study = study_of(s["sweep_dir"])
+    states = same_states(runs, study)
+    assert "KILLED" in states.values()
+    for t in study.trials:
+        if states[t.number] == "KILLED":
+            assert t.user_attrs["killed"] is True
+            reason = client.get_run(t.user_attrs["mlflow_run_id"]).data.tags["failure_reason"]
+            assert reason == "stopped when the sweep reached sweep.time_limit_s=15"
+
+
+def _server_bin(name: str) -> str | None:
+    import glob
+    import shutil
+
+    found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found if isinstance(found, str) else (found[-1] if found else None)
+
+
+@pytest.fixture
+def postgres():
+    """A real PostgreSQL server on 127.0.0.1, started for this test (as the postgres user when run as root)."""
+    import socket
+
+    initdb, pg_ctl = _server_bin("initdb"), _server_bin("pg_ctl")
+    if not (initdb and pg_ctl):
+        pytest.skip("no PostgreSQL server binary here (initdb, pg_ctl): apt-get install postgresql")
+    import shutil
+    import tempfile
+
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # the server refuses to run as root
+    data = Path(tempfile.mkdtemp(prefix="lorasweep-pg-"))  # outside pytest's tmp dirs, which only root may enter
+    if as_user:
+        subprocess.run(["chown", "postgres", str(data)], check=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run([*as_user, initdb, "-D", str(data), "-U", "postgres", "--auth=trust"], check=True,
+                   capture_output=True)
+    opts = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
+    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-o", opts, "-l", str(data / "log"), "-w", "start"],
+                   check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_postgres_storage_on_two_nodes_loses_and_duplicates_no_trial(store, postgres):
+    """The study in a real PostgreSQL server, trials on a two-node Ray cluster, 2 at a time: every trial number
+    0..5 exists once in Optuna and once in MLflow, in the same state, and nothing is left RUNNING."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    try:
+        s = run_sweep(["sweep=smoke", "sweep.num_trials=6", "sweep.max_concurrent=2", *GRID_LR6,
+                       f"engine.storage='{postgres}'", f"engine.address={cluster.address}",
+                       "engine.log_server_host=127.0.0.1"])
+    finally:
+        cluster.shutdown()
+    study = optuna.load_study(study_name=Path(s["sweep_dir"]).name, storage=postgres)
+    client, _, runs = children(store, s["sweep_dir"])
+    states = same_states(runs, study)
+    assert sorted(states) == list(range(6))
+    assert sorted(t.params["train.lr"] for t in study.trials) == sorted([0.03, 0.01, 0.003, 1e-6, 1e-7, 1e-8])
+    assert set(states.values()) <= {"COMPLETE", "PRUNED"} and not (Path(s["sweep_dir"]) / "optuna.db").exists()
+    assert len({r.data.tags["ray_node_id"] for r in runs}) == 2

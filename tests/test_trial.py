@@ -30,6 +30,8 @@ def _check_run(store: str, summary: dict, metric: str) -> mlflow.entities.Run:
         assert run.data.tags[tag]
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "spectra"} <= arts
+    inputs = {d.tags[0].value if d.tags else None: d.dataset for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "eval", "test"} and all(int(json.loads(d.profile)["num_rows"]) > 0 for d in inputs.values())
     spectra = {a.path for a in client.list_artifacts(run.info.run_id, "spectra")}
     assert spectra == {"spectra/spectra.csv", "spectra/spectra.json", "spectra/spectra.png"}
     return run
@@ -130,3 +132,32 @@ def test_4bit_layers_whose_width_does_not_divide_by_32_train_and_eval(cpu_kernel
     peft_model, _ = model.load(compose(odd), ["model.layers.0.self_attn.q_proj"], 2, None)
     layers = [m for m in peft_model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert {m.out_features for m in layers} >= {172, 64} and not any(m.support_avx512bf16_for_cpu for m in layers)
+
+
+@pytest.mark.slow
+def test_a_trial_on_a_warm_worker_matches_the_same_trial_in_a_fresh_process(store, tmp_path, monkeypatch):
+    """MiniLM + tweets (a new classification head): trial A in a fresh process, then B and A again in one process.
+    The second A reuses the loaded base and the tokenized splits, and gives the same metrics as the fresh one."""
+    import subprocess
+    import sys
+
+    from lorasweep import data, model
+
+    short = ["train.max_steps=4", "train.eval_every=2", "train.batch_size=8", "data.train_size=64",
+             "data.eval_size=32", "data.test_size=32", "tracking.save_adapter=false", "tracking.spectra=false"]
+    a, b = [*short, "adapter.r=4"], [*short, "adapter.r=8", "train.lr=1e-2"]
+    p = subprocess.run([sys.executable, "-m", "lorasweep.cli", "trial", *a], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    fresh = mlflow.MlflowClient(store).search_runs([mlflow.get_experiment_by_name("lorasweep").experiment_id])[0]
+
+    loads = []
+    real = model._load_base
+    monkeypatch.setattr(model, "_load_base", lambda *args: loads.append(1) or real(*args))  # counts, then loads
+    model._warm.clear()
+    data._CACHE.clear()
+    run_trial(compose(b))
+    warm = run_trial(compose(a))
+    assert len(loads) == 1  # the second trial reused the base model
+    for k in ("eval_loss", "eval_accuracy", "eval_macro_f1", "test_loss", "train_loss_final"):
+        assert warm[k] == pytest.approx(fresh.data.metrics[k], rel=1e-5, abs=1e-6), k

@@ -4,7 +4,7 @@ Tolerance for comparing two group means a and b (metric in the report's unit):
     tol = max(floor, se),  se = sqrt(s_a²/n_a + s_b²/n_b)  (the standard error of the difference of means;
     groups with a single seed add nothing), floor = 1 point for metrics in %, else 1 % of the larger |mean|.
 "Within" claims agree when |diff| <= tol; "better/worse" claims agree when the difference exceeds tol in the
-claimed direction. Nothing here is written by hand: every number comes from the data or from analysis.paper.
+claimed direction. Nothing here is written by hand: every number comes from the data or from lorasweep.analysis.paper.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import math
 
 import pandas as pd
 
-from analysis import paper
-from analysis.tables import fmt_ms
+from lorasweep.analysis import paper
+from lorasweep.analysis.tables import fmt_ms
 
 CHI2_1_99 = 6.635  # 99th percentile of chi-square(1): a random unit vector's cos² with a fixed one is below 6.635/k
 TOP_SHARED = 0.5   # paper §7.2: r=8 and r=64 share a top direction "with normalized similarity > 0.5"

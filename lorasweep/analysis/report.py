@@ -14,7 +14,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from analysis import figures, paper, runs, subspace, tables, verdicts
+from lorasweep.analysis import figures, paper, runs, subspace, tables, verdicts
 from lorasweep.errors import ConfigError
 
 USAGE = "usage: lorasweep report SWEEP [--out DIR] [--no-log]   (SWEEP: sweep id, sweep name or parent run id)"
@@ -322,7 +322,7 @@ def _generic(sweep: runs.Sweep, trials: pd.DataFrame, complete: pd.DataFrame, di
                      f"{metric}{' (%)' if unit == '%' else ''} per swept group, mean ± std over seeds, best first.")
         md += ["## Summary per swept group", "Files: [md](summary.md), [tex](summary.tex), [csv](summary.csv).",
                tables.to_markdown(shown)]
-    board = _leaderboard(trials, dims, metric, sweep.mode)
+    board = tables.leaderboard(trials, dims, metric, sweep.mode)
     tables.write(board, board, out / "leaderboard", f"Trials by {metric} ({sweep.mode}), best first.")
     md += ["## Leaderboard", f"Top {min(10, len(board))} of {len(board)} (all states: [csv](leaderboard.csv)).",
            tables.to_markdown(board.head(10))]
@@ -377,18 +377,6 @@ def _after_training(complete: pd.DataFrame, dims: list[str], metric: str, mode: 
              "the metric difference of the merged model against the unmerged one on the eval rows. Files: "
              "[md](after_training.md), [csv](after_training.csv)."),
             tables.to_markdown(table.head(20))]
-
-
-def _leaderboard(trials: pd.DataFrame, dims: list[str], metric: str, mode: str) -> pd.DataFrame:
-    col = f"metrics.{metric}"
-    cols = {"state": "state", col: metric, **{f"params.{d}": d for d in dims if f"params.{d}" in trials}}
-    if "seed" in trials:
-        cols["seed"] = "seed"
-    cols["run_id"] = "run_id"
-    board = trials[[c for c in cols if c in trials]].rename(columns=cols)
-    if metric in board:
-        board = board.sort_values(metric, ascending=mode == "min", na_position="last")
-    return board.reset_index(drop=True)
 
 
 def _importances(sweep: runs.Sweep) -> tuple[dict[str, float], str]:

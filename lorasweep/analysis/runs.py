@@ -11,7 +11,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from analysis import paper
+from lorasweep.analysis import paper
 from lorasweep.errors import ConfigError
 
 DEFAULT_URI = "sqlite:///mlflow.db"

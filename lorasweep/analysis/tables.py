@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import paper
+from lorasweep.analysis import paper
 
 
 def group_stats(trials: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
@@ -113,6 +113,26 @@ def table6(stats: pd.DataFrame, metric: str, unit: str) -> tuple[pd.DataFrame, p
 
 
 # ------------------------------------------------------------------------------------------ files
+
+STATE_ORDER = {"COMPLETE": 0, "REUSED": 1, "PRUNED": 2, "FAILED": 3, "KILLED": 4}
+
+
+def leaderboard(trials: pd.DataFrame, dims: list[str], metric: str, mode: str) -> pd.DataFrame:
+    """Every trial of a sweep (rows of runs.load_trials): finished ones first, best first; then reused, pruned
+    (ranked by the value they were stopped at, never above a finished one), failed, killed. The sweep prints it
+    and the report shows it."""
+    col = f"metrics.{metric}"
+    cols = {"tags.optuna_trial": "trial", "state": "state", col: metric,
+            **{c: c.removeprefix("metrics.") for c in sorted(trials) if c.startswith("metrics.eval_") and c != col},
+            **{f"params.{d}": d for d in dims}, "seed": "seed", "tags.overrides": "overrides",
+            "tags.failure_reason": "failure_reason", "run_id": "run_id"}
+    board = trials[[c for c in cols if c in trials]].rename(columns=cols)
+    if len(board) and metric in board:
+        board = board.assign(_o=board["state"].map(STATE_ORDER).fillna(len(STATE_ORDER)),
+                             _v=board[metric] * (-1 if mode == "max" else 1))
+        board = board.sort_values(["_o", "_v"], na_position="last").drop(columns=["_o", "_v"])
+    return board.reset_index(drop=True)
+
 
 def to_markdown(df: pd.DataFrame) -> str:
     if not len(df):

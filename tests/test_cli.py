@@ -1,0 +1,36 @@
+"""The CLI as a user meets it: --help on every command, --cfg job, --dry-run; none of them trains or tracks."""
+
+import pytest
+import yaml
+
+from lorasweep.cli import main
+from tests.conftest import all_runs
+
+
+@pytest.mark.parametrize("command", ["trial", "sweep", "estimate", "report"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0 and f"usage: lorasweep {command}" in capsys.readouterr().out
+
+
+def test_no_command_is_usage_and_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main([])
+    assert e.value.code == 2 and "usage: lorasweep" in capsys.readouterr().err
+
+
+def test_cfg_job_prints_the_composed_config(store, capsys):
+    assert main(["trial", "adapter.r=16", "model=tiny_llama", "--cfg", "job"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["adapter"]["r"] == 16 and cfg["model"]["name"] == "tiny_llama"
+    assert all_runs(store) == []
+
+
+def test_sweep_dry_run_lists_each_sampled_config_and_creates_nothing(store, tmp_path, capsys):
+    assert main(["sweep", "sweep=smoke", "sweep.num_trials=4", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("t00")]
+    assert len(rows) == 4 and all("adapter.r=" in r and "est. peak" in r and "GPU share 0" in r for r in rows)
+    assert "4 trials of eval_loss (min)" in out and "adapter.r: choice (2, 4, 8)" in out
+    assert all_runs(store) == [] and not (tmp_path / "sweeps_out").exists()
