@@ -232,6 +232,8 @@ def learns_vs_forgets(trials: pd.DataFrame, metric: str, mode: str, path: Path) 
     ax.plot(front[ratio], front[col], color="black", lw=1, ls="--")
     ax.scatter(front[ratio], front[col], s=140, facecolors="none", edgecolors="black", label="Pareto")
     ax.axvline(1.0, color="grey", lw=0.8, ls=":")  # ratio 1: general text as well predicted as before training
+    if pts[ratio].max() > 10 * pts[ratio].min():  # one run that wrecked general text would squash the rest
+        ax.set_xscale("log")
     ax.set_xlabel("forget_ppl_ratio (general-text perplexity after / before; lower forgets less)")
     ax.set_ylabel(metric)
     ax.set_title(f"learns vs forgets ({len(pts)} trials, {int(pts['is_pareto'].sum())} on the Pareto front)")
