@@ -42,7 +42,8 @@ def main() -> None:
     plans = [("tiny_llama", v, q, [*TINY, f"adapter.variant={v}", f"quant={q}"]) for v, q in CASES]
     if args.minilm:
         plans.append(("minilm", "lora", "none", ["train.max_steps=40", "train.eval_every=40", "data.train_size=1280",
-                                                 "data.eval_size=300", "data.test_size=300", "tracking.save_adapter=false"]))
+                                                 "data.eval_size=300", "data.test_size=300",
+                                                 "tracking.save_adapter=false"]))
     rows = []
     for name, variant, quant, over in plans:
         summary = run_trial(compose([*over, "tracking.merge_check=true"]))

@@ -55,18 +55,21 @@ def main() -> None:
         mods = cached["modules"]
         rows.append({
             "model": name, "linear_modules": len(mods), "picked": len(lists[0]), "k": args.k,
-            "cold_first_s": cold[0], "cold_s": min(cold), "load_s": min(p[0] for p in parts), "svd_s": min(p[1] for p in parts),
+            "cold_first_s": cold[0], "cold_s": min(cold),
+            "load_s": min(p[0] for p in parts), "svd_s": min(p[1] for p in parts),
             "cached_s": statistics.median(warm), "same_list_every_run": all(x == lists[0] for x in lists),
-            "largest_matrix": "x".join(map(str, max(((r["m"], r["n"]) for r in mods.values()), key=lambda s: s[0] * s[1]))),
+            "largest_matrix": "x".join(map(str, max(((r["m"], r["n"]) for r in mods.values()),
+                                                    key=lambda s: s[0] * s[1]))),
         })
         print(rows[-1], flush=True)
     env = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
            "threads": torch.get_num_threads()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "spectrum_cost.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
-    lines = [("| model | Linear modules | picked at k % | first cold run (s) | cold: load + SVD (s) | load (s) | SVD (s) "
-              "| cached (ms) | same list |"), "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['linear_modules']} | {r['picked']} at {r['k']} % | {r['cold_first_s']:.2f} | {r['cold_s']:.2f} | "
+    lines = [("| model | Linear modules | picked at k % | first cold run (s) | cold: load + SVD (s) | load (s) "
+              "| SVD (s) | cached (ms) | same list |"), "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['linear_modules']} | {r['picked']} at {r['k']} % | {r['cold_first_s']:.2f} | "
+              f"{r['cold_s']:.2f} | "
               f"{r['load_s']:.2f} | {r['svd_s']:.2f} | {1000 * r['cached_s']:.1f} | {r['same_list_every_run']} |"
               for r in rows]
     (args.out / "spectrum_cost.md").write_text(f"Environment: {env}\n\n" + "\n".join(lines) + "\n")

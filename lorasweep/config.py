@@ -23,7 +23,8 @@ AFTER_METRICS = {"merge_check": ["merge_max_abs_logit_diff", "merge_metric_delta
                                  "merge_requant_metric_delta"],
                  "forgetting": ["forget_ppl_after", "forget_ppl_delta", "forget_ppl_ratio"]}
 # The metrics each task reports at every eval, then those after training (any of them can be a sweep's metric).
-TASK_METRICS = {"seq_cls": ["eval_loss", "eval_accuracy", "eval_macro_f1", *SERVING_METRICS, *AFTER_METRICS["merge_check"]],
+TASK_METRICS = {"seq_cls": ["eval_loss", "eval_accuracy", "eval_macro_f1", *SERVING_METRICS,
+                            *AFTER_METRICS["merge_check"]],
                 "causal_lm": ["eval_loss", "eval_perplexity", *SERVING_METRICS, *AFTER_METRICS["merge_check"],
                               *AFTER_METRICS["forgetting"]]}
 
@@ -146,15 +147,17 @@ def _after(cfg: DictConfig) -> None:
         if metric in names and metric in TASK_METRICS[cfg.model.task] and not tr[flag]:
             raise ConfigError("sweep.metric", metric, f"a metric the trials log: {metric} needs tracking.{flag}=true")
     if metric in AFTER_METRICS["merge_check"] and metric.startswith("merge_requant") and cfg.quant.method == "none":
-        raise ConfigError("sweep.metric", metric, "a metric the trials log: merge_requant_* needs a quantized base (quant=nf4, fp4, int8)")
-    _num("tracking.max_serving_rank", tr.max_serving_rank, isinstance(tr.max_serving_rank, int) and tr.max_serving_rank >= 1,
-         "an integer >= 1")
+        raise ConfigError("sweep.metric", metric,
+                          "a metric the trials log: merge_requant_* needs a quantized base (quant=nf4, fp4, int8)")
+    rank = tr.max_serving_rank
+    _num("tracking.max_serving_rank", rank, isinstance(rank, int) and rank >= 1, "an integer >= 1")
     if not tr.forgetting:
         return
     if cfg.model.task != "causal_lm":
-        raise ConfigError("tracking.forgetting", True, "false for model.task=seq_cls: forgetting is a causal LM's perplexity")
-    _num("tracking.forgetting_window", tr.forgetting_window, isinstance(tr.forgetting_window, int) and tr.forgetting_window >= 2,
-         "an integer >= 2 (tokens)")
+        raise ConfigError("tracking.forgetting", True,
+                          "false for model.task=seq_cls: forgetting is a causal LM's perplexity")
+    window = tr.forgetting_window
+    _num("tracking.forgetting_window", window, isinstance(window, int) and window >= 2, "an integer >= 2 (tokens)")
     _num("tracking.forgetting_tokens", tr.forgetting_tokens,
          isinstance(tr.forgetting_tokens, int) and tr.forgetting_tokens >= tr.forgetting_window,
          f"an integer >= tracking.forgetting_window ({tr.forgetting_window})")

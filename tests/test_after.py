@@ -215,7 +215,8 @@ def test_trial_logs_the_resolved_spectrum_list(store):
                                          "forget_ppl_ratio needs tracking.forgetting=true")),
     (["sweep.metric=merge_metric_delta"], ("sweep.metric='merge_metric_delta' is not allowed: a metric the trials log: "
                                            "merge_metric_delta needs tracking.merge_check=true")),
-    (["sweep.metric=merge_requant_metric_delta", "tracking.merge_check=true"], "sweep.metric='merge_requant_metric_delta'"),
+    (["sweep.metric=merge_requant_metric_delta", "tracking.merge_check=true"],
+     "sweep.metric='merge_requant_metric_delta'"),
 ])
 def test_a_sweep_ranking_by_an_unlogged_metric_is_refused(overrides, starts):
     with pytest.raises(ConfigError) as e:

@@ -225,7 +225,8 @@ def learns_vs_forgets(trials: pd.DataFrame, metric: str, mode: str, path: Path) 
     pts["is_pareto"] = pareto(pts[col], pts[ratio], mode)
     fig = _figure(6, 4.2)
     ax = fig.add_subplot()
-    groups = pts.groupby("weights", sort=True) if "weights" in pts and pts["weights"].notna().all() else [("trials", pts)]
+    by_weights = "weights" in pts and pts["weights"].notna().all()
+    groups = pts.groupby("weights", sort=True) if by_weights else [("trials", pts)]
     for n, (label, rows) in enumerate(groups):
         ax.scatter(rows[ratio], rows[col], color=f"C{n % 10}", alpha=0.75, label=label)
     front = pts[pts["is_pareto"]].sort_values(ratio)

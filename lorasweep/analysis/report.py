@@ -364,7 +364,8 @@ AFTER_COLUMNS = ("adapter_size_mb", "adapter_max_rank", "serving_rank_ok", "merg
 
 def _after_training(complete: pd.DataFrame, dims: list[str], metric: str, mode: str, out: Path) -> list[str]:
     """Size, serving rank and merge check per complete trial (lorasweep/after.py), best objective first."""
-    cols = [f"metrics.{c}" for c in AFTER_COLUMNS if f"metrics.{c}" in complete and complete[f"metrics.{c}"].notna().any()]
+    cols = [f"metrics.{c}" for c in AFTER_COLUMNS
+            if f"metrics.{c}" in complete and complete[f"metrics.{c}"].notna().any()]
     if not cols:
         return []
     keep = {f"params.{d}": d for d in dims if f"params.{d}" in complete}
