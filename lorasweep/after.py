@@ -5,6 +5,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import re
 import sqlite3
 from contextlib import contextmanager
@@ -253,7 +254,7 @@ def forgetting_before(cfg: DictConfig, peft_model: nn.Module, tok) -> float | No
     rows = windows(cfg.tracking, tok)
     ppl = perplexity(peft_model, rows, max(1, int(cfg.train.batch_size)))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{id(rows)}.tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent trials each write their own, then one rename wins
     tmp.write_text(
         json.dumps(
             {

@@ -188,24 +188,16 @@ def _after(cfg: DictConfig) -> None:
             metric,
             "a metric the trials log: merge_requant_* needs a quantized base (quant=nf4, fp4, int8)",
         )
-    _num(
-        "tracking.max_serving_rank",
-        tr.max_serving_rank,
-        isinstance(tr.max_serving_rank, int) and tr.max_serving_rank >= 1,
-        "an integer >= 1",
-    )
+    rank = tr.max_serving_rank
+    _num("tracking.max_serving_rank", rank, isinstance(rank, int) and rank >= 1, "an integer >= 1")
     if not tr.forgetting:
         return
     if cfg.model.task != "causal_lm":
         raise ConfigError(
             "tracking.forgetting", True, "false for model.task=seq_cls: forgetting is a causal LM's perplexity"
         )
-    _num(
-        "tracking.forgetting_window",
-        tr.forgetting_window,
-        isinstance(tr.forgetting_window, int) and tr.forgetting_window >= 2,
-        "an integer >= 2 (tokens)",
-    )
+    window = tr.forgetting_window
+    _num("tracking.forgetting_window", window, isinstance(window, int) and window >= 2, "an integer >= 2 (tokens)")
     _num(
         "tracking.forgetting_tokens",
         tr.forgetting_tokens,

@@ -5,6 +5,7 @@ Formula and its sources: docs/spectrum.md. Scores are computed once per base mod
 
 import json
 import math
+import os
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -76,7 +77,7 @@ def cached_scores(cfg: DictConfig) -> dict[str, dict[str, float]]:
     table = scores(base)
     done = time.perf_counter()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent trials each write their own, then one rename wins
     tmp.write_text(
         json.dumps(
             {"model": cfg.model.name, "load_s": loaded - start, "svd_s": done - loaded, "modules": table}, indent=1

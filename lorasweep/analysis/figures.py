@@ -251,15 +251,16 @@ def learns_vs_forgets(trials: pd.DataFrame, metric: str, mode: str, path: Path) 
     pts["is_pareto"] = pareto(pts[col], pts[ratio], mode)
     fig = _figure(6, 4.2)
     ax = fig.add_subplot()
-    groups = (
-        pts.groupby("weights", sort=True) if "weights" in pts and pts["weights"].notna().all() else [("trials", pts)]
-    )
+    by_weights = "weights" in pts and pts["weights"].notna().all()
+    groups = pts.groupby("weights", sort=True) if by_weights else [("trials", pts)]
     for n, (label, rows) in enumerate(groups):
         ax.scatter(rows[ratio], rows[col], color=f"C{n % 10}", alpha=0.75, label=label)
     front = pts[pts["is_pareto"]].sort_values(ratio)
     ax.plot(front[ratio], front[col], color="black", lw=1, ls="--")
     ax.scatter(front[ratio], front[col], s=140, facecolors="none", edgecolors="black", label="Pareto")
     ax.axvline(1.0, color="grey", lw=0.8, ls=":")  # ratio 1: general text as well predicted as before training
+    if pts[ratio].max() > 10 * pts[ratio].min():  # one run that wrecked general text would squash the rest
+        ax.set_xscale("log")
     ax.set_xlabel("forget_ppl_ratio (general-text perplexity after / before; lower forgets less)")
     ax.set_ylabel(metric)
     ax.set_title(f"learns vs forgets ({len(pts)} trials, {int(pts['is_pareto'].sum())} on the Pareto front)")
