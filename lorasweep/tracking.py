@@ -112,4 +112,10 @@ def log_splits(cfg: DictConfig, parts: dict) -> None:
 
     source = None if cfg.data.source == "hub" else str(file_path(cfg.data))  # a hub id: MLflow records the code
     for split, df in parts.items():
-        mlflow.log_input(mlflow.data.from_pandas(df, source=source, name=f"{cfg.data.name}-{split}"), context=split)
+        ds = mlflow.data.from_pandas(df, source=source, name=f"{cfg.data.name}-{split}")
+        try:
+            mlflow.log_input(ds, context=split)
+        except mlflow.exceptions.MlflowException:
+            # Two trials logging the same new dataset at once: the store's unique key refuses the second insert.
+            # The dataset exists now, so the second try only links it to this run.
+            mlflow.log_input(ds, context=split)

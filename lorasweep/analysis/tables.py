@@ -167,7 +167,9 @@ def leaderboard(trials: pd.DataFrame, dims: list[str], metric: str, mode: str) -
         "run_id": "run_id",
     }
     board = trials[[c for c in cols if c in trials]].rename(columns=cols)
-    if len(board) and metric in board:
+    if metric not in board:  # no trial reported it (all failed or killed)
+        board.insert(min(2, len(board.columns)), metric, float("nan"))
+    if len(board):
         board = board.assign(
             _o=board["state"].map(STATE_ORDER).fillna(len(STATE_ORDER)), _v=board[metric] * (-1 if mode == "max" else 1)
         )
