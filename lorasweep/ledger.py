@@ -109,8 +109,12 @@ def kill_running(
     `killed` in Optuna. Returns how many."""
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for t in running:
-        live_trial(storage, study, t.number).set_user_attr(KILLED, True)
-        run_id = t.user_attrs.get(RUN_ID) or _bare_child(client, parent_run_id, t)  # died between ask and run
+        live = live_trial(storage, study, t.number)
+        live.set_user_attr(KILLED, True)
+        run_id = t.user_attrs.get(RUN_ID)
+        if run_id is None:  # the driver died between asking for the trial and opening its run
+            run_id = _bare_child(client, parent_run_id, t)
+            live.set_user_attr(RUN_ID, run_id)
         finish(client, study, t.number, run_id, "KILLED", reason=reason)
     return len(running)
 

@@ -405,3 +405,27 @@ def test_postgres_storage_on_two_nodes_loses_and_duplicates_no_trial(store, post
     assert sorted(t.params["train.lr"] for t in study.trials) == sorted([0.03, 0.01, 0.003, 1e-6, 1e-7, 1e-8])
     assert set(states.values()) <= {"COMPLETE", "PRUNED"} and not (Path(s["sweep_dir"]) / "optuna.db").exists()
     assert len({r.data.tags["ray_node_id"] for r in runs}) == 2
+
+
+def test_resume_records_a_trial_asked_for_but_never_opened(store, tmp_path):
+    """A driver killed between asking Optuna for a trial and opening its MLflow run: resume gives that trial a
+    KILLED child run, linked both ways, like any other trial the dead driver left."""
+    from lorasweep import ledger
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/optuna.db")
+    study = optuna.create_study(storage=storage, study_name="s")
+    study.ask().suggest_int("adapter.r", 1, 8)
+    client = mlflow.MlflowClient(store)
+    parent = client.create_run(client.create_experiment("lorasweep")).info.run_id
+    assert ledger.kill_running(client, parent, storage, study, "the sweep driver died while this trial ran") == 1
+    (trial,) = study.trials
+    run = client.get_run(trial.user_attrs["mlflow_run_id"])
+    assert trial.state.name == "FAIL" and trial.user_attrs["killed"] is True
+    assert (
+        run.info.status == "KILLED"
+        and run.data.tags["trial_state"] == "KILLED"
+        and run.data.tags["optuna_trial"] == "0"
+    )
+    assert run.data.tags["mlflow.parentRunId"] == parent and run.data.params == {
+        "adapter.r": str(trial.params["adapter.r"])
+    }
