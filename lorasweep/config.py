@@ -155,6 +155,7 @@ def validate(cfg: DictConfig, has_cuda: bool | None = None) -> DictConfig:
     _num(
         "train.eval_every", t.eval_every, isinstance(t.eval_every, int) and t.eval_every >= 1, "an integer >= 1 (steps)"
     )
+    _one_of("train.sampling", t.sampling, ("group_by_length", "random"))
     _one_of("train.optim", t.optim, OPTIMS)
     if OPTIMS[t.optim] and not has_cuda:
         raise ConfigError(

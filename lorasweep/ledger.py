@@ -7,6 +7,8 @@ KILLED, REUSED) is written here, once, to both.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shlex
 
 import mlflow
@@ -16,6 +18,7 @@ from optuna.trial import TrialState
 
 RUN_ID = "mlflow_run_id"  # Optuna user attribute: the trial's MLflow child run
 KILLED = "killed"  # Optuna user attribute: FAIL because the sweep stopped it, not because of its config
+CONFIG = "config_digest"  # Optuna user attribute: what the trial trains, for "no trial twice"
 OPTUNA_STATE = {
     "COMPLETE": TrialState.COMPLETE,
     "PRUNED": TrialState.PRUNED,
@@ -63,7 +66,23 @@ def open_child(
     run_id = client.create_run(exp, run_name=run_name(trial.number, config), tags=tags).info.run_id
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
     trial.set_user_attr(RUN_ID, run_id)
+    trial.set_user_attr(CONFIG, digest(params))
     return run_id
+
+
+def digest(params: dict[str, object]) -> str:
+    """The composed config a trial trains, as a short hash: two samples that compose to the same config (a field
+    set to its default, a value the base already has) are one config. Where it runs (engine.*) does not count."""
+    kept = {k: v for k, v in params.items() if not k.startswith(("engine.", "resume"))}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def reason(e: BaseException) -> str:
+    """A failure's one-line reason: a ConfigError's own line, else the exception's type and first line."""
+    from lorasweep.errors import ConfigError
+
+    text = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}"
+    return (text.strip().splitlines() or [type(e).__name__])[0][:2000]
 
 
 def finish(
@@ -133,8 +152,8 @@ def finished(study: optuna.Study) -> int:
     return sum(1 for t in study.get_trials(deepcopy=False, states=ended) if not t.user_attrs.get(KILLED))
 
 
-def twin(study: optuna.Study, params: dict) -> optuna.trial.FrozenTrial | None:
-    """A COMPLETE trial that sampled exactly these values: its result stands for this one (no trial twice)."""
-    return next(
-        (t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.params == params), None
-    )
+def twin(study: optuna.Study, trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
+    """A COMPLETE trial that trained the same composed config: its result stands for this one (no trial twice)."""
+    key = trial.user_attrs[CONFIG]
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return next((t for t in done if t.number != trial.number and t.user_attrs.get(CONFIG) == key), None)

@@ -48,10 +48,22 @@ def share_of(cfg: DictConfig) -> float:
 def check_engine(cfg: DictConfig) -> None:
     """Engine fields, before the sweep's MLflow run exists (auto shares need the GPU's size up front)."""
     e = cfg.engine
-    if isinstance(e.cpus_per_trial, bool) or not isinstance(e.cpus_per_trial, (int, float)) or e.cpus_per_trial <= 0:
-        raise ConfigError("engine.cpus_per_trial", e.cpus_per_trial, "a number > 0")
+    c = e.cpus_per_trial
+    if c != "auto" and (isinstance(c, bool) or not isinstance(c, (int, float)) or c <= 0):
+        raise ConfigError("engine.cpus_per_trial", c, "auto, or a number > 0")
     g = e.gpus_per_trial
     if g != "auto" and (isinstance(g, bool) or not isinstance(g, (int, float)) or g < 0 or (g > 1 and g != int(g))):
         raise ConfigError("engine.gpus_per_trial", g, "auto, a share in [0, 1], or a whole number of GPUs")
     if g == "auto":
         gpu_memory_gb(cfg)
+
+
+def cpus_per_trial(e: DictConfig, max_concurrent: int) -> float:
+    """engine.cpus_per_trial=auto: the cluster's CPUs shared among the trials that run at once, at most one node's
+    worth, so one trial at a time still uses every core (a task can only use the CPUs of the node it lands on)."""
+    if e.cpus_per_trial != "auto":
+        return float(e.cpus_per_trial)
+    import ray
+
+    nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]]
+    return float(max(1, min(max(nodes), sum(nodes) // max(1, max_concurrent))))

@@ -18,11 +18,13 @@ from pathlib import Path
 
 import mlflow
 import optuna
+from mlflow.entities import RunTag
 from omegaconf import DictConfig, OmegaConf
 
 from lorasweep import ledger, tracking
 from lorasweep.config import TASK_METRICS, compose, validate
 from lorasweep.errors import ConfigError
+from lorasweep.resources import cpus_per_trial
 from lorasweep.space import SweepSpec, make_sampler, parse_sweep, suggest, to_overrides
 
 SWEEPS_DIR = Path(os.environ.get("LORASWEEP_SWEEPS_DIR", "sweeps_out"))
@@ -50,7 +52,9 @@ def run_sweep(argv: list[str]) -> dict:
     from lorasweep import lifeline, logserver, worker
 
     watcher = lifeline.start()
-    checking = ThreadPoolExecutor(1).submit(check_config_and_data, cfg)
+    pool = ThreadPoolExecutor(1)
+    checking = pool.submit(check_config_and_data, cfg)
+    pool.shutdown(wait=False)  # the thread ends with the check
     ray.init(
         address=cfg.engine.address,
         num_cpus=cfg.engine.num_cpus,
@@ -63,12 +67,11 @@ def run_sweep(argv: list[str]) -> dict:
     lifeline.hold(watcher)
     server = None
     try:
+        cpus = cpus_per_trial(cfg.engine, spec.max_concurrent)
         task = ray.remote(max_calls=0)(worker.run)  # max_calls=0: GPU tasks reuse their worker too (Ray's default: 1)
         warm = ray.remote(max_calls=0)(worker.warm)
-        slots = [
-            warm.options(num_cpus=cfg.engine.cpus_per_trial).remote(base, int(cfg.engine.cpus_per_trial))
-            for _ in range(min(spec.max_concurrent, spec.num_trials))
-        ]
+        n_slots = min(spec.max_concurrent, spec.num_trials)
+        slots = [warm.options(num_cpus=cpus).remote(base, int(cpus)) for _ in range(n_slots)]
         checking.result()
 
         # 3. The sweep's folder, study, parent run and log server.
@@ -132,7 +135,7 @@ def run_sweep(argv: list[str]) -> dict:
                     log_uri = server[1]
                 _ready(slots)
                 print(f"[sweep] workers ready {time.time() - started:.1f} s after the command", flush=True)
-                loop(cfg, spec, base, study, storage, client, pid, state, log_uri, budget, started, task)
+                loop(spec, base, study, storage, client, pid, state, log_uri, budget, started, task, cpus)
 
             # 5. The leaderboard, the plot and the best trial, on the parent run.
             summary = leaderboard(client, pid, spec, out, base)
@@ -193,14 +196,11 @@ def check_config_and_data(cfg: DictConfig) -> None:
 
 
 def trial_config(base: list[str], overrides: list[str]) -> tuple[DictConfig, float]:
-    """A sampled trial's config, checked as `lorasweep trial` would check it, and its GPU share (fit-checked)."""
-    from lorasweep import data, model
+    """A sampled trial's fields and its GPU share, fit-checked: what the driver needs to place it. The data and the
+    targets it meets once, in its worker (run_trial checks them before training), not twice."""
     from lorasweep.resources import fit_check, share_of
 
     cfg = validate(compose([*base, *overrides]))
-    parts = data.splits(cfg)
-    labels = data.labels(cfg, parts)
-    model.targets(cfg, len(labels) if labels else None)
     share = share_of(cfg)
     if share and not cfg.engine.skip_fit_check:
         fit_check(cfg, share)
@@ -211,7 +211,6 @@ def trial_config(base: list[str], overrides: list[str]) -> tuple[DictConfig, flo
 
 
 def loop(
-    cfg,
     spec: SweepSpec,
     base,
     study,
@@ -223,6 +222,7 @@ def loop(
     budget: int,
     started: float,
     task,
+    cpus: float,
 ) -> None:
     """Keep max_concurrent trials in flight until the budget, the time limit or max_failures ends the sweep."""
     import ray
@@ -277,19 +277,12 @@ def loop(
                 run_id = ledger.open_child(
                     client, parent_run_id, study, trial, sampled, overrides, sampled, state["sweep_id"]
                 )
-                end(
-                    trial.number,
-                    run_id,
-                    {
-                        "state": "FAILED",
-                        "reason": str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}".splitlines()[0],
-                    },
-                )
+                end(trial.number, run_id, {"state": "FAILED", "reason": ledger.reason(e)})
                 continue
             run_id = ledger.open_child(
                 client, parent_run_id, study, trial, sampled, overrides, params, state["sweep_id"]
             )
-            twin = ledger.twin(study, trial.params)
+            twin = ledger.twin(study, trial)
             if twin is not None:  # the same config finished before: its result stands, no second training
                 client.log_metric(run_id, spec.metric, twin.value)
                 end(trial.number, run_id, {"state": "REUSED", "value": twin.value})
@@ -305,10 +298,10 @@ def loop(
                 metric=spec.metric,
                 tracking_uri=log_uri,
                 gpu_share=share,
-                threads=max(1, int(cfg.engine.cpus_per_trial)),
+                threads=max(1, int(cpus)),
             )
-            client.set_tag(run_id, "gpu_share", f"{share:g}")
-            ref = task.options(num_cpus=cfg.engine.cpus_per_trial, num_gpus=share).remote(job)
+            client.log_batch(run_id, tags=[RunTag("gpu_share", f"{share:g}"), RunTag("cpus", f"{cpus:g}")])
+            ref = task.options(num_cpus=cpus, num_gpus=share).remote(job)
             in_flight[ref] = (trial.number, run_id)
         if not in_flight:
             break

@@ -63,12 +63,12 @@ def run(job: Job) -> dict:
             raise optuna.TrialPruned(f"pruned at step {step}: {job.metric}={last['value']:.4g}")
 
     try:
-        cfg = compose(job.overrides)  # validated by the driver, fit check included
+        cfg = compose(job.overrides)  # its fields and fit checked by the driver; run_trial checks data and targets
         summary = run_trial(cfg, listeners=(prune,), run_id=job.run_id)
     except optuna.TrialPruned as e:
         return {"state": "PRUNED", "value": last["value"], "step": last["step"], "reason": str(e), **node}
     except Exception as e:  # recorded with its reason; the sweep goes on
-        reason = f"{type(e).__name__}: {e}".strip().splitlines()[0][:2000]
+        reason = ledger.reason(e)
         return {"state": "FAILED", "reason": reason + (OOM_HINT if "out of memory" in reason.lower() else ""), **node}
     value = summary.get(job.metric)
     if value is None:

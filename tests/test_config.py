@@ -35,6 +35,7 @@ BAD = [
     (["adapter.targets=[spectrum:150%]"], "adapter.targets='spectrum:150%'"),
     (["adapter.targets=[q,spectrum:lots]"], "adapter.targets='spectrum:lots'"),
     (["tracking.merge_check=maybe"], "tracking.merge_check='maybe'"),
+    (["train.sampling=shuffled"], "train.sampling='shuffled'"),
     (["tracking.max_serving_rank=0"], "tracking.max_serving_rank=0"),
     (["tracking.forgetting=true"], "tracking.forgetting=True"),  # MiniLM classifies: no perplexity
     (

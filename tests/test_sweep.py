@@ -63,7 +63,7 @@ def test_best_trial_and_its_rerun_command(mode, store, capsys):
     """The best trial is the min (or max) of the COMPLETE ones; the printed command composes its exact config."""
     from lorasweep.cli import main
 
-    assert main(["sweep", "sweep=smoke", "sweep.pruner.name=none", f"sweep.mode={mode}"]) == 0
+    assert main(["sweep", "sweep=smoke", "sweep.pruner.name=none", f"sweep.mode={mode}", "engine.num_cpus=2"]) == 0
     out = capsys.readouterr().out
     sweep_dir = next(Path("sweeps_out").glob("smoke-*"))
     client, parent, runs = children(store, str(sweep_dir))
@@ -85,6 +85,8 @@ def test_best_trial_and_its_rerun_command(mode, store, capsys):
     assert all(r.info.run_name.startswith(f"t{int(r.data.tags['optuna_trial']):03d} r=") for r in runs)
     exp = client.get_experiment(client.get_run(parent).info.experiment_id)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    # engine.cpus_per_trial=auto: one trial at a time gets every CPU (and as many torch threads).
+    assert {r.data.tags["cpus"] for r in runs} == {"2"}
 
 
 @pytest.mark.parametrize(
@@ -151,6 +153,7 @@ def test_four_concurrent_trials_all_train_overlap_and_lose_no_metric(store):
     spans = []
     for r in runs:
         assert r.data.tags["gpu_share"] == "0.25"  # need/GPU = 0.2 -> a quarter
+        assert r.data.tags["cpus"] == "1"  # auto: 4 CPUs over 4 trials at once
         assert [m.step for m in client.get_metric_history(r.info.run_id, "eval_loss")] == [2, 4, 6, 8]
         train = client.get_metric_history(r.info.run_id, "train_loss")
         assert [m.step for m in train] == [2, 4, 6, 8]
@@ -186,12 +189,20 @@ def test_refused_configs_fail_in_both_stores_and_max_failures_stops_launches(sto
 
 
 def test_a_config_sampled_again_is_not_trained_again(store):
-    """A one-point space sampled 3 times: one trial trains, the other two reuse its result, in both stores."""
+    """A space with one config in it, sampled 3 times: one trial trains, the other two reuse its result, in both
+    stores. A helper no field uses still differs between samples: the composed config decides, not the params."""
     s = run_sweep(
-        ["sweep=smoke", "sweep.pruner.name=none", "~sweep.space", "+sweep.space={adapter:{r:{kind:choice,values:[4]}}}"]
+        [
+            "sweep=smoke",
+            "sweep.pruner.name=none",
+            "~sweep.space",
+            "+sweep.space={adapter:{r:{kind:choice,values:[4]}},unused:{kind:choice,values:[1,2],helper:true}}",
+        ]
     )
     client, _, runs = children(store, s["sweep_dir"])
-    states = same_states(runs, study_of(s["sweep_dir"]))
+    study = study_of(s["sweep_dir"])
+    assert len({t.params["unused"] for t in study.trials}) == 2  # different samples, one config
+    states = same_states(runs, study)
     assert sorted(states.values()) == ["COMPLETE", "REUSED", "REUSED"]
     first = next(r for r in runs if r.data.tags["trial_state"] == "COMPLETE")
     for r in runs:
