@@ -99,6 +99,11 @@ UNSUPPORTED = {
 }
 
 
+def tracking_uri(cfg: DictConfig) -> str:
+    """MLFLOW_TRACKING_URI wins over tracking.uri, as in MLflow itself."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or str(cfg.tracking.uri)
+
+
 def _num(field: str, value, ok: bool, allowed: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok:
         raise ConfigError(field, value, allowed)

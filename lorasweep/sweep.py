@@ -15,17 +15,18 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import mlflow
 import optuna
-from mlflow.entities import RunTag
 from omegaconf import DictConfig, OmegaConf
 
-from lorasweep import ledger, tracking
-from lorasweep.config import TASK_METRICS, compose, validate
+from lorasweep.config import TASK_METRICS, compose, tracking_uri, validate
 from lorasweep.errors import ConfigError
 from lorasweep.resources import cpus_per_trial
 from lorasweep.space import SweepSpec, make_sampler, parse_sweep, suggest, to_overrides
+
+if TYPE_CHECKING:
+    import mlflow
 
 SWEEPS_DIR = Path(os.environ.get("LORASWEEP_SWEEPS_DIR", "sweeps_out"))
 
@@ -47,6 +48,7 @@ def run_sweep(argv: list[str]) -> dict:
 
     # 2. Ray starts, and its workers import and load what the trials need, while the driver checks the base config
     #    and the data (the biggest start-up costs, side by side). Bad input still stops before any run or folder.
+    # mlflow (~1.5 s to import) is not needed before Ray runs: the check thread imports it meanwhile.
     import ray
 
     from lorasweep import lifeline, logserver, worker
@@ -73,6 +75,9 @@ def run_sweep(argv: list[str]) -> dict:
         n_slots = min(spec.max_concurrent, spec.num_trials)
         slots = [warm.options(num_cpus=cpus).remote(base, int(cpus)) for _ in range(n_slots)]
         checking.result()
+        import mlflow
+
+        from lorasweep import ledger, tracking
 
         # 3. The sweep's folder, study, parent run and log server.
         out.mkdir(parents=True, exist_ok=True)
@@ -174,11 +179,11 @@ def check_engine_and_metric(cfg: DictConfig, spec: SweepSpec) -> None:
             "sweep.metric", spec.metric, f"a metric a {cfg.model.task} trial reports: {', '.join(reported)}"
         )
     check_engine(cfg)
-    local_store = tracking.uri(cfg).startswith(("sqlite:", "file:", "/", "."))
+    local_store = tracking_uri(cfg).startswith(("sqlite:", "file:", "/", "."))
     if cfg.engine.address and local_store and cfg.engine.log_server == "auto" and not cfg.engine.log_server_host:
         raise ConfigError(
             "tracking.uri",
-            tracking.uri(cfg),
+            tracking_uri(cfg),
             "on a cluster (engine.address set), a tracking server the "
             "nodes reach: tracking.uri=http://host:port, or engine.log_server_host=<an address of this "
             "machine they reach> for the sweep's own log server",
@@ -187,7 +192,7 @@ def check_engine_and_metric(cfg: DictConfig, spec: SweepSpec) -> None:
 
 def check_config_and_data(cfg: DictConfig) -> None:
     """The base config as `lorasweep trial` checks it, and the data (columns, sizes against the table), once."""
-    from lorasweep import data, model
+    from lorasweep import data, model, tracking  # noqa: F401  (tracking: MLflow's import, off the main thread)
 
     validate(cfg)
     parts = data.splits(cfg)
@@ -226,8 +231,9 @@ def loop(
 ) -> None:
     """Keep max_concurrent trials in flight until the budget, the time limit or max_failures ends the sweep."""
     import ray
+    from mlflow.entities import RunTag
 
-    from lorasweep import worker
+    from lorasweep import ledger, tracking, worker
 
     pruner = {"name": spec.pruner, **spec.pruner_options}
     in_flight: dict = {}  # Ray ObjectRef -> (trial number, MLflow run id)
@@ -418,6 +424,8 @@ def sweep_dir(cfg: DictConfig, argv: list[str]) -> tuple[Path, bool]:
 def leaderboard(client: mlflow.MlflowClient, parent_run_id: str, spec: SweepSpec, out: Path, base: list[str]) -> dict:
     """The leaderboard and the objective plot, the same ones `lorasweep report` shows, onto the parent run; the
     best finished trial and the command that reruns it."""
+    import mlflow
+
     from lorasweep.analysis import figures, runs, tables
 
     trials = runs.load_trials(runs.find_sweep(parent_run_id, client.tracking_uri))

@@ -12,13 +12,13 @@ import mlflow
 from omegaconf import DictConfig, OmegaConf
 
 import lorasweep
+from lorasweep.config import tracking_uri
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENT_KIND = "mlflow.experimentKind"
 
 
-def uri(cfg: DictConfig) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or str(cfg.tracking.uri)
+uri = tracking_uri  # where this process logs
 
 
 def flatten(cfg: DictConfig, skip: tuple[str, ...] = ("sweep",)) -> dict[str, object]:
