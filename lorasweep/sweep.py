@@ -297,7 +297,7 @@ def loop(
             job = worker.Job(
                 number=trial.number,
                 run_id=run_id,
-                overrides=[*base, *overrides],
+                config=OmegaConf.to_container(trial_cfg),
                 study_name=state["study_name"],
                 storage=state["storage"],
                 pruner=pruner,

@@ -102,7 +102,10 @@ def trainer(cfg: DictConfig, model, tok, datasets: dict, listeners: list[OnMetri
         output_dir=tempfile.mkdtemp(prefix="lorasweep-trainer-"),
         max_steps=total_steps(cfg, len(datasets["train"])),
         per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=max(t.batch_size, 64),
+        # A causal LM's eval logits are batch x length x vocab (64 x 128 x 262k fp32 = 8.6 GB for Gemma 3): its eval
+        # batch is the training batch, and only the loss is kept. A classifier's logits are tiny.
+        per_device_eval_batch_size=max(t.batch_size, 64) if seq_cls else t.batch_size,
+        prediction_loss_only=not seq_cls,
         gradient_accumulation_steps=t.grad_accum,
         learning_rate=t.lr,
         lr_scheduler_type=t.lr_scheduler,

@@ -21,7 +21,7 @@ class Job:
 
     number: int  # the Optuna trial number: the trial's one identity
     run_id: str  # its MLflow child run, created by the driver
-    overrides: list[str]  # Hydra overrides: the sweep's base, then the sampled values
+    config: dict  # the trial's config, composed and checked by the driver (not composed twice)
     study_name: str
     storage: str  # Optuna storage URL the workers share
     pruner: dict  # {"name": ..., **options}, built into the same Optuna pruner as the driver's
@@ -35,9 +35,9 @@ def run(job: Job) -> dict:
     """Train one trial; returns {"state": COMPLETE | PRUNED | FAILED, "value", "step", "reason", "node", ...}."""
     import optuna
     import torch
+    from omegaconf import OmegaConf
 
     from lorasweep import ledger, space
-    from lorasweep.config import compose
     from lorasweep.trial import run_trial
 
     os.environ["MLFLOW_TRACKING_URI"] = job.tracking_uri
@@ -63,7 +63,8 @@ def run(job: Job) -> dict:
             raise optuna.TrialPruned(f"pruned at step {step}: {job.metric}={last['value']:.4g}")
 
     try:
-        cfg = compose(job.overrides)  # its fields and fit checked by the driver; run_trial checks data and targets
+        cfg = OmegaConf.create(job.config)  # its fields and fit checked by the driver; run_trial checks data, targets
+        OmegaConf.set_struct(cfg, True)  # as compose() leaves it: a misspelt key read is an error, not None
         summary = run_trial(cfg, listeners=(prune,), run_id=job.run_id)
     except optuna.TrialPruned as e:
         return {"state": "PRUNED", "value": last["value"], "step": last["step"], "reason": str(e), **node}
