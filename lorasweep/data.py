@@ -79,9 +79,12 @@ def read_table(d: DictConfig) -> pd.DataFrame:
 def _hub(d: DictConfig):
     """All splits of a hub dataset (cached, when offline) or of a local folder: `save_to_disk`'s layout or one
     load_dataset reads (train.parquet, data/train-*.parquet, ...)."""
+    import datasets
     from datasets import load_dataset, load_from_disk
 
     folder = Path(str(d.path)).expanduser()
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # bad input stays one line on stderr
     try:
         if (folder / "dataset_dict.json").is_file():
             return load_from_disk(str(folder))
@@ -91,6 +94,9 @@ def _hub(d: DictConfig):
         raise ConfigError(
             "data.path", d.path, f"a dataset on the hub (cached, when offline) or in a local folder ({why})"
         ) from None
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
 
 
 def file_path(d: DictConfig, where: str | None = None, field: str = "data.path") -> Path:
@@ -243,8 +249,11 @@ def prompt_ids(d: DictConfig, tok, text: str, room: int) -> list[int]:
     """A prompt's tokens, cut from the left to `room` tokens: the end of a prompt, next to its answer, matters most.
     A chat template writes its own special tokens."""
     room = max(room, tok.num_special_tokens_to_add() + 1)
-    special = not d.chat_template
-    return tok(text, add_special_tokens=special, truncation=True, max_length=room, truncation_side="left")["input_ids"]
+    side, tok.truncation_side = tok.truncation_side, "left"  # an attribute: the call's keyword is not honoured
+    try:
+        return tok(text, add_special_tokens=not d.chat_template, truncation=True, max_length=room)["input_ids"]
+    finally:
+        tok.truncation_side = side
 
 
 def tokenize(cfg: DictConfig, parts: dict[str, pd.DataFrame], tok, label_names: list[str] | None) -> dict[str, Dataset]:
@@ -296,12 +305,11 @@ def _tokenize(
     out, counts = {}, {}
     for name, df in parts.items():
         rows, lost = encode(df)
-        out[name], counts[count.format(name)] = Dataset.from_dict(rows), int(lost)
-    # Rows with nothing to score: a label train never saw (counted above), an SFT row with no response token left.
-    out = {
-        n: ds.filter(lambda r: r["labels"] >= 0 if isinstance(r["labels"], int) else max(r["labels"]) >= 0)
-        for n, ds in out.items()
-    }
+        # Rows with nothing to score are left out: a label train never saw (counted), an SFT row with no response
+        # token left (max_length too small for any).
+        keep = [max(lab) >= 0 if isinstance(lab, list) else lab >= 0 for lab in rows["labels"]]
+        out[name] = Dataset.from_dict({k: [v for v, ok in zip(col, keep) if ok] for k, col in rows.items()})
+        counts[count.format(name)] = int(lost)
     return out, counts
 
 

@@ -123,4 +123,10 @@ def log_splits(cfg: DictConfig, parts: dict) -> None:
 
 def log_generations(rows: dict[str, list]) -> None:
     """Prompt / reference / generation rows of one eval, appended to one table the MLflow UI shows."""
-    mlflow.log_table(rows, artifact_file="generations.json")
+    bar = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"  # log_table downloads the table so far to append: no bar each eval
+    before = os.environ.get(bar)
+    os.environ[bar] = "false"
+    try:
+        mlflow.log_table(rows, artifact_file="generations.json")
+    finally:
+        os.environ.pop(bar) if before is None else os.environ.update({bar: before})
