@@ -50,7 +50,9 @@ def main() -> None:
     tables = []
     gen = generate.GenerateEval(cfg.data, cfg.train, tok, parts, tables.append)
     trainer = train.trainer(cfg, peft_model, tok, datasets, [], [gen])
+    t = time.perf_counter()
     trainer.train()
+    print(f"trained {args.steps} steps (with one eval): {time.perf_counter() - t:.1f} s", flush=True)
     rows = {"plain": [], "with_generation": [], "generation_s": []}
     for _ in range(args.repeats):
         for name in ("plain", "with_generation"):
@@ -60,6 +62,7 @@ def main() -> None:
             t = time.perf_counter()
             m = trainer.evaluate()
             rows[name].append(time.perf_counter() - t)
+            print(f"{name}: {rows[name][-1]:.1f} s", flush=True)
             if name == "with_generation":
                 rows["generation_s"].append(m["eval_generate_runtime"])
                 scores = {k: m[k] for k in ("eval_exact_match", "eval_rougeL", "eval_bleu", "eval_chrf")}

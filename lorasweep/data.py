@@ -51,10 +51,12 @@ def _field(d: DictConfig, split: str) -> str:
 
 
 def tables(d: DictConfig) -> dict[str, pd.DataFrame]:
-    """Each split the config names, as read (train first)."""
+    """Each split the config names, as read."""
     if d.source == "hub":
         found = _hub(d)
         for split, name in named(d).items():
+            if name not in found and not d.splits:
+                raise ConfigError("data.splits", None, f"{{train: <one of {sorted(found)}>}}: no split named train")
             if name not in found:
                 raise ConfigError(_field(d, split), name, f"a split of {d.path}: {sorted(found)}")
         return {split: found[name].to_pandas() for split, name in named(d).items()}
