@@ -90,7 +90,7 @@ def _hub(d: DictConfig):
     try:
         if (folder / "dataset_dict.json").is_file():
             return load_from_disk(str(folder))
-        return load_dataset(str(d.path))
+        return load_dataset(str(folder) if folder.is_dir() else str(d.path))
     except (ConnectionError, FileNotFoundError, ValueError) as e:  # offline and not cached, unknown
         why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         raise ConfigError(

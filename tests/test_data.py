@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 
 from lorasweep.cli import main
 from lorasweep.config import compose
-from lorasweep.data import labels, notes, read_table, splits, tokenize
+from lorasweep.data import labels, notes, read_table, splits, tokenize, warning_lines
 from lorasweep.generate import references, scores
 from lorasweep.model import tokenizer_source
 from tests.conftest import all_runs
@@ -130,8 +130,13 @@ def test_numeric_labels_and_labels_unseen_in_train_are_counted(tok, tmp_path):
     names = labels(cfg, parts)
     assert names == ["1", "2", "3"]
     ds = tokenize(cfg, parts, tok, names)
-    assert notes(cfg, parts, tok, names)["unseen_label_rows_test"] == 3  # 5, 5 and 10; the empty label is dropped
+    lost = notes(cfg, parts, tok, names)
+    assert lost["unseen_label_rows_test"] == 3  # 5, 5 and 10; the row with no label is dropped on reading
     assert ds["test"]["labels"] == [1]
+    assert warning_lines(lost) == [
+        "lorasweep: warning: rows with a label unseen in train, left out of the metrics: 3 test "
+        "(metrics unseen_label_rows_<split>)"
+    ]
 
 
 def test_sft_cuts_a_long_prompt_from_the_left_and_keeps_the_response(tok, tmp_path):
