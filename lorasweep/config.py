@@ -28,12 +28,15 @@ AFTER_METRICS = {
     ],
     "forgetting": ["forget_ppl_after", "forget_ppl_delta", "forget_ppl_ratio"],
 }
+# Scores of greedy generations against the references (lorasweep/generate.py), at each eval with train.generate_eval.
+GENERATE_METRICS = ["eval_exact_match", "eval_rougeL", "eval_bleu", "eval_chrf"]
 # The metrics each task reports at every eval, then those after training (any of them can be a sweep's metric).
 TASK_METRICS = {
     "seq_cls": ["eval_loss", "eval_accuracy", "eval_macro_f1", *SERVING_METRICS, *AFTER_METRICS["merge_check"]],
     "causal_lm": [
         "eval_loss",
         "eval_perplexity",
+        *GENERATE_METRICS,
         *SERVING_METRICS,
         *AFTER_METRICS["merge_check"],
         *AFTER_METRICS["forgetting"],
@@ -169,8 +172,50 @@ def validate(cfg: DictConfig, has_cuda: bool | None = None) -> DictConfig:
     from transformers.trainer_utils import SchedulerType
 
     _one_of("train.lr_scheduler", t.lr_scheduler, [s.value for s in SchedulerType])
+    _data(cfg)
     _after(cfg)
     return cfg
+
+
+def _data(cfg: DictConfig) -> None:
+    """The data fields and the generation eval; what needs the files is checked as they are read (data.py)."""
+    from lorasweep.data import SPLITS
+
+    d, t = cfg.data, cfg.train
+    _one_of("data.source", d.source, ["package", "file", "hub"])
+    for key in ("files", "splits"):
+        given = d[key]
+        if given is None:
+            continue
+        if key == "files" and d.source == "hub" or key == "splits" and d.source != "hub":
+            want = "data.splits (split names)" if key == "files" else "data.files (file names)"
+            raise ConfigError(f"data.{key}", _plain(given), f"null for data.source={d.source}; it takes {want}")
+        if not isinstance(given, DictConfig) or "train" not in given or not set(given) <= set(SPLITS):
+            raise ConfigError(f"data.{key}", _plain(given), f"a mapping of {list(SPLITS)} to names, with train")
+    if d.source != "hub" and d.files is None and d.path is None:
+        raise ConfigError("data.path", None, "a file (or data.files={train: ..., test: ...})")
+    for name in ("train_size", "eval_size", "test_size"):
+        v = d[name]
+        ok = v is None or isinstance(v, int) and v >= 1 or isinstance(v, float) and 0 < v < 1
+        if isinstance(v, bool) or not ok:
+            raise ConfigError(f"data.{name}", v, "a count >= 1, a fraction in (0, 1), or null for all the rows left")
+    _num("data.max_length", d.max_length, isinstance(d.max_length, int) and d.max_length >= 2, "an integer >= 2")
+    for flag in ("data.chat_template", "data.group_references", "train.generate_eval"):
+        if not isinstance(OmegaConf.select(cfg, flag), bool):
+            raise ConfigError(flag, OmegaConf.select(cfg, flag), "true or false")
+    if t.generate_eval and cfg.model.task != "causal_lm":
+        raise ConfigError(
+            "train.generate_eval", True, f"false for model.task={cfg.model.task}: generation needs a causal LM"
+        )
+    for key in ("generate_samples", "max_new_tokens"):
+        _num(f"train.{key}", t[key], isinstance(t[key], int) and t[key] >= 1, "an integer >= 1")
+    metric = OmegaConf.select(cfg, "sweep.metric", default=None)
+    if metric in GENERATE_METRICS and cfg.model.task == "causal_lm" and not t.generate_eval:
+        raise ConfigError("sweep.metric", metric, f"a metric the trials log: {metric} needs train.generate_eval=true")
+
+
+def _plain(node):
+    return OmegaConf.to_container(node) if isinstance(node, DictConfig) else node
 
 
 def _after(cfg: DictConfig) -> None:

@@ -108,14 +108,25 @@ def log_splits(cfg: DictConfig, parts: dict) -> None:
     """Each split as an MLflow dataset input (name, digest, schema, row count), so runs show what they trained on."""
     import mlflow.data
 
-    from lorasweep.data import file_path
+    from lorasweep.data import sources
 
-    source = None if cfg.data.source == "hub" else str(file_path(cfg.data))  # a hub id: MLflow records the code
+    files = sources(cfg.data)  # a split carved out of train comes from train's file; a hub id: MLflow records the code
     for split, df in parts.items():
-        ds = mlflow.data.from_pandas(df, source=source, name=f"{cfg.data.name}-{split}")
+        ds = mlflow.data.from_pandas(df, source=files.get(split, files["train"]), name=f"{cfg.data.name}-{split}")
         try:
             mlflow.log_input(ds, context=split)
         except mlflow.exceptions.MlflowException:
             # Two trials logging the same new dataset at once: the store's unique key refuses the second insert.
             # The dataset exists now, so the second try only links it to this run.
             mlflow.log_input(ds, context=split)
+
+
+def log_generations(rows: dict[str, list]) -> None:
+    """Prompt / reference / generation rows of one eval, appended to one table the MLflow UI shows."""
+    bar = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"  # log_table downloads the table so far to append: no bar each eval
+    before = os.environ.get(bar)
+    os.environ[bar] = "false"
+    try:
+        mlflow.log_table(rows, artifact_file="generations.json")
+    finally:
+        os.environ.pop(bar) if before is None else os.environ.update({bar: before})

@@ -93,7 +93,8 @@ def total_steps(cfg: DictConfig, n_train: int) -> int:
     return max(1, math.ceil(per_epoch * t.epochs))
 
 
-def trainer(cfg: DictConfig, model, tok, datasets: dict, listeners: list[OnMetrics]) -> Trainer:
+def trainer(cfg: DictConfig, model, tok, datasets: dict, listeners: list[OnMetrics], callbacks: tuple = ()) -> Trainer:
+    """The Trainer of a trial; `callbacks` run before the reporting one, so metrics they add are reported."""
     t, seq_cls = cfg.train, cfg.model.task == "seq_cls"
     eval_ds = datasets["eval"]
     if t.eval_samples:
@@ -127,7 +128,7 @@ def trainer(cfg: DictConfig, model, tok, datasets: dict, listeners: list[OnMetri
     collator = (
         DataCollatorWithPadding(tok) if seq_cls else DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
     )
-    callbacks = [Report(listeners, perplexity=not seq_cls)] + (
+    callbacks = [*callbacks, Report(listeners, perplexity=not seq_cls)] + (
         [AdaLoraBudget()] if cfg.adapter.variant == "adalora" else []
     )
     tr = Trainer(

@@ -1,5 +1,6 @@
 """Trial: one PEFT fine-tune from a config, top to bottom — validate, load, train, measure, track."""
 
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -7,10 +8,12 @@ from pathlib import Path
 import mlflow
 from omegaconf import DictConfig, OmegaConf
 
-from lorasweep import after, data, measure, model, tracking, train
+from lorasweep import after, data, generate, measure, model, tracking, train
 from lorasweep.config import validate
 from lorasweep.targets import family
 from lorasweep.train import OnMetrics
+
+TEST_METRICS = ["test_loss", "test_accuracy", "test_macro_f1", *(f"test_{n}" for n in generate.NAMES)]
 
 
 def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), run_id: str | None = None) -> dict[str, object]:
@@ -37,6 +40,10 @@ def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), run_id: st
         init = measure.snapshot_factors(peft_model)  # PiSSA starts from B0·A0 ≠ 0: spectra measure what training added
         before = after.forgetting_before(cfg, peft_model, tok)  # the base's general-text perplexity (cached)
         datasets = data.tokenize(cfg, parts, tok, labels)
+        lost = data.notes(cfg, parts, tok, labels)  # unseen labels, cut responses: said once, logged per split
+        mlflow.log_metrics(lost)
+        for line in data.warning_lines(lost):
+            print(line, file=sys.stderr, flush=True)
         trainable, total = peft_model.get_nb_trainable_parameters()
         sizes = {
             "trainable_params": trainable,
@@ -52,7 +59,12 @@ def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), run_id: st
             mlflow.log_metrics(metrics, step=step)
             latest.update(metrics)
 
-        trainer = train.trainer(cfg, peft_model, tok, datasets, [log, *listeners])
+        scored = (
+            [generate.GenerateEval(cfg.data, cfg.train, tok, parts, tracking.log_generations)]
+            if cfg.train.generate_eval
+            else []
+        )
+        trainer = train.trainer(cfg, peft_model, tok, datasets, [log, *listeners], scored)
         start = time.perf_counter()
         result = trainer.train()
         runtime = time.perf_counter() - start
@@ -64,7 +76,7 @@ def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), run_id: st
         samples = trainer.state.global_step * cfg.train.batch_size * cfg.train.grad_accum
         summary = {
             **final,
-            **{k: float(v) for k, v in test.items() if k in ("test_loss", "test_accuracy", "test_macro_f1")},
+            **{k: float(v) for k, v in test.items() if k in TEST_METRICS},
             "train_loss_final": float(result.training_loss),
             "train_runtime_s": runtime,
             "samples_per_s": samples / runtime,
