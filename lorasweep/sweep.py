@@ -88,7 +88,7 @@ def run_sweep(argv: list[str]) -> dict:
             "parent_run_id": None,
             "storage": cfg.engine.storage or f"sqlite:///{(out / 'optuna.db').resolve()}",
         }
-        direct = tracking.uri(cfg)
+        direct = tracking_uri(cfg)
         if cfg.engine.log_server == "auto" and direct.startswith("sqlite:"):
             server = logserver.start(direct, Path("mlruns").resolve(), out, cfg.engine.log_server_host or "127.0.0.1")
             lifeline.hold(watcher)

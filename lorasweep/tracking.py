@@ -18,9 +18,6 @@ REPO = Path(__file__).resolve().parent.parent
 EXPERIMENT_KIND = "mlflow.experimentKind"
 
 
-uri = tracking_uri  # where this process logs
-
-
 def flatten(cfg: DictConfig, skip: tuple[str, ...] = ("sweep",)) -> dict[str, object]:
     """Dotted keys of the resolved config; numbers stay numbers, lists become JSON, so every child compares."""
     out: dict[str, object] = {}
@@ -82,7 +79,7 @@ def run(cfg: DictConfig, run_id: str | None = None, tags: dict[str, str] | None 
     a run someone else created (a sweep's child or parent run)."""
     import optuna
 
-    mlflow.set_tracking_uri(uri(cfg))
+    mlflow.set_tracking_uri(tracking_uri(cfg))
     if run_id is None:
         experiment(cfg)
     active = mlflow.start_run(
