@@ -1,9 +1,9 @@
 """lorasweep sweep against the hand-written Ray Tune + OptunaSearch + ASHA script (benchmarks/handwritten_sweep.py),
 same space and budget (sweeps/vs_script.yaml), back to back, alternating the order, over --reps repetitions.
-lorasweep runs twice per repetition on the 2 cores: 2 trials at a time with 1 thread each (2x1) and 1 trial at a
-time with 2 threads (1x2), so the default is picked from the data.
+By default lorasweep runs twice per repetition on the 2 cores: 2 trials at a time with 1 thread each (2x1) and 1 trial
+at a time with 2 threads (1x2), so the default is picked from the data; --arms 2x1 runs only the first.
 
-    python benchmarks/bench_vs_script.py --reps 2 [--trials 8 --steps 120]
+    python benchmarks/bench_vs_script.py --reps 2 [--trials 8 --steps 120 --arms 2x1,1x2]
 
 Writes benchmarks/results/vs_script.{json,md}: each run's wall time and best eval macro-F1, and the ratio
 lorasweep / script of the median walls (target <= 0.8 with the same or a better best metric).
@@ -75,8 +75,11 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=8)
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--eval-every", type=int, default=40)
+    ap.add_argument(
+        "--arms", default="2x1,1x2", help="lorasweep's trials x threads on 2 cores to run beside the script"
+    )
     args = ap.parse_args()
-    arms = {"lorasweep 2x1": lambda: lorasweep(args, 2), "lorasweep 1x2": lambda: lorasweep(args, 1)}
+    arms = {f"lorasweep {a}": (lambda c=int(a.split("x")[0]): lorasweep(args, c)) for a in args.arms.split(",")}
     arms["script"] = lambda: script(args)
     runs = {k: [] for k in arms}
     for rep in range(args.reps):
@@ -102,7 +105,8 @@ def main() -> None:
     lines = [
         f"# lorasweep sweep vs the hand-written Ray Tune + Optuna script ({out['date']}, {out['machine']})",
         "",
-        f"`python benchmarks/bench_vs_script.py --reps {args.reps} --trials {args.trials} --steps {args.steps}`",
+        f"`python benchmarks/bench_vs_script.py --reps {args.reps} --trials {args.trials} --steps {args.steps} "
+        f"--arms {args.arms}`",
         "",
         "| run | tool | wall s | best eval macro-F1 |",
         "|---|---|---|---|",

@@ -93,6 +93,23 @@ OPTIMS = {
     "paged_adamw_8bit": True,
     "paged_adamw_32bit": True,
 }  # name: needs CUDA
+# transformers' SchedulerType values, listed here because importing transformers.trainer_utils costs ~3.5 s (torch,
+# peft) and the sweep driver never needs torch; tests/test_config.py holds the two equal.
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "reduce_lr_on_plateau",
+    "cosine_with_min_lr",
+    "cosine_warmup_with_min_lr",
+    "warmup_stable_decay",
+    "greedy",
+)
+SPLITS = ("train", "eval", "test")
 # Combinations PEFT refuses, with its reason.
 UNSUPPORTED = {
     ("pissa", "nf4"): "PiSSA initialises from an SVD of float weights, not quantized ones",
@@ -107,6 +124,12 @@ def tracking_uri(cfg: DictConfig) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or str(cfg.tracking.uri)
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _num(field: str, value, ok: bool, allowed: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok:
         raise ConfigError(field, value, allowed)
@@ -119,9 +142,6 @@ def _one_of(field: str, value, allowed) -> None:
 
 def validate(cfg: DictConfig, has_cuda: bool | None = None) -> DictConfig:
     """Check every field that can be checked without loading a model or data; raise the first ConfigError."""
-    import torch
-
-    has_cuda = torch.cuda.is_available() if has_cuda is None else has_cuda
     m, a, q, t = cfg.model, cfg.adapter, cfg.quant, cfg.train
     _one_of("model.task", m.task, TASKS)
     _one_of("model.dtype", m.dtype, DTYPE_NAMES)
@@ -165,13 +185,11 @@ def validate(cfg: DictConfig, has_cuda: bool | None = None) -> DictConfig:
     )
     _one_of("train.sampling", t.sampling, ("group_by_length", "random"))
     _one_of("train.optim", t.optim, OPTIMS)
-    if OPTIMS[t.optim] and not has_cuda:
+    if OPTIMS[t.optim] and not (_has_cuda() if has_cuda is None else has_cuda):
         raise ConfigError(
             "train.optim", t.optim, "adamw_torch on this machine (no CUDA); 8-bit and paged optimizers need a GPU"
         )
-    from transformers.trainer_utils import SchedulerType
-
-    _one_of("train.lr_scheduler", t.lr_scheduler, [s.value for s in SchedulerType])
+    _one_of("train.lr_scheduler", t.lr_scheduler, SCHEDULERS)
     _data(cfg)
     _after(cfg)
     return cfg
@@ -179,8 +197,6 @@ def validate(cfg: DictConfig, has_cuda: bool | None = None) -> DictConfig:
 
 def _data(cfg: DictConfig) -> None:
     """The data fields and the generation eval; what needs the files is checked as they are read (data.py)."""
-    from lorasweep.data import SPLITS
-
     d, t = cfg.data, cfg.train
     _one_of("data.source", d.source, ["package", "file", "hub"])
     for key in ("files", "splits"):
@@ -220,7 +236,6 @@ def _plain(node):
 
 def _after(cfg: DictConfig) -> None:
     """The after-training measurements (lorasweep/after.py) and the spectrum target rule."""
-    from lorasweep.after import text_source
     from lorasweep.targets import spectrum_percent
 
     for target in cfg.adapter.targets:
@@ -255,4 +270,6 @@ def _after(cfg: DictConfig) -> None:
         isinstance(tr.forgetting_tokens, int) and tr.forgetting_tokens >= tr.forgetting_window,
         f"an integer >= tracking.forgetting_window ({tr.forgetting_window})",
     )
+    from lorasweep.after import text_source
+
     text_source(tr)

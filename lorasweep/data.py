@@ -11,8 +11,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from lorasweep.errors import ConfigError
 
-SPLITS = ("train", "eval", "test")
-
 
 def _chatterbot(folder: Path, encoding: str) -> pd.DataFrame:
     """A folder of chatterbot-corpus YAML files: each pair of consecutive turns of a conversation is one

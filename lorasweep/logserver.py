@@ -52,18 +52,23 @@ def start(
 
 
 def wait(proc: subprocess.Popen, url: str, timeout_s: float = 300) -> None:
-    """Until the server accepts connections; a server that exits is an error naming its log."""
-    host, port = url.removeprefix("http://").rsplit(":", 1)
+    """Until the server answers a tracking request; a server that exits is an error naming its log. MLflow's server
+    opens its store on the first such request (~1.5 s), so this makes it happen while the workers still start."""
+    import urllib.error
+    import urllib.request
+
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            with socket.create_connection((host, int(port)), timeout=1):
+            with urllib.request.urlopen(f"{url}/api/2.0/mlflow/experiments/get?experiment_id=0", timeout=60):
                 return
+        except urllib.error.HTTPError:  # an answer all the same (e.g. a store without experiment 0)
+            return
         except OSError:
             if proc.poll() is not None:
                 raise RuntimeError(f"the MLflow log server exited (code {proc.returncode}); see mlflow-server.log")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the MLflow log server did not listen on {url} within {timeout_s:.0f} s")
+                raise RuntimeError(f"the MLflow log server did not answer on {url} within {timeout_s:.0f} s")
             time.sleep(0.2)
 
 

@@ -11,9 +11,10 @@ import json
 import logging
 import os
 import shlex
+import shutil
+import sys
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,29 +35,30 @@ SWEEPS_DIR = Path(os.environ.get("LORASWEEP_SWEEPS_DIR", "sweeps_out"))
 def run_sweep(argv: list[str]) -> dict:
     """Run (or resume) the sweep the overrides describe; returns its summary (counts, best trial, leaderboard)."""
     started = time.time()
-    # 1. What can be wrong with the input and needs no heavy import, before a run, a folder or a process exists.
+    # 1. What can be wrong with the fields, with no heavy import, before a run, a folder or a process exists.
     cfg = compose(argv)
     spec = parse_sweep(cfg)
     out, resuming = sweep_dir(cfg, argv)
     base = [a for a in argv if not a.startswith(("resume=", "+resume="))]
     state = json.loads((out / "state.json").read_text()) if resuming else None
+    composed = base
     if resuming:
         base = state["argv"]
-        cfg = compose([*base, *[a for a in argv if a.startswith("sweep.")]])
+        composed = [*base, *[a for a in argv if a.startswith("sweep.")]]
+        cfg = compose(composed)
         spec = parse_sweep(cfg)
     check_engine_and_metric(cfg, spec)
+    validate(cfg)
 
-    # 2. Ray starts, and its workers import and load what the trials need, while the driver checks the base config
-    #    and the data (the biggest start-up costs, side by side). Bad input still stops before any run or folder.
-    # mlflow (~1.5 s to import) is not needed before Ray runs: the check thread imports it meanwhile.
+    # 2. Side by side: the log server starts, Ray starts, and each worker imports what a trial needs, checks the base
+    #    config and the data once, and loads them (torch and transformers: the biggest start-up cost, ~8 s on a core,
+    #    which the driver never pays); the driver imports MLflow meanwhile. Bad input still stops before any run
+    #    exists, and the folder made for the server's log goes again.
     import ray
 
     from lorasweep import lifeline, logserver, worker
 
     watcher = lifeline.start()
-    pool = ThreadPoolExecutor(1)
-    checking = pool.submit(check_config_and_data, cfg)
-    pool.shutdown(wait=False)  # the thread ends with the check
     ray.init(
         address=cfg.engine.address,
         num_cpus=cfg.engine.num_cpus,
@@ -67,20 +69,31 @@ def run_sweep(argv: list[str]) -> dict:
         logging_level=logging.ERROR,  # bad input found meanwhile stays one line on stderr
     )
     lifeline.hold(watcher)
-    server = None
+    new_folder, server, direct = not out.exists(), None, tracking_uri(cfg)
+    parent_made = resuming
     try:
         cpus = cpus_per_trial(cfg.engine, spec.max_concurrent)
         task = ray.remote(max_calls=0)(worker.run)  # max_calls=0: GPU tasks reuse their worker too (Ray's default: 1)
         warm = ray.remote(max_calls=0)(worker.warm)
         n_slots = min(spec.max_concurrent, spec.num_trials)
-        slots = [warm.options(num_cpus=cpus).remote(base, int(cpus)) for _ in range(n_slots)]
-        checking.result()
+        slots = [warm.options(num_cpus=cpus).remote(composed, int(cpus)) for _ in range(n_slots)]
+        # While the workers import and check: the log server starts and the driver imports MLflow (~1.5 s), after
+        # ray.init rather than beside it, which would slow Ray's own start.
+        out.mkdir(parents=True, exist_ok=True)
+        if cfg.engine.log_server == "auto" and direct.startswith("sqlite:"):
+            server = logserver.start(direct, Path("mlruns").resolve(), out, cfg.engine.log_server_host or "127.0.0.1")
+            lifeline.hold(watcher)
         import mlflow
 
         from lorasweep import ledger, tracking
 
-        # 3. The sweep's folder, study, parent run and log server.
-        out.mkdir(parents=True, exist_ok=True)
+        # 3. The log server, the study; once the workers' check has passed, the parent run.
+        log_uri = direct
+        if server is not None:
+            logserver.wait(*server)
+            log_uri = server[1]
+        mlflow.set_tracking_uri(log_uri)  # the driver logs through the sweep's server too: one writer to sqlite
+        client = mlflow.MlflowClient(log_uri)
         state = state or {
             "sweep_id": out.name,
             "argv": base,
@@ -88,14 +101,10 @@ def run_sweep(argv: list[str]) -> dict:
             "parent_run_id": None,
             "storage": cfg.engine.storage or f"sqlite:///{(out / 'optuna.db').resolve()}",
         }
-        direct = tracking_uri(cfg)
-        if cfg.engine.log_server == "auto" and direct.startswith("sqlite:"):
-            server = logserver.start(direct, Path("mlruns").resolve(), out, cfg.engine.log_server_host or "127.0.0.1")
-            lifeline.hold(watcher)
-        mlflow.set_tracking_uri(direct)
-        client = mlflow.MlflowClient(direct)
-        tracking.experiment(cfg)
         storage = optuna.storages.RDBStorage(state["storage"], engine_kwargs=worker.engine_kwargs(state["storage"]))
+        _ready(slots)
+        print(f"[sweep] workers ready {time.time() - started:.1f} s after the command", flush=True)
+        tracking.experiment(cfg)
         study = optuna.create_study(
             study_name=state["study_name"],
             storage=storage,
@@ -108,8 +117,12 @@ def run_sweep(argv: list[str]) -> dict:
         with warnings.catch_warnings():  # experimental in Optuna since 3.2, and what optuna-dashboard reads
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([spec.metric])
+        parent_made = True
         with tracking.run(
-            cfg, run_id=state["parent_run_id"], tags={"sweep_id": state["sweep_id"], "lorasweep_role": "sweep"}
+            cfg,
+            run_id=state["parent_run_id"],
+            tags={"sweep_id": state["sweep_id"], "lorasweep_role": "sweep"},
+            uri=log_uri,
         ) as parent:
             if not resuming:
                 client.update_run(parent.info.run_id, name=state["sweep_id"])
@@ -134,12 +147,6 @@ def run_sweep(argv: list[str]) -> dict:
 
             # 4. Trials: ask, open the child run, run it on a warm worker, write its end state to both stores.
             if budget > 0:
-                log_uri = direct
-                if server is not None:
-                    logserver.wait(*server)
-                    log_uri = server[1]
-                _ready(slots)
-                print(f"[sweep] workers ready {time.time() - started:.1f} s after the command", flush=True)
                 loop(spec, base, study, storage, client, pid, state, log_uri, budget, started, task, cpus)
 
             # 5. The leaderboard, the plot and the best trial, on the parent run.
@@ -149,21 +156,30 @@ def run_sweep(argv: list[str]) -> dict:
         if server is not None:
             logserver.stop(server[0])
         lifeline.stop(watcher)
+        if not parent_made and new_folder:  # refused (or stopped) before the sweep existed: nothing is left
+            shutil.rmtree(out, ignore_errors=True)
+            if not any(SWEEPS_DIR.iterdir()):
+                SWEEPS_DIR.rmdir()
+        if "mlflow" in sys.modules:  # the server is gone: later calls in this process use the store itself
+            sys.modules["mlflow"].set_tracking_uri(direct)
     summary["sweep_dir"] = str(out)
     summary["wall_s"] = time.time() - started
     return summary
 
 
 def _ready(slots: list) -> None:
-    """Wait for the warm-up of each worker slot, so the first trials land on warm workers. A warm-up that failed
-    only costs its trial the same work again; that trial reports its own error."""
+    """Wait for each worker slot's check and warm-up, so the first trials land on warm workers; bad input the check
+    found is raised here. A warm-up that failed otherwise only costs its trial the same work again; that trial
+    reports its own error."""
     import ray
 
     for ref in slots:
         try:
-            ray.get(ref)
+            result = ray.get(ref)
         except ray.exceptions.RayError:
-            pass
+            continue
+        if "error" in result:
+            raise result["error"]
 
 
 # ---------------------------------------------------------------- checks before anything starts
@@ -188,16 +204,6 @@ def check_engine_and_metric(cfg: DictConfig, spec: SweepSpec) -> None:
             "nodes reach: tracking.uri=http://host:port, or engine.log_server_host=<an address of this "
             "machine they reach> for the sweep's own log server",
         )
-
-
-def check_config_and_data(cfg: DictConfig) -> None:
-    """The base config as `lorasweep trial` checks it, and the data (columns, sizes against the table), once."""
-    from lorasweep import data, model, tracking  # noqa: F401  (tracking: MLflow's import, off the main thread)
-
-    validate(cfg)
-    parts = data.splits(cfg)
-    labels = data.labels(cfg, parts)
-    model.targets(cfg, len(labels) if labels else None)
 
 
 def trial_config(base: list[str], overrides: list[str]) -> tuple[DictConfig, float]:
@@ -341,12 +347,13 @@ def dry_run(argv: list[str]) -> int:
     """`lorasweep sweep ... --dry-run`: the space, the budget, and each sampled config's estimate and GPU share.
     Nothing trains, nothing is tracked. Without results TPE samples at random: the real sweep adapts."""
     from lorasweep.estimate import estimate
+    from lorasweep.trial import check
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = compose(argv)
     spec = parse_sweep(cfg)
     check_engine_and_metric(cfg, spec)
-    check_config_and_data(cfg)
+    check(cfg)
     print(
         f"sweep: {spec.num_trials} trials of {spec.metric} ({spec.mode}), {spec.max_concurrent} at a time, "
         f"sampler {spec.sampler}, pruner {spec.pruner}, time limit {spec.time_limit_s or '-'} s, "

@@ -1,12 +1,16 @@
 """Target-module aliases (q, k, v, o, gate, up, down, attn, mlp, all-linear) resolved per architecture family,
 and the `spectrum:<k>%` rule (the k % of each module type with the highest SNR of its base weights)."""
 
+from __future__ import annotations
+
 import math
 import re
-
-import torch.nn as nn
+from typing import TYPE_CHECKING
 
 from lorasweep.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where a model is: config validation needs only the rules
+    import torch.nn as nn
 
 # Each family maps an alias to a pattern matched against the end of a module's full name.
 FAMILIES: dict[str, dict[str, str]] = {
@@ -57,6 +61,8 @@ def family(model_type: str) -> str | None:
 
 def linear_names(model: nn.Module) -> list[str]:
     """Full names of the Linear layers an adapter may target (task heads excluded)."""
+    import torch.nn as nn
+
     return [
         name for name, mod in model.named_modules() if isinstance(mod, nn.Linear) and not (set(name.split(".")) & HEADS)
     ]

@@ -46,23 +46,24 @@ def git_commit() -> str:
 
 
 def environment_tags() -> dict[str, str]:
-    import peft
-    import torch
-    import transformers
+    """What ran it. Versions are read from the installed packages' metadata, which imports nothing: the sweep
+    driver's parent run does not pay ~4 s for torch."""
+    from importlib.metadata import version
 
-    device = (
-        torch.cuda.get_device_name(0)
-        if torch.cuda.is_available()
-        else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-    )
     return {
         "git_commit": git_commit(),
         "lorasweep_version": lorasweep.__version__,
-        "device": device,
-        "torch_version": torch.__version__,
-        "peft_version": peft.__version__,
-        "transformers_version": transformers.__version__,
+        **{f"{p}_version": version(p) for p in ("torch", "peft", "transformers")},
     }
+
+
+def device() -> str:
+    """The device a trial trains on (a trial's tag; its process has torch loaded anyway)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
 def experiment(cfg: DictConfig) -> str:
@@ -74,12 +75,15 @@ def experiment(cfg: DictConfig) -> str:
 
 
 @contextmanager
-def run(cfg: DictConfig, run_id: str | None = None, tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
+def run(
+    cfg: DictConfig, run_id: str | None = None, tags: dict[str, str] | None = None, uri: str | None = None
+) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run that ends FINISHED, or FAILED with `failure_reason`, never left RUNNING. With run_id it resumes
-    a run someone else created (a sweep's child or parent run)."""
+    a run someone else created (a sweep's child or parent run). uri: where to log, if not the config's store (a
+    sweep's driver logs through its log server)."""
     import optuna
 
-    mlflow.set_tracking_uri(tracking_uri(cfg))
+    mlflow.set_tracking_uri(uri or tracking_uri(cfg))
     if run_id is None:
         experiment(cfg)
     active = mlflow.start_run(

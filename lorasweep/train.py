@@ -7,7 +7,6 @@ from typing import Callable
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from sklearn.metrics import accuracy_score, f1_score
 from transformers import (
     DataCollatorForSeq2Seq,
     DataCollatorWithPadding,
@@ -45,6 +44,8 @@ def optimizer(model, cfg: DictConfig) -> torch.optim.Optimizer:
 
 
 def classification_metrics(pred) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score  # ~0.8 s to import; a causal-LM trial never needs it
+
     logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
     y, yhat = pred.label_ids, np.argmax(logits, axis=-1)
     return {"accuracy": float(accuracy_score(y, yhat)), "macro_f1": float(f1_score(y, yhat, average="macro"))}

@@ -16,16 +16,26 @@ from lorasweep.train import OnMetrics
 TEST_METRICS = ["test_loss", "test_accuracy", "test_macro_f1", *(f"test_{n}" for n in generate.NAMES)]
 
 
-def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), run_id: str | None = None) -> dict[str, object]:
-    """Run one trial; returns its final metrics, run id and adapter location. Bad input raises ConfigError
-    before any MLflow run exists. A sweep passes the run_id of the child run its driver created."""
-    # 1. Everything that can be wrong with the input, before a model loads or a run starts.
+def check(cfg: DictConfig) -> tuple[dict, list | None, list[str], str]:
+    """The fields, the data (columns, sizes against the table) and the target modules: raises the first ConfigError.
+    Returns the splits, the labels, the resolved targets and the model type."""
     validate(cfg)
     parts = data.splits(cfg)
     labels = data.labels(cfg, parts)
     targets, model_type = model.targets(cfg, len(labels) if labels else None)
+    return parts, labels, targets, model_type
 
-    with tracking.run(cfg, run_id=run_id) as active, tempfile.TemporaryDirectory(prefix="lorasweep-trial-") as tmp:
+
+def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), run_id: str | None = None) -> dict[str, object]:
+    """Run one trial; returns its final metrics, run id and adapter location. Bad input raises ConfigError
+    before any MLflow run exists. A sweep passes the run_id of the child run its driver created."""
+    # 1. Everything that can be wrong with the input, before a model loads or a run starts.
+    parts, labels, targets, model_type = check(cfg)
+
+    with (
+        tracking.run(cfg, run_id=run_id, tags={"device": tracking.device()}) as active,
+        tempfile.TemporaryDirectory(prefix="lorasweep-trial-") as tmp,
+    ):
         out = Path(tmp)
         mlflow.log_params(tracking.flatten(cfg))
         (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -106,3 +106,23 @@ def test_default_config_is_valid():
     cfg = validate(compose([]), has_cuda=False)
     assert cfg.model.name == "minilm" and cfg.data.name == "tweets" and cfg.adapter.variant == "lora"
     assert validate(compose(["train.optim=paged_adamw_8bit"]), has_cuda=True)  # allowed where CUDA exists
+
+
+def test_scheduler_names_are_transformers_own():
+    from transformers.trainer_utils import SchedulerType
+
+    from lorasweep.config import SCHEDULERS
+
+    assert sorted(SCHEDULERS) == sorted(s.value for s in SchedulerType)
+
+
+def test_the_sweep_driver_never_imports_torch():
+    """Start-up: the driver checks fields, talks to MLflow and Optuna, and leaves torch and transformers (~6 s of
+    imports) to the workers, which load them anyway."""
+    code = (
+        "import sys; from lorasweep.config import compose, validate; from lorasweep import sweep, ledger, tracking; "
+        "validate(compose(['sweep=rank_alpha'])); tracking.environment_tags(); "
+        "print(sorted(m for m in ('torch', 'transformers', 'peft', 'sklearn') if m in sys.modules))"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert p.stdout.strip() == "[]", p.stdout + p.stderr

@@ -1,5 +1,5 @@
-"""Bad sweep input, found in the driver before anything starts: one line naming the field, the value and what is
-allowed; exit 2; no MLflow run, no sweeps_out/ entry, no Ray."""
+"""Bad sweep input, found before the sweep exists (by the driver, or by its workers' check of the base config and
+data): one line naming the field, the value and what is allowed; exit 2; no MLflow run, no sweeps_out/ entry."""
 
 import pytest
 
@@ -36,6 +36,7 @@ BAD = [
     (["sweep=smoke", "engine.cpus_per_trial=0"], "engine.cpus_per_trial=0", ""),
     (["sweep=smoke", "resume=nosuch"], "resume='nosuch'", ""),
     (["sweep=smoke", "adapter.targets=[nonsense]"], "adapter.targets='nonsense'", ""),
+    (["sweep=smoke", "data.chat_template=true"], "data.chat_template=True", "has no chat template"),
 ]
 
 
