@@ -16,6 +16,8 @@ import optuna
 from mlflow.entities import Param, RunTag
 from optuna.trial import TrialState
 
+from lorasweep import warmstart
+
 RUN_ID = "mlflow_run_id"  # Optuna user attribute: the trial's MLflow child run
 KILLED = "killed"  # Optuna user attribute: FAIL because the sweep stopped it, not because of its config
 CONFIG = "config_digest"  # Optuna user attribute: what the trial trains, for "no trial twice"
@@ -63,6 +65,9 @@ def open_child(
         "overrides": shlex.join(overrides),
         "trial_state": "RUNNING",
     }
+    warm = warmstart.tag(study, trial)
+    if warm:
+        tags["warm_start"] = warm
     run_id = client.create_run(exp, run_name=run_name(trial.number, config), tags=tags).info.run_id
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
     trial.set_user_attr(RUN_ID, run_id)
@@ -147,9 +152,14 @@ def _bare_child(client: mlflow.MlflowClient, parent_run_id: str, t: optuna.trial
 
 
 def finished(study: optuna.Study) -> int:
-    """Trials that count against the budget: all that ended, except those the sweep itself killed."""
+    """Trials that count against the budget: all that ended, except those the sweep itself killed and those a warm
+    start added from an earlier sweep."""
     ended = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return sum(1 for t in study.get_trials(deepcopy=False, states=ended) if not t.user_attrs.get(KILLED))
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False, states=ended)
+        if not t.user_attrs.get(KILLED) and warmstart.SEEDED not in t.user_attrs
+    )
 
 
 def twin(study: optuna.Study, trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:

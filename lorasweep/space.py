@@ -21,6 +21,7 @@ from lorasweep.errors import ConfigError
 #   sampler: {name: tpe | random | grid | cmaes | gp, seed: 0, <sampler kwargs>}
 #   pruner:  {name: median | percentile | successive_halving | hyperband | none | asha, <pruner kwargs>}
 #   num_trials: 12   max_concurrent: 2   time_limit_s: 600   max_failures: 0   description: "..."
+#   warm_start: <an earlier sweep's id or name>   warm_start_top_k: 3   (lorasweep/warmstart.py)
 #   space: nested (adapter: {r: ...}) or dotted (adapter.r: ...) config keys -> dimension:
 #     {kind: choice | grid, values: [...]}   {kind: int, low, high, step: 1, log: false}
 #     {kind: float | logfloat, low, high}    {kind: fixed, value: ...}
@@ -57,6 +58,8 @@ SWEEP_KEYS = (
     "time_limit_s",
     "max_failures",
     "space",
+    "warm_start",
+    "warm_start_top_k",
 )
 DIM_KEYS = {
     "choice": {"values"},
@@ -107,6 +110,8 @@ class SweepSpec:
     max_failures: int | None = None
     base: Mapping[str, Any] = field(default_factory=dict)  # composed value of every referenced config field
     description: str | None = None
+    warm_start: str | None = None  # an earlier sweep's id or name
+    warm_start_top_k: int = 3
 
     def dim(self, key: str) -> Dim | None:
         return next((d for d in self.dims if d.key == key), None)
@@ -149,6 +154,11 @@ def parse_sweep(cfg: DictConfig) -> SweepSpec:
     if description is not None and not isinstance(description, str):
         raise ConfigError("sweep.description", description, "a string")
 
+    warm_start = raw.get("warm_start")
+    if warm_start is not None and (not isinstance(warm_start, str) or not warm_start):
+        raise ConfigError("sweep.warm_start", warm_start, "an earlier sweep's id or name, or null")
+    warm_start_top_k = _int(raw.get("warm_start_top_k", 3), "sweep.warm_start_top_k", 1)
+
     sampler, seed, sampler_options = _named(raw.get("sampler", {"name": "tpe"}), "sweep.sampler", SAMPLERS)
     pruner, _, pruner_options = _named(raw.get("pruner", {"name": "median"}), "sweep.pruner", PRUNERS, seeded=False)
 
@@ -168,6 +178,8 @@ def parse_sweep(cfg: DictConfig) -> SweepSpec:
         max_failures=max_failures,
         base=base,
         description=description,
+        warm_start=warm_start,
+        warm_start_top_k=warm_start_top_k,
     )
 
     if sampler == "grid":
@@ -433,6 +445,20 @@ def suggest(trial: optuna.Trial, spec: SweepSpec) -> dict[str, object]:
             if v is not _ABSENT:
                 values[d.key] = v
     return {k: v for k, v in values.items() if not spec.dim(k).helper}
+
+
+def distributions(spec: SweepSpec) -> dict[str, optuna.distributions.BaseDistribution]:
+    """The Optuna distribution of each sampled dimension, as _draw suggests it: what warm start compares spaces by."""
+    dists = optuna.distributions
+    out: dict[str, optuna.distributions.BaseDistribution] = {}
+    for d in spec.dims:
+        if d.kind in ("choice", "grid"):
+            out[d.key] = dists.CategoricalDistribution(_labels(d) or list(d.values))
+        elif d.kind == "int":
+            out[d.key] = dists.IntDistribution(d.low, d.high, step=d.step, log=d.log)
+        elif d.kind in ("float", "logfloat"):
+            out[d.key] = dists.FloatDistribution(d.low, d.high, log=d.log)
+    return out
 
 
 def _effective(key: str, values: Mapping[str, object], spec: SweepSpec) -> object:

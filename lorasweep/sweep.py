@@ -49,6 +49,11 @@ def run_sweep(argv: list[str]) -> dict:
         spec = parse_sweep(cfg)
     check_engine_and_metric(cfg, spec)
     validate(cfg)
+    earlier = None
+    if spec.warm_start and not resuming:  # a resumed study holds its seeds already
+        from lorasweep import warmstart
+
+        earlier = warmstart.find(spec.warm_start, SWEEPS_DIR)
 
     # 2. Side by side: the log server starts, Ray starts, and each worker imports what a trial needs, checks the base
     #    config and the data once, and loads them (torch and transformers: the biggest start-up cost, ~8 s on a core,
@@ -137,6 +142,10 @@ def run_sweep(argv: list[str]) -> dict:
             # Resume: every trial the dead driver left RUNNING is KILLED in MLflow and FAIL in Optuna.
             if resuming:
                 ledger.kill_running(client, pid, storage, study, "the sweep driver died while this trial ran")
+            if earlier is not None:
+                note = warmstart.seed(study, spec, earlier)
+                mlflow.set_tag("warm_start", note)
+                print(f"[sweep] warm start: {note}", flush=True)
             done_before = ledger.finished(study)
             budget = spec.num_trials - done_before
             print(

@@ -426,12 +426,27 @@ def test_any_sweep_gets_leaderboard_importances_and_pruning(store, tmp_path):
     )
     for c in cells[:-1]:
         study.enqueue_trial({"adapter.r": c["r"], "train.lr": c["params"]["train.lr"]})
-    study.optimize(
-        lambda t: t.suggest_categorical("adapter.r", [2, 4, 8]) / 100 + t.suggest_float("train.lr", 1e-3, 1e-2) * 0,
-        n_trials=6,
-    )
+
+    def objective(t):
+        r, _, _ = (
+            t.suggest_categorical("adapter.r", [2, 4, 8]),
+            t.suggest_float("train.lr", 1e-3, 1e-2),
+            t.suggest_categorical("seed", [0]),  # one value only: left out of Optuna's views
+        )
+        for step in (15, 30):
+            t.report(r / 100 * step / 30, step)
+        return r / 100
+
+    study.optimize(objective, n_trials=6)
+    stopped = study.ask(study.trials[0].distributions)
+    stopped.report(0.01, 15)
+    study.tell(stopped, state=optuna.trial.TrialState.PRUNED)
     out, _ = report.build(sweep_id)
     readme = (out / "README.md").read_text()
+    assert "(6 complete, 1 pruned trials), over the dimensions that varied: adapter.r, train.lr (left out, " in readme
+    assert "one value only: seed)" in readme
+    for view in ("learning_curves", "parallel_coordinates", "importances"):
+        assert f"![{view}]({view}.png)" in readme and (out / f"{view}.png").stat().st_size > 10_000
     assert "Table" not in readme.split("## Summary")[0]  # r and lr both vary: no paper table
     assert "Pruned trials stopped at step 30 (median; 30–30), saving 30 of their 60 steps (50 %)" in readme
     imp = pd.read_csv(out / "importances.csv")

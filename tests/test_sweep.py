@@ -213,6 +213,35 @@ def test_a_config_sampled_again_is_not_trained_again(store):
     assert [t.value for t in study_of(s["sweep_dir"]).trials] == [first.data.metrics["eval_loss"]] * 3
 
 
+def test_warm_start_seeds_a_shared_space_and_enqueues_the_best_of_another(store):
+    """Same space: the earlier sweep's finished trials are added to the new study, untrained and outside the budget.
+    A changed space: the earlier top-k configs run first, each child run saying where its config came from."""
+    first = run_sweep(["sweep=smoke", "sweep.pruner.name=none"])
+    earlier = {t.number: t for t in study_of(first["sweep_dir"]).trials}
+    name = Path(first["sweep_dir"]).name
+
+    seeded = run_sweep(["sweep=smoke", "sweep.pruner.name=none", "sweep.sampler.seed=1", "+sweep.warm_start=smoke"])
+    study = study_of(seeded["sweep_dir"])
+    added = [t for t in study.trials if "seeded_from" in t.user_attrs]
+    assert [t.user_attrs["seeded_from"] for t in added] == [f"{name} t{n:03d}" for n in sorted(earlier)]
+    assert [t.value for t in added] == [earlier[n].value for n in sorted(earlier)]
+    _, _, runs = children(store, seeded["sweep_dir"])
+    assert len(runs) == 3 and len(study.trials) == 6  # the budget is this sweep's 3 trials
+    assert {r.data.tags["warm_start"] for r in runs} == {
+        f"the study was seeded with 3 finished trials of {name} (same space)"
+    }
+
+    wider = ["sweep.space.train.lr.high=0.02", f"+sweep.warm_start={name}", "+sweep.warm_start_top_k=2"]
+    queued = run_sweep(["sweep=smoke", "sweep.pruner.name=none", "sweep.num_trials=2", *wider])
+    study = study_of(queued["sweep_dir"])
+    assert not any("seeded_from" in t.user_attrs for t in study.trials)
+    top = sorted(earlier.values(), key=lambda t: t.value)[:2]  # smoke minimises eval_loss
+    assert [t.params for t in study.trials] == [t.params for t in top]
+    _, _, runs = children(store, queued["sweep_dir"])
+    tags = sorted(r.data.tags["warm_start"] for r in runs)
+    assert tags == sorted(f"enqueued from {name} t{t.number:03d}" for t in top)
+
+
 def test_three_concurrent_trials_build_the_model_cache_once(store, tmp_path, monkeypatch):
     """An empty model cache and 3 trials at once that all need the config-built model: all train."""
     monkeypatch.setenv("LORASWEEP_CACHE", str(tmp_path / "empty-cache"))  # the workers' cache, not the session's

@@ -37,6 +37,7 @@ BAD = [
     (["sweep=smoke", "resume=nosuch"], "resume='nosuch'", ""),
     (["sweep=smoke", "adapter.targets=[nonsense]"], "adapter.targets='nonsense'", ""),
     (["sweep=smoke", "data.chat_template=true"], "data.chat_template=True", "has no chat template"),
+    (["sweep=smoke", "+sweep.warm_start=nosuch"], "sweep.warm_start='nosuch'", "a sweep id or name"),
 ]
 
 

@@ -1,6 +1,6 @@
 """Figures (PNG): metric and cost against rank, effective rank against nominal rank, spectra, φ heatmaps,
-the objective per swept dimension and parameter importances. Figure + Agg canvas: pyplot's global state is
-left alone."""
+the objective per swept dimension, and Optuna's own views of the study. Figure + Agg canvas: pyplot's global state
+is left alone (Optuna's views draw with pyplot; optuna_views undoes them)."""
 
 from __future__ import annotations
 
@@ -216,15 +216,54 @@ def objective(trials: pd.DataFrame, dims: list[str], metric: str, path: Path) ->
     return _save(fig, path)
 
 
-def importances(values: dict[str, float], path: Path) -> Path | None:
-    if not values:
-        return None
-    names = list(values)[::-1]
-    fig = _figure(5, 0.5 * len(names) + 1.2)
-    ax = fig.add_subplot()
-    ax.barh(names, [values[n] for n in names])
-    ax.set_xlabel("importance (Optuna, normalised to 1)")
-    return _save(fig, path)
+def optuna_views(study, params: list[str], metric: str, out: Path) -> dict[str, Path | str]:
+    """Optuna's own matplotlib views of a sweep's study, over the params that varied: learning curves (the evals the
+    pruner judged, each pruned trial marked where it stopped), parallel coordinates, and fANOVA importances. Each
+    name maps to its PNG, or to why it could not be drawn. Optuna draws with pyplot: its style and figures are
+    undone after each view."""
+    import warnings
+
+    import matplotlib
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.trial import TrialState
+    from optuna.visualization import matplotlib as ov
+
+    def curves():
+        ax = ov.plot_intermediate_values(study)
+        stops = [max(t.intermediate_values.items()) for t in study.get_trials(False, states=(TrialState.PRUNED,))]
+        stops = [s for s in stops if s]
+        if stops:
+            ax.scatter(*zip(*stops), marker="x", s=70, color="black", zorder=3, label="pruned here")
+        ax.set_title(f"Learning curves: {metric} at each eval")
+        ax.set_ylabel(metric)
+        ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=7)
+        return ax
+
+    draws = {
+        "learning_curves": curves,
+        "parallel_coordinates": lambda: ov.plot_parallel_coordinate(study, params=params, target_name=metric),
+        "importances": lambda: ov.plot_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=params, target_name=metric
+        ),
+    }
+    views: dict[str, Path | str] = {}
+    for name, draw in draws.items():
+        if name == "learning_curves" and not any(t.intermediate_values for t in study.get_trials(False)):
+            views[name] = "no trial reported an intermediate value"
+            continue
+        with matplotlib.rc_context(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                fig = draw().figure
+            except Exception as e:  # too few trials, one value only, ...: the report says why
+                views[name] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                plt.close("all")
+                continue
+            fig.savefig(out / f"{name}.png", dpi=DPI, bbox_inches="tight")
+            plt.close(fig)
+        views[name] = out / f"{name}.png"
+    return views
 
 
 def pareto(metric: pd.Series, forget: pd.Series, mode: str) -> pd.Series:

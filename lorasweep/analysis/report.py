@@ -466,13 +466,7 @@ def _generic(
         md += ["## Objective against each swept dimension", "![objective](objective.png)"]
     md += _learns_vs_forgets(complete, dims, metric, sweep.mode, out)
     md += _after_training(complete, dims, metric, sweep.mode, out)
-    imp, note = _importances(sweep)
-    md += ["## Parameter importances (Optuna)", note]
-    if imp:
-        df = pd.DataFrame({"parameter": list(imp), "importance": [round(v, 4) for v in imp.values()]})
-        tables.write(df, df, out / "importances", "Optuna parameter importances.")
-        figures.importances(imp, out / "importances.png")
-        md += [tables.to_markdown(df), "![importances](importances.png)"]
+    md += _optuna_sections(sweep, metric, out)
     md += ["## Pruning and failures", _pruning(sweep, trials, metric)]
     return md
 
@@ -539,8 +533,8 @@ def _after_training(complete: pd.DataFrame, dims: list[str], metric: str, mode: 
     ]
 
 
-def _importances(sweep: runs.Sweep) -> tuple[dict[str, float], str]:
-    """Optuna's parameter importances (fANOVA) from sweeps_out/<sweep id>/optuna.db."""
+def _study(sweep: runs.Sweep):
+    """The sweep's Optuna study (sweeps_out/<sweep id>/, or the storage its state.json names), or why there is none."""
     import optuna
 
     from lorasweep.sweep import SWEEPS_DIR
@@ -552,22 +546,57 @@ def _importances(sweep: runs.Sweep) -> tuple[dict[str, float], str]:
     if not storage or not Path(storage.removeprefix("sqlite:///")).exists():
         storage = f"sqlite:///{db.resolve()}" if db.exists() else None
     if storage is None:
-        return {}, f"_No Optuna study at `{db}` (run the report where the sweep ran, or copy `{folder}/`)._"
+        return None, f"_No Optuna study at `{db}` (run the report where the sweep ran, or copy `{folder}/`)._"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.load_study(study_name=sweep.sweep_id, storage=storage)
-        # fANOVA, seeded: stable on the few dozen trials of a sweep, where PED-ANOVA's top quantile is a
-        # handful of trials
-        imp = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
-        )
-    except Exception as e:  # too few complete trials, a single-valued parameter, ...: say why, keep the report
-        return {}, f"_Importances not available: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}_"
-    n = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-    return dict(imp), (
-        f"fANOVA on the Optuna study `{sweep.sweep_id}` ({n} complete trials). Seed importance is the "
-        "share of the objective's variance that is noise between seeds."
-    )
+        return optuna.load_study(study_name=sweep.sweep_id, storage=storage), ""
+    except KeyError:
+        return None, f"_No Optuna study named `{sweep.sweep_id}` in `{storage}`._"
+
+
+def _optuna_sections(sweep: runs.Sweep, metric: str, out: Path) -> list[str]:
+    """Optuna's learning curves, parallel coordinates and importances, over the dimensions that varied (a fixed
+    seed, say, is left out), with the importances as a table too."""
+    import optuna
+    from optuna.trial import TrialState
+
+    study, note = _study(sweep)
+    if study is None:
+        return ["## Optuna's views of the study", note]
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    names = sorted({p for t in finished for p in t.params})
+    params = [p for p in names if len({json.dumps(t.params.get(p)) for t in finished}) > 1]
+    views = figures.optuna_views(study, params, metric, out)
+    n = sum(t.state == TrialState.COMPLETE for t in finished)
+    fixed = sorted(set(names) - set(params))
+    md = [
+        "## Optuna's views of the study",
+        f"From the Optuna study `{sweep.sweep_id}` ({n} complete, {len(finished) - n} pruned trials), over the "
+        f"dimensions that varied: {', '.join(params) or 'none'}"
+        + (f" (left out, one value only: {', '.join(fixed)})." if fixed else "."),
+    ]
+    titles = {
+        "learning_curves": (
+            "Learning curves",
+            f"{metric} at each eval: the values the pruner judged; x marks where a pruned trial stopped.",
+        ),
+        "parallel_coordinates": ("Parallel coordinates", "Each trial's values, coloured by its objective."),
+        "importances": (
+            "Parameter importances",
+            "fANOVA, seeded. Seed importance is the share of the objective's variance that is noise between seeds.",
+        ),
+    }
+    for name, (heading, text) in titles.items():
+        v = views[name]
+        md += [f"### {heading}", text, f"![{name}]({name}.png)" if isinstance(v, Path) else f"_Not drawn: {v}_"]
+        if name == "importances" and isinstance(v, Path):
+            imp = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=params
+            )
+            df = pd.DataFrame({"parameter": list(imp), "importance": [round(x, 4) for x in imp.values()]})
+            tables.write(df, df, out / "importances", "Optuna parameter importances.")
+            md.append(tables.to_markdown(df))
+    return md
 
 
 def _pruning(sweep: runs.Sweep, trials: pd.DataFrame, metric: str) -> str:
