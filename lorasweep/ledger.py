@@ -136,11 +136,20 @@ def kill_running(
         live = live_trial(storage, study, t.number)
         live.set_user_attr(KILLED, True)
         run_id = t.user_attrs.get(RUN_ID)
-        if run_id is None:  # the driver died between asking for the trial and opening its run
-            run_id = _bare_child(client, parent_run_id, t)
+        if run_id is None:  # the driver died between asking for the trial and storing its run's id
+            run_id = _child_of(client, parent_run_id, t.number) or _bare_child(client, parent_run_id, t)
             live.set_user_attr(RUN_ID, run_id)
         finish(client, study, t.number, run_id, "KILLED", reason=reason)
     return len(running)
+
+
+def _child_of(client: mlflow.MlflowClient, parent_run_id: str, number: int) -> str | None:
+    """The child run open_child created for this trial number before the driver died, if it got that far."""
+    exp = client.get_run(parent_run_id).info.experiment_id
+    found = client.search_runs(
+        [exp], f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.optuna_trial = '{number}'", max_results=1
+    )
+    return found[0].info.run_id if found else None
 
 
 def _bare_child(client: mlflow.MlflowClient, parent_run_id: str, t: optuna.trial.FrozenTrial) -> str:
