@@ -55,10 +55,10 @@ def run_sweep(argv: list[str]) -> dict:
 
         earlier = warmstart.find(spec.warm_start, SWEEPS_DIR)
 
-    # 2. Side by side: the log server starts, Ray starts, and each worker imports what a trial needs, checks the base
-    #    config and the data once, and loads them (torch and transformers: the biggest start-up cost, ~8 s on a core,
-    #    which the driver never pays); the driver imports MLflow meanwhile. Bad input still stops before any run
-    #    exists, and the folder made for the server's log goes again.
+    # 2. Ray starts; then each worker imports what a trial needs, checks the base config and the data once, and loads
+    #    them (torch and transformers: the biggest start-up cost, ~8 s on a core, which the driver never pays), while
+    #    the log server starts and the driver imports MLflow. Bad input still stops before any run exists, and the
+    #    folder made for the server's log goes again.
     import ray
 
     from lorasweep import lifeline, logserver, worker

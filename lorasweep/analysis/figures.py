@@ -231,8 +231,8 @@ def optuna_views(study, params: list[str], metric: str, out: Path) -> dict[str, 
 
     def curves():
         ax = ov.plot_intermediate_values(study)
-        stops = [max(t.intermediate_values.items()) for t in study.get_trials(False, states=(TrialState.PRUNED,))]
-        stops = [s for s in stops if s]
+        pruned = study.get_trials(False, states=(TrialState.PRUNED,))
+        stops = [max(t.intermediate_values.items()) for t in pruned if t.intermediate_values]
         if stops:
             ax.scatter(*zip(*stops), marker="x", s=70, color="black", zorder=3, label="pruned here")
         ax.set_title(f"Learning curves: {metric} at each eval")
