@@ -263,6 +263,8 @@ def loop(
         tags = {k: result[k] for k in ("node", "ray_node_id", "pid") if k in result}
         if s == "PRUNED":
             tags["pruned_at_step"] = result["step"]
+        if result.get("last_eval_gain") is not None:
+            client.log_metric(run_id, "last_eval_gain", result["last_eval_gain"])
         ledger.finish(
             client, study, number, run_id, s, value=result.get("value"), reason=result.get("reason"), tags=tags
         )
@@ -317,6 +319,7 @@ def loop(
                 storage=state["storage"],
                 pruner=pruner,
                 metric=spec.metric,
+                mode=spec.mode,
                 tracking_uri=log_uri,
                 gpu_share=share,
                 threads=max(1, int(cpus)),

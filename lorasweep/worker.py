@@ -27,6 +27,7 @@ class Job:
     storage: str  # Optuna storage URL the workers share
     pruner: dict  # {"name": ..., **options}, built into the same Optuna pruner as the driver's
     metric: str
+    mode: str  # max | min: the direction the objective improves in
     tracking_uri: str
     gpu_share: float
     threads: int
@@ -53,12 +54,12 @@ def run(job: Job) -> dict:
     storage = optuna.storages.RDBStorage(job.storage, engine_kwargs=engine_kwargs(job.storage))
     study = optuna.load_study(study_name=job.study_name, storage=storage, pruner=space.build_pruner(job.pruner))
     trial = ledger.live_trial(storage, study, job.number)
-    last = {"step": 0, "value": None}
+    last = {"step": 0, "value": None, "before": None}
 
     def prune(metrics: dict[str, float], step: int) -> None:
         if job.metric not in metrics or step <= last["step"]:
             return
-        last.update(step=step, value=float(metrics[job.metric]))
+        last.update(step=step, value=float(metrics[job.metric]), before=last["value"])
         trial.report(last["value"], step)
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {step}: {job.metric}={last['value']:.4g}")
@@ -78,10 +79,19 @@ def run(job: Job) -> dict:
     return {
         "state": "COMPLETE",
         "value": float(value),
+        "last_eval_gain": last_gain(last, job.mode),
         "step": summary["steps"],
         "train_runtime_s": summary["train_runtime_s"],
         **node,
     }
+
+
+def last_gain(last: dict, mode: str) -> float | None:
+    """How much the objective still improved over the trial's last eval interval (positive: better, in the sweep's
+    direction): near zero or below, it had plateaued. The report weighs it against the noise between seeds."""
+    if last["before"] is None:
+        return None
+    return (last["value"] - last["before"]) * (1.0 if mode == "max" else -1.0)
 
 
 def warm(overrides: list[str], threads: int) -> dict:
