@@ -26,7 +26,8 @@ MERGE_ERRORS = (NotImplementedError, ValueError)  # how PEFT says a layer type h
 
 
 def serving(cfg: DictConfig, peft_model: nn.Module, adapter_dir: Path) -> dict[str, float]:
-    """Size of the saved safetensors (MiB) and the largest rank of any layer against tracking.max_serving_rank."""
+    """Size of the saved safetensors (MiB) and the largest rank of any layer against tracking.max_serving_rank.
+    A fully fine-tuned model is saved whole, so its size is the model's; IA3 and full have no rank (0)."""
     size = sum(f.stat().st_size for f in Path(adapter_dir).glob("*.safetensors")) / 2**20
     ranks = [
         int(m.r["default"])
@@ -118,6 +119,9 @@ def merge_check(cfg: DictConfig, peft_model: nn.Module, batches, adapter_dir: Pa
     """
     if not cfg.tracking.merge_check:
         return {}, {}
+    if not hasattr(peft_model, "merge_and_unload"):  # full fine-tuning: the trained weights are the model
+        why = f"not applicable for {cfg.adapter.variant}: no adapter to merge, every weight was trained in place"
+        return {}, {"merge_check": why}
     quantized = cfg.quant.method != "none"
     plans = [("merge", lambda: _merged_float(peft_model, quantized, adapter_dir))]
     if quantized:
@@ -243,7 +247,8 @@ def _before_key(cfg: DictConfig) -> str:
 def forgetting_before(cfg: DictConfig, peft_model: nn.Module, tok) -> float | None:
     """The base model's perplexity on the general text, once per base (cached). Measured on the freshly
     wrapped model: every variant's adapter starts as a no-op (LoRA's B = 0, VeRA's λ_b = 0, PiSSA's
-    residual + B·A = W), so this is the base."""
+    residual + B·A = W, IA3's vectors = 1), and full fine-tuning has not changed a weight yet, so this is the
+    base."""
     if not cfg.tracking.forgetting:
         return None
     from lorasweep.model import CACHE

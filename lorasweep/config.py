@@ -30,6 +30,16 @@ AFTER_METRICS = {
 }
 # Scores of greedy generations against the references (lorasweep/generate.py), at each eval with train.generate_eval.
 GENERATE_METRICS = ["eval_exact_match", "eval_rougeL", "eval_bleu", "eval_chrf"]
+# What every trial logs once about its cost: objectives of a cost/quality front (sweep.objectives) beside a metric.
+COST_METRICS = [
+    "trainable_params",
+    "trainable_pct",
+    "peak_memory_mb",
+    "train_runtime_s",
+    "samples_per_s",
+    "tokens_per_s",
+    "est_vram_mb",
+]
 # The metrics each task reports at every eval, then those after training (any of them can be a sweep's metric).
 TASK_METRICS = {
     "seq_cls": ["eval_loss", "eval_accuracy", "eval_macro_f1", *SERVING_METRICS, *AFTER_METRICS["merge_check"]],
@@ -82,7 +92,8 @@ def _check_added(added: list[str], known: DictConfig) -> None:
 _MISSING = object()
 
 
-VARIANTS = ["lora", "rslora", "dora", "pissa", "vera", "adalora"]
+# The PEFT methods, then the baseline they are compared with: full fine-tuning (every weight trained, no adapter).
+VARIANTS = ["lora", "rslora", "dora", "pissa", "vera", "adalora", "ia3", "full"]
 LORAPLUS_VARIANTS = ["lora", "rslora", "dora", "pissa"]  # those whose trained B is lora_B
 QUANTS = ["none", "nf4", "fp4", "int8"]
 TASKS = ["seq_cls", "causal_lm"]
@@ -110,12 +121,15 @@ SCHEDULERS = (
     "greedy",
 )
 SPLITS = ("train", "eval", "test")
-# Combinations PEFT refuses, with its reason.
+# Combinations PEFT refuses (or that cannot train), with the reason.
 UNSUPPORTED = {
     ("pissa", "nf4"): "PiSSA initialises from an SVD of float weights, not quantized ones",
     ("pissa", "fp4"): "PiSSA initialises from an SVD of float weights, not quantized ones",
     ("pissa", "int8"): "PiSSA initialises from an SVD of float weights, not quantized ones",
     ("dora", "int8"): "PEFT's DoRA cannot take the weight norm of LLM.int8() weights (use nf4 or fp4)",
+    ("full", "nf4"): "full fine-tuning trains every weight, and 4-bit weights cannot be trained",
+    ("full", "fp4"): "full fine-tuning trains every weight, and 4-bit weights cannot be trained",
+    ("full", "int8"): "full fine-tuning trains every weight, and 8-bit weights cannot be trained",
 }
 
 

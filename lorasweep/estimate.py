@@ -1,5 +1,5 @@
-"""Memory and parameter estimator: exact trainable counts from a meta-device PEFT model, VRAM per component,
-fits-on-GPU."""
+"""Memory and parameter estimator: exact trainable counts from a meta-device PEFT model (or, for full fine-tuning,
+the model itself), VRAM per component, fits-on-GPU."""
 
 import copy
 import json
@@ -13,7 +13,7 @@ from transformers import PretrainedConfig
 
 from lorasweep.errors import ConfigError
 from lorasweep.model import arch_config, meta_model, peft_config
-from lorasweep.targets import HEADS, family, module_type, resolve_targets
+from lorasweep.targets import GROUPS, HEADS, family, module_type, resolve_targets
 
 MIB, GIB = 2**20, 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -37,6 +37,9 @@ OPTIM_STATE = {
     "paged_lion_32bit": 4,
     "rmsprop": 4,
 }
+# torch's own optimizers keep their state in the parameter's dtype (zeros_like): the bytes above are for fp32
+# params, as adapters are; a fully fine-tuned 16-bit model keeps 16-bit states. bitsandbytes' fixed sizes stay.
+TORCH_STATE = {"adamw_torch", "adamw_torch_fused", "adamw", "rmsprop"}
 GPU_SIZES_GB = (24, 48, 80)
 BLOCK, NESTED_BLOCK = 64, 256  # bitsandbytes 4-bit blocksize and double-quant blocksize
 WORKSPACE = 64 * MIB  # cuBLAS + cuBLASLt workspaces, allocated through PyTorch's allocator (seen on H100)
@@ -83,8 +86,9 @@ def param_counts(cfg: DictConfig, config: PretrainedConfig, base: nn.Module, num
     model = meta_model(shallow(config, 1), cfg.model.task) if scale > 1 else base
     names = resolve_targets(model, config.model_type, list(cfg.adapter.targets))
     base_params = {id(p) for p in model.parameters()}
+    pc = peft_config(cfg, names)
     with torch.device("meta"):
-        peft = get_peft_model(model, peft_config(cfg, names))
+        peft = get_peft_model(model, pc) if pc is not None else model  # full fine-tuning trains the model itself
 
     def in_block(n: str) -> bool:
         return path is not None and f"{path}.0." in n
@@ -214,6 +218,43 @@ def adapter_inputs(
     return total + sum(shared.values())
 
 
+def trained_inputs(base: nn.Module, fam: str | None, names: list[str], dt: dict, autocast: bool) -> float:
+    """Full fine-tuning: bytes per token each trained Linear keeps of its input for its weight's gradient; a fresh
+    bf16 copy each under autocast, else the input itself, once per shared input (q/k/v, gate/up). Not calibrated
+    against measurements (docs/estimate.md)."""
+    mods = dict(base.named_modules())
+    shared: dict[str, int] = {}
+    total = 0.0
+    for n in names:
+        fin = mods[n].in_features
+        if autocast and dt["R"] == 4:
+            total += 2 * fin
+        else:
+            key = _input_group(n, fam)
+            in_dtype = dt["O"] if module_type(n, fam) in ("o", "down") else dt["R"]
+            shared[key] = max(shared.get(key, 0), in_dtype * fin)
+    return total + sum(shared.values())
+
+
+def ia3_inputs(base: nn.Module, fam: str | None, names: list[str], dt: dict) -> float:
+    """IA3: bytes per token for its vectors' gradients. An MLP (feed-forward) module keeps its input in fp32, the
+    vector's dtype (a fresh copy unless the input is fp32 already, then once per shared input); an attention module
+    keeps its output cast to fp32. Not calibrated against measurements."""
+    mods = dict(base.named_modules())
+    shared: dict[str, int] = {}
+    total = 0.0
+    for n in names:
+        lin = mods[n]
+        if module_type(n, fam) not in GROUPS["mlp"]:
+            total += 4 * lin.out_features
+        elif (dt["O"] if module_type(n, fam) == "down" else dt["R"]) != 4:
+            total += 4 * lin.in_features
+        else:
+            key = _input_group(n, fam)
+            shared[key] = max(shared.get(key, 0), 4 * lin.in_features)
+    return total + sum(shared.values())
+
+
 def layer_bytes(s: dict, fam: str | None, dt: dict, seq: int) -> dict[str, float]:
     """Bytes per token one block saves for backward, without the adapters' own inputs (see docs/estimate.md)."""
     h, i, hq, kvd = s["h"], s["i"], s["heads"] * s["head_dim"], s["kv_heads"] * s["head_dim"]
@@ -272,6 +313,12 @@ def _settings(cfg: DictConfig, batch_size, seq_len, gradient_checkpointing, opti
     return out
 
 
+def vram_mb(cfg: DictConfig) -> float:
+    """The predicted peak VRAM of a config in MiB (what torch.cuda.max_memory_allocated() should show): a trial logs
+    it as est_vram_mb, a cost that means the same on any machine, where a CPU's peak RSS spans a worker's trials."""
+    return estimate(cfg)["memory"]["peak_allocated"]["bytes"] / 2**20
+
+
 def estimate(
     cfg: DictConfig,
     batch_size: int | None = None,
@@ -295,7 +342,13 @@ def estimate(
     sizes = arch_sizes(config)
     weights = weight_memory(base, m.task, q, m.dtype)
     dt = dtypes(q.method, m.dtype, st["autocast"])
-    lora_in = adapter_inputs(base, fam, names, dt, st["autocast"], float(a.dropout), a.variant, int(a.r))
+    if a.variant == "full":  # every Linear of the blocks is trained, whatever the targets
+        every = resolve_targets(base, config.model_type, ["all-linear"])
+        lora_in = trained_inputs(base, fam, every, dt, st["autocast"])
+    elif a.variant == "ia3":
+        lora_in = ia3_inputs(base, fam, names, dt)
+    else:
+        lora_in = adapter_inputs(base, fam, names, dt, st["autocast"], float(a.dropout), a.variant, int(a.r))
     acts = {
         ck: activation_bytes(sizes, fam, m.task, dt, lora_in, st["batch_size"], st["seq_len"], ck)
         for ck in (False, True)
@@ -303,6 +356,12 @@ def estimate(
     params = param_counts(cfg, config, base, num_labels)  # last: PEFT may wrap `base` in place
 
     trainable = params["trainable"]
+    # An adapter is fp32 (PEFT upcasts 16-bit adapters); a fully fine-tuned model trains in model.dtype.
+    full = a.variant == "full"
+    grad_bytes = DTYPE_BYTES[m.dtype] if full else 4
+    state = OPTIM_STATE[st["optim"]]
+    if full and st["optim"] in TORCH_STATE:
+        state = state * DTYPE_BYTES[m.dtype] // 4
     mem = {
         "weights": _part(
             weights["bytes"],
@@ -310,13 +369,17 @@ def estimate(
             f"{q.method} base: {weights['quantized_params']:,} quantized params, "
             f"{weights['unquantized_params']:,} kept in {weights['unquantized_dtype']}",
         ),
-        "adapter": _part(4 * params["adapter_total"], True, "adapter weights in fp32 (PEFT upcasts 16-bit adapters)"),
-        "gradients": _part(4 * trainable, True, "fp32 gradient per trainable param"),
-        "optimizer": _part(
-            OPTIM_STATE[st["optim"]] * trainable,
+        "adapter": _part(
+            4 * params["adapter_total"],
             True,
-            f"{st['optim']}: {OPTIM_STATE[st['optim']]} B per trainable param",
+            "none: full fine-tuning trains the base weights"
+            if full
+            else "adapter weights in fp32 (PEFT upcasts 16-bit adapters)",
         ),
+        "gradients": _part(
+            grad_bytes * trainable, True, f"{'fp32' if grad_bytes == 4 else m.dtype} gradient per trainable param"
+        ),
+        "optimizer": _part(state * trainable, True, f"{st['optim']}: {state} B per trainable param"),
         "activations": _part(
             acts[st["gradient_checkpointing"]]["bytes"],
             False,
@@ -372,8 +435,10 @@ def table(est: dict) -> str:
     """The estimate as a plain-text table."""
     p = est["params"]
     dq = " dq" if est["quant"]["double_quant"] and est["quant"]["method"] in ("nf4", "fp4") else ""
+    rank = "" if est["variant"] in ("ia3", "full") else f" r={est['r']}"  # neither has a rank
+    targets = " (no adapter: every weight)" if est["variant"] == "full" else f" targets={est['targets']}"
     head = (
-        f"{est['model']} ({est['model_type']}, {est['task']}) {est['variant']} r={est['r']} targets={est['targets']} "
+        f"{est['model']} ({est['model_type']}, {est['task']}) {est['variant']}{rank}{targets} "
         f"quant={est['quant']['method']}{dq} "
         f"batch={est['batch_size']} seq={est['seq_len']} ckpt={est['gradient_checkpointing']} "
         f"optim={est['optim']} autocast={est['autocast']}"

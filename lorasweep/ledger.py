@@ -16,7 +16,7 @@ import optuna
 from mlflow.entities import Param, RunTag
 from optuna.trial import TrialState
 
-from lorasweep import warmstart
+from lorasweep import compare, warmstart
 
 RUN_ID = "mlflow_run_id"  # Optuna user attribute: the trial's MLflow child run
 KILLED = "killed"  # Optuna user attribute: FAIL because the sweep stopped it, not because of its config
@@ -68,6 +68,7 @@ def open_child(
     warm = warmstart.tag(study, trial)
     if warm:
         tags["warm_start"] = warm
+    tags.update({k: str(v) for k, v in trial.user_attrs.items() if k in (compare.ARM, compare.PHASE)})
     run_id = client.create_run(exp, run_name=run_name(trial.number, config), tags=tags).info.run_id
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
     trial.set_user_attr(RUN_ID, run_id)

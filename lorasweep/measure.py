@@ -1,4 +1,5 @@
-"""Measurements of a trained adapter: the effective-rank spectra of its learned updates ΔW, and peak memory."""
+"""Measurements of a trained adapter (or fully fine-tuned model): the effective-rank spectra of its learned updates
+ΔW, and peak memory."""
 
 import csv
 import json
@@ -11,7 +12,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from peft.tuners.adalora.layer import AdaLoraLayer
+from peft.tuners.ia3.layer import IA3Layer
 from peft.tuners.lora.layer import LoraLayer
+from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.tuners.vera.layer import VeraLayer
 from peft.utils.integrations import dequantize_module_weight
 from peft.utils.other import transpose
@@ -19,10 +22,14 @@ from peft.utils.other import transpose
 from lorasweep import targets
 
 Factors = tuple[torch.Tensor, torch.Tensor, float]
-InitFactors = dict[str, tuple[torch.Tensor, torch.Tensor]]
+InitFactors = dict[str, tuple[torch.Tensor, torch.Tensor] | torch.Tensor]  # (B0, A0) per LoRA layer, or W0 (full)
 
 ENERGIES = (90, 95, 99)
 ADALORA_EPS = 1e-5  # the constant PEFT adds to ranknum in AdaLoRA's forward
+# Adapters whose update has no ΔW spectrum to measure, and why (one line: the trial's `spectra` tag).
+NO_SPECTRUM = {
+    IA3Layer: "not measured: IA3 scales activations by learned vectors, a diagonal update, not a low-rank ΔW"
+}
 
 
 # ----------------------------------------------------------------------------------------------- updates
@@ -52,6 +59,15 @@ def snapshot_factors(model: nn.Module, adapter_name: str = "default") -> InitFac
     return snap
 
 
+def snapshot(model: nn.Module, names: list[str], adapter_name: str = "default") -> InitFactors:
+    """What the spectra measure training against, taken before training: on a PEFT model, `snapshot_factors`; on a
+    model without an adapter (full fine-tuning), a CPU copy of the weight W0 of each named module. Only the targets
+    are copied: 1.8 MB for MiniLM's q and v, but most of the model for all-linear."""
+    if any(isinstance(m, BaseTunerLayer) for m in model.modules()):
+        return snapshot_factors(model, adapter_name)
+    return {n: model.get_submodule(n).weight.detach().to("cpu", copy=True) for n in names}
+
+
 def _dora_update(module: LoraLayer, name: str) -> torch.Tensor:
     """W' − W0 with W' = m·(W0 + sBA)/‖W0 + sBA‖ row-wise (PEFT's "column" norm of Wᵀ), in float64."""
     b, a = (t.double() for t in _lora_ab(module, name))
@@ -66,7 +82,9 @@ def _dora_update(module: LoraLayer, name: str) -> torch.Tensor:
 
 
 def update_factors(
-    module: nn.Module, adapter_name: str = "default", init: tuple[torch.Tensor, torch.Tensor] | None = None
+    module: nn.Module,
+    adapter_name: str = "default",
+    init: tuple[torch.Tensor, torch.Tensor] | torch.Tensor | None = None,
 ) -> Factors | torch.Tensor:
     """The learned update ΔW (out×in) of a PEFT tuner layer, as low-rank factors (B, A, scale) or a formed matrix.
 
@@ -77,6 +95,8 @@ def update_factors(
     - AdaLoRA: (B, A⊙E, scaling/(ranknum + 1e-5)).
     - DoRA: the formed float64 matrix W' − W0 (magnitude rescaling makes it full rank); with `init`, the
       initial s·B0·A0 is subtracted too.
+    - Full fine-tuning: a plain Linear with `init` its weight W0 before training (from `snapshot`): the formed
+      float64 matrix W − W0.
     LoRA on an Embedding gives ΔW in the table's (vocab × dim) layout. LoRA bias terms (lora_bias=True) change the
     bias, not W, and are not part of ΔW.
     """
@@ -110,6 +130,9 @@ def update_factors(
             b0, a0 = (t.to(b) for t in init)
             return torch.cat([b, b0], dim=1), torch.cat([a, -a0], dim=0), s
         return b, a, s
+    if isinstance(module, nn.Linear) and isinstance(init, torch.Tensor):
+        w = module.weight.detach()
+        return w.double() - init.to(w.device).double()
     raise NotImplementedError(f"no spectrum for {type(module).__name__}")
 
 
@@ -179,22 +202,27 @@ def _has_adapter(module: nn.Module, adapter_name: str) -> bool:
 def spectra(
     model: nn.Module, family: str | None = None, adapter_name: str = "default", init: InitFactors | None = None
 ) -> list[dict]:
-    """One row per adapted LoRA / VeRA / AdaLoRA layer: name, module_type, d, k, r, rank stats, sv (σ/σ₁).
+    """One row per adapted LoRA / VeRA / AdaLoRA layer, or per fully fine-tuned Linear in `init`: name,
+    module_type, d, k, r, rank stats, sv (σ/σ₁).
 
     `family` maps names to aliases (q, v, down, ...); None takes it from model.config.model_type.
-    `init` is a `snapshot_factors` result for the update relative to the pretrained weight (PiSSA).
-    Layers of unsupported LoRA variants are skipped with a warning rather than measured wrongly.
+    `init` is a `snapshot` result: for the update relative to the pretrained weight (PiSSA), and for full
+    fine-tuning the weights W0 whose updates W − W0 are measured (r is then min(d, k)).
+    Layers of unsupported LoRA variants are skipped with a warning rather than measured wrongly; so is IA3
+    (`NO_SPECTRUM`).
     """
     if family is None:
         cfg = getattr(model, "config", None)
         family = targets.family(getattr(cfg, "model_type", "") or "")
     rows = []
     for full_name, mod in model.named_modules():
-        if not _has_adapter(mod, adapter_name):  # modules_to_save wrappers are not tuner layers
-            continue
         name = _clean(full_name)
+        start = (init or {}).get(name)
+        whole = isinstance(start, torch.Tensor)  # full fine-tuning: the module itself was trained
+        if not (_has_adapter(mod, adapter_name) or whole):  # modules_to_save wrappers are not tuner layers
+            continue
         try:
-            upd = update_factors(mod, adapter_name, init=(init or {}).get(name))
+            upd = update_factors(mod, adapter_name, init=start)
         except NotImplementedError as err:
             warnings.warn(f"{name}: {err}", stacklevel=2)
             continue
@@ -203,7 +231,7 @@ def spectra(
         else:
             d, k = upd.shape
         sv = singular_values(upd)
-        stats = rank_stats(sv, r=_nominal_rank(mod, adapter_name))
+        stats = rank_stats(sv, r=min(d, k) if whole else _nominal_rank(mod, adapter_name))
         top = float(sv[0]) if sv.numel() and sv[0] > 0 else 1.0
         rows.append(
             {
@@ -215,7 +243,18 @@ def spectra(
                 "sv": (sv / top).tolist(),
             }
         )
+    for why in spectra_tags(model).values():
+        warnings.warn(why, stacklevel=2)
     return rows
+
+
+def spectra_tags(model: nn.Module) -> dict[str, str]:
+    """`spectra`: one line on why the model's adapter has no spectrum (IA3); empty where it has one."""
+    for mod in model.modules():
+        for layer, why in NO_SPECTRUM.items():
+            if isinstance(mod, layer):
+                return {"spectra": why}
+    return {}
 
 
 def aggregate(rows: list[dict]) -> dict[str, float]:

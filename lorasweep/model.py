@@ -21,7 +21,7 @@ from transformers import (
 )
 
 from lorasweep.errors import ConfigError
-from lorasweep.targets import resolve_targets, spectrum_percent
+from lorasweep.targets import family, feedforward, linear_names, resolve_targets, spectrum_percent
 
 AUTO = {"seq_cls": AutoModelForSequenceClassification, "causal_lm": AutoModelForCausalLM}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -193,16 +193,24 @@ def quant_config(cfg: DictConfig) -> BitsAndBytesConfig | None:
 
 
 def peft_config(cfg: DictConfig, targets: list[str], total_steps: int | None = None):
-    """One place per method: the PEFT config each adapter variant maps to."""
-    from peft import AdaLoraConfig, LoraConfig, TaskType, VeraConfig
+    """One place per method: the PEFT config each adapter variant maps to; None for full fine-tuning, which trains
+    the base model itself."""
+    from peft import AdaLoraConfig, IA3Config, LoraConfig, TaskType, VeraConfig
 
     a = cfg.adapter
+    if a.variant == "full":
+        return None
     task = TaskType.SEQ_CLS if cfg.model.task == "seq_cls" else TaskType.CAUSAL_LM
     alpha = alpha_of(a)
     total_steps = total_steps or max(1, int(cfg.train.max_steps or 1))
     common = dict(task_type=task, target_modules=targets)
     if a.variant == "vera":
         return VeraConfig(r=a.r, vera_dropout=a.dropout, projection_prng_key=cfg.seed, **common)
+    if a.variant == "ia3":
+        # (IA)³ learns one vector per module: it scales the outputs of attention modules and the inputs of MLP ones
+        # (the paper's feed-forward scaling), which PEFT must be told by name. No rank, alpha or dropout.
+        fam = family(arch_config(cfg.model).model_type)
+        return IA3Config(feedforward_modules=feedforward(targets, fam), **common)
     if a.variant == "adalora":
         # The rank budget starts at r and is pruned to r/2 between 10% and 70% of training
         # (AdaLoRA needs tinit < total_step - tfinal, so very short runs start pruning at once).
@@ -234,8 +242,8 @@ def alpha_of(a: DictConfig) -> float:
 
 
 # A worker keeps one base model between trials (warm workers). Only where unloading the adapter gives back the
-# base exactly as loaded: not PiSSA (it rewrites base weights), not quantized bases (prepare_model_for_kbit_training
-# changes them in place), not VeRA or AdaLoRA (not checked).
+# base exactly as loaded: not PiSSA (it rewrites base weights), not full fine-tuning (it trains them), not quantized
+# bases (prepare_model_for_kbit_training changes them in place), not VeRA, AdaLoRA or IA3 (not checked).
 REUSABLE_VARIANTS = ("lora", "rslora", "dora")
 _warm: dict[str, tuple[nn.Module, object]] = {}
 
@@ -279,14 +287,29 @@ def prefetch(cfg: DictConfig, labels: list[str] | None):
 
 
 def load(cfg: DictConfig, targets: list[str], total_steps: int, labels: list[str] | None):
-    """The base model (quantized when asked), prepared for k-bit training, wrapped in the adapter."""
+    """The base model (quantized when asked), prepared for k-bit training, wrapped in the adapter; for full
+    fine-tuning, the base model itself with every parameter trainable."""
     from peft import get_peft_model
 
     key = _reuse_key(cfg, labels)
     model, tok = _warm.pop(key) if key in _warm else _load_base(cfg, labels)
     _warm.clear()  # one base model per worker: a trial on another base frees the old one
     torch.manual_seed(cfg.seed)  # the adapter's init, the same whether the base is fresh or reused
-    return get_peft_model(model, peft_config(cfg, targets, total_steps)), tok
+    pc = peft_config(cfg, targets, total_steps)
+    return (get_peft_model(model, pc) if pc is not None else model.requires_grad_(True)), tok
+
+
+def sizes(tuned: nn.Module, targets: list[str]) -> dict[str, float]:
+    """Trainable parameters of a trial's model, as a count and a share of all its parameters, and the modules it
+    changes: the adapter's targets, or for full fine-tuning (no adapter) every Linear an adapter could target."""
+    if hasattr(tuned, "get_nb_trainable_parameters"):  # PEFT's count: 4-bit weights as the params they pack
+        trainable, total = tuned.get_nb_trainable_parameters()
+        changed = len(targets)
+    else:
+        params = list(tuned.parameters())  # shared (tied) weights once
+        trainable, total = sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+        changed = len(linear_names(tuned))
+    return {"trainable_params": trainable, "trainable_pct": 100.0 * trainable / total, "adapted_modules": changed}
 
 
 def _load_base(cfg: DictConfig, labels: list[str] | None):

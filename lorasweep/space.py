@@ -14,6 +14,8 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from lorasweep import compare as compare_arms
+from lorasweep.compare import Compare
 from lorasweep.errors import ConfigError
 
 # cfg.sweep schema (a sweeps/<name>.yaml under `# @package _global_`, next to base fields like train.max_steps):
@@ -22,6 +24,9 @@ from lorasweep.errors import ConfigError
 #   pruner:  {name: median | percentile | successive_halving | hyperband | none | asha, <pruner kwargs>}
 #   num_trials: 12   max_concurrent: 2   time_limit_s: 600   max_failures: 0   description: "..."
 #   warm_start: <an earlier sweep's id or name>   warm_start_top_k: 3   (lorasweep/warmstart.py)
+#   objectives: {eval_accuracy: max, trainable_params: min}: a multi-objective study (its first objective is metric)
+#   compare: {arms, lr, trials_per_arm, seeds, tolerance}: LR-first comparisons (lorasweep/compare.py); it plans
+#     every trial, so the space then holds only fixed and derived dimensions
 #   space: nested (adapter: {r: ...}) or dotted (adapter.r: ...) config keys -> dimension:
 #     {kind: choice | grid, values: [...]}   {kind: int, low, high, step: 1, log: false}
 #     {kind: float | logfloat, low, high}    {kind: fixed, value: ...}
@@ -37,7 +42,9 @@ SAMPLERS = {
     "grid": optuna.samplers.GridSampler,
     "cmaes": optuna.samplers.CmaEsSampler,
     "gp": optuna.samplers.GPSampler,
+    "nsga2": optuna.samplers.NSGAIISampler,
 }
+MULTI_OBJECTIVE_SAMPLERS = ("tpe", "random", "grid", "gp", "nsga2")  # CMA-ES optimises one objective
 NEEDS = {"cmaes": ["cmaes"], "gp": ["torch", "scipy"]}  # Optuna imports these only when it first samples
 PRUNERS = {
     "median": optuna.pruners.MedianPruner,
@@ -60,6 +67,8 @@ SWEEP_KEYS = (
     "space",
     "warm_start",
     "warm_start_top_k",
+    "compare",
+    "objectives",
 )
 DIM_KEYS = {
     "choice": {"values"},
@@ -112,6 +121,19 @@ class SweepSpec:
     description: str | None = None
     warm_start: str | None = None  # an earlier sweep's id or name
     warm_start_top_k: int = 3
+    compare: Compare | None = None  # LR-first arms: the plan decides every trial
+    objectives: tuple[tuple[str, str], ...] = ()  # (metric, mode) of each objective; () = metric, mode alone
+
+    @property
+    def metrics(self) -> list[str]:
+        """The objectives' names, in order (one: the metric)."""
+        return [m for m, _ in self.objectives] or [self.metric]
+
+    @property
+    def directions(self) -> list[str]:
+        return [
+            "maximize" if mode == "max" else "minimize" for _, mode in self.objectives or [(self.metric, self.mode)]
+        ]
 
     def dim(self, key: str) -> Dim | None:
         return next((d for d in self.dims if d.key == key), None)
@@ -136,6 +158,20 @@ def parse_sweep(cfg: DictConfig) -> SweepSpec:
         if k not in SWEEP_KEYS:
             raise ConfigError(f"sweep.{k}", raw[k], f"unknown key; allowed: {', '.join(SWEEP_KEYS)}")
 
+    objectives = _objectives(raw)
+    if objectives:  # the first objective is the sweep's metric: what single-valued views (and names) show
+        for key, value in zip(("metric", "mode"), objectives[0]):
+            if raw.get(key) not in (None, value):
+                raise ConfigError(f"sweep.{key}", raw[key], f"{value} (the first of sweep.objectives), or left out")
+            raw[key] = value
+        pruner_given = raw.get("pruner", {"name": "none"})
+        if (pruner_given.get("name") if isinstance(pruner_given, dict) else pruner_given) != "none":
+            raise ConfigError(
+                "sweep.pruner.name",
+                pruner_given.get("name") if isinstance(pruner_given, dict) else pruner_given,
+                "none with sweep.objectives: Optuna cannot prune a multi-objective study",
+            )
+        raw["pruner"] = {"name": "none"}
     metric = raw.get("metric")
     if not isinstance(metric, str) or not metric:
         raise ConfigError("sweep.metric", metric, "required: the reported metric to optimise, e.g. eval_loss")
@@ -162,7 +198,11 @@ def parse_sweep(cfg: DictConfig) -> SweepSpec:
     sampler, seed, sampler_options = _named(raw.get("sampler", {"name": "tpe"}), "sweep.sampler", SAMPLERS)
     pruner, _, pruner_options = _named(raw.get("pruner", {"name": "median"}), "sweep.pruner", PRUNERS, seeded=False)
 
-    dims, base = _parse_space(raw.get("space"), cfg)
+    space_node, compare = raw.get("space"), None
+    if raw.get("compare") is not None:
+        compare, space_node, num_trials = _compared(raw, cfg)
+        sampler, seed, sampler_options = "random", 0, {}  # never draws: every trial is enqueued by the plan
+    dims, base = _parse_space(space_node, cfg)
     spec = SweepSpec(
         metric=metric,
         mode=mode,
@@ -180,7 +220,18 @@ def parse_sweep(cfg: DictConfig) -> SweepSpec:
         description=description,
         warm_start=warm_start,
         warm_start_top_k=warm_start_top_k,
+        compare=compare,
+        objectives=objectives,
     )
+    if objectives and sampler not in MULTI_OBJECTIVE_SAMPLERS:
+        raise ConfigError(
+            "sweep.sampler.name", sampler, f"one of {', '.join(MULTI_OBJECTIVE_SAMPLERS)} with objectives"
+        )
+    for d in dims if compare else ():
+        if d.kind not in ("fixed", "derived") and d.key not in compare.searched:
+            raise ConfigError(
+                f"sweep.space.{d.key}.kind", d.kind, "fixed or derived with sweep.compare: its plan sets every search"
+            )
 
     if sampler == "grid":
         for d in dims:
@@ -198,6 +249,50 @@ def parse_sweep(cfg: DictConfig) -> SweepSpec:
     make_sampler(spec)
     make_pruner(spec)
     return spec
+
+
+def _objectives(raw: dict) -> tuple[tuple[str, str], ...]:
+    """sweep.objectives: {metric: max | min, ...} in order, two or more."""
+    node = raw.get("objectives")
+    if node is None:
+        return ()
+    if not isinstance(node, dict) or len(node) < 2:
+        raise ConfigError(
+            "sweep.objectives",
+            node,
+            "two or more {metric: max | min}, e.g. {eval_accuracy: max, trainable_params: min}",
+        )
+    for metric, mode in node.items():
+        if mode not in ("max", "min"):
+            raise ConfigError(f"sweep.objectives.{metric}", mode, "max | min")
+    return tuple(node.items())
+
+
+def _compared(raw: dict, cfg: DictConfig) -> tuple[Compare, dict, int]:
+    """sweep.compare, checked against the rest of the sweep: its dimensions join the space, its plan is the budget."""
+    for key, why in (("sampler", "the plan picks every trial (give compare.lr.sampler)"), ("warm_start", "")):
+        if raw.get(key) is not None:
+            raise ConfigError(f"sweep.{key}", raw[key], f"absent with sweep.compare: {why or 'each arm starts afresh'}")
+    plan, generated = compare_arms.parse(raw["compare"], cfg)
+    user = dict(_walk(raw["space"], "")) if isinstance(raw.get("space"), dict) and raw["space"] else {}
+    for key in user:
+        if key in generated:
+            raise ConfigError(f"sweep.space.{key}", user[key], "absent: sweep.compare searches it")
+    given = raw.get("num_trials")
+    if given is not None and given != plan.num_trials:
+        raise ConfigError(
+            "sweep.num_trials",
+            given,
+            f"{plan.num_trials} with sweep.compare ({len(plan.arms)} arms x ({plan.trials_per_arm} LR trials + "
+            f"{len(plan.seeds) - 1} more seeds)), or leave it out",
+        )
+    return plan, {**generated, **user}, plan.num_trials
+
+
+def stored(spec: SweepSpec, key: str, value: Any) -> Any:
+    """The value Optuna stores for `value` of a choice dimension: list values travel as their override text."""
+    labels = _labels(spec.dim(key))
+    return labels[list(spec.dim(key).values).index(value)] if labels else value
 
 
 def _named(node: Any, where: str, table: Mapping[str, Any], seeded: bool = True) -> tuple[str, Any, dict]:
@@ -387,22 +482,12 @@ def _parse_when(node: Any, at: str) -> dict[str, tuple]:
     if not isinstance(node, dict) or not node:
         raise ConfigError(f"{at}.when", node, "a mapping {key: [allowed values]}")
     out = {}
-    for k, v in dict(_flatten_when(node)).items():
+    for k, v in dict(compare_arms.dotted_items(node)).items():
         vals = v if isinstance(v, list) else [v]
         if not vals or not all(_is_value(x) for x in vals):
             raise ConfigError(f"{at}.when.{k}", v, "a value or a non-empty list of values")
         out[k] = tuple(vals)
     return out
-
-
-def _flatten_when(node: dict, prefix: str = ""):
-    # `when: {adapter: {variant: [...]}}` and `when: {adapter.variant: [...]}` mean the same.
-    for k, v in node.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict):
-            yield from _flatten_when(v, key)
-        else:
-            yield key, v
 
 
 def _order(dims: dict[str, Dim]) -> tuple[Dim, ...]:

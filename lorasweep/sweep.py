@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
-from lorasweep.config import TASK_METRICS, compose, tracking_uri, validate
+from lorasweep import compare
+from lorasweep.config import COST_METRICS, TASK_METRICS, compose, tracking_uri, validate
 from lorasweep.errors import ConfigError
 from lorasweep.resources import cpus_per_trial
-from lorasweep.space import SweepSpec, make_sampler, parse_sweep, suggest, to_overrides
+from lorasweep.space import SweepSpec, make_sampler, parse_sweep, stored, suggest, to_overrides
 
 if TYPE_CHECKING:
     import mlflow
@@ -115,13 +116,13 @@ def run_sweep(argv: list[str]) -> dict:
             storage=storage,
             load_if_exists=True,
             sampler=make_sampler(spec),
-            direction="maximize" if spec.mode == "max" else "minimize",
+            directions=spec.directions,
         )
         if resuming:
             study.sampler = make_sampler(spec, resumed_after=len(study.trials))
         with warnings.catch_warnings():  # experimental in Optuna since 3.2, and what optuna-dashboard reads
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([spec.metric])
+            study.set_metric_names(spec.metrics)
         parent_made = True
         with tracking.run(
             cfg,
@@ -138,6 +139,8 @@ def run_sweep(argv: list[str]) -> dict:
                 )
                 mlflow.log_dict(OmegaConf.to_container(cfg.sweep, resolve=True), "sweep.yaml")
                 mlflow.set_tag("command", shlex.join(["lorasweep", "sweep", *base]))
+                if spec.objectives:
+                    mlflow.set_tag("objectives", json.dumps(dict(spec.objectives)))
             pid = parent.info.run_id
             # Resume: every trial the dead driver left RUNNING is KILLED in MLflow and FAIL in Optuna.
             if resuming:
@@ -158,8 +161,8 @@ def run_sweep(argv: list[str]) -> dict:
             if budget > 0:
                 loop(spec, base, study, storage, client, pid, state, log_uri, budget, started, task, cpus)
 
-            # 5. The leaderboard, the plot and the best trial, on the parent run.
-            summary = leaderboard(client, pid, spec, out, base)
+            # 5. The leaderboard, the plot and the best trial (or the Pareto front), on the parent run.
+            summary = leaderboard(client, pid, spec, out, base, study)
     finally:
         ray.shutdown()
         if server is not None:
@@ -203,6 +206,11 @@ def check_engine_and_metric(cfg: DictConfig, spec: SweepSpec) -> None:
         raise ConfigError(
             "sweep.metric", spec.metric, f"a metric a {cfg.model.task} trial reports: {', '.join(reported)}"
         )
+    for metric in spec.metrics[1:]:
+        if metric not in reported + COST_METRICS:
+            raise ConfigError(
+                f"sweep.objectives.{metric}", metric, f"a metric a trial logs: {', '.join(reported + COST_METRICS)}"
+            )
     check_engine(cfg)
     local_store = tracking_uri(cfg).startswith(("sqlite:", "file:", "/", "."))
     if cfg.engine.address and local_store and cfg.engine.log_server == "auto" and not cfg.engine.log_server_host:
@@ -246,7 +254,7 @@ def loop(
 ) -> None:
     """Keep max_concurrent trials in flight until the budget, the time limit or max_failures ends the sweep."""
     import ray
-    from mlflow.entities import RunTag
+    from mlflow.entities import Metric, RunTag
 
     from lorasweep import ledger, tracking, worker
 
@@ -269,8 +277,8 @@ def loop(
             client, study, number, run_id, s, value=result.get("value"), reason=result.get("reason"), tags=tags
         )
         counts[s] += 1
-        if s in ("COMPLETE", "REUSED"):
-            v = result["value"]
+        if s in ("COMPLETE", "REUSED"):  # a multi-objective sweep shows its first objective's best
+            v = result["value"][0] if isinstance(result["value"], list) else result["value"]
             best = v if best is None or (v > best if spec.mode == "max" else v < best) else best
         if s == "FAILED" and spec.max_failures is not None and counts["FAILED"] > spec.max_failures:
             stop = stop or f"stopped launching: more than sweep.max_failures={spec.max_failures} trials failed"
@@ -288,6 +296,13 @@ def loop(
 
     while True:
         while stop is None and launched < budget and len(in_flight) < spec.max_concurrent:
+            if spec.compare is not None:  # the plan fixes each trial's arm, LR and seed; Optuna records it
+                planned = compare.next_trial(study, spec.compare, lambda k, v: stored(spec, k, v), ledger.KILLED)
+                if planned is None or (planned == compare.WAIT and not in_flight):
+                    stop = "every arm has run its plan (an arm with no complete LR trial runs no more seeds)"
+                if planned is None or planned == compare.WAIT:
+                    break
+                study.enqueue_trial(planned.params, user_attrs=planned.attrs)
             launched += 1
             trial = study.ask()
             values = suggest(trial, spec)
@@ -307,8 +322,11 @@ def loop(
             )
             twin = ledger.twin(study, trial)
             if twin is not None:  # the same config finished before: its result stands, no second training
-                client.log_metric(run_id, spec.metric, twin.value)
-                end(trial.number, run_id, {"state": "REUSED", "value": twin.value})
+                client.log_batch(
+                    run_id,
+                    metrics=[Metric(m, v, int(time.time() * 1000), 0) for m, v in zip(spec.metrics, twin.values)],
+                )
+                end(trial.number, run_id, {"state": "REUSED", "value": twin.values if spec.objectives else twin.value})
                 client.set_tag(run_id, "reused_from", f"t{twin.number:03d} ({twin.user_attrs.get(ledger.RUN_ID)})")
                 continue
             job = worker.Job(
@@ -317,8 +335,9 @@ def loop(
                 config=OmegaConf.to_container(trial_cfg),
                 study_name=state["study_name"],
                 storage=state["storage"],
-                pruner=pruner,
+                pruner=pruner if trial.user_attrs.get(compare.PHASE) != "seeds" else {"name": "none"},
                 metric=spec.metric,
+                objectives=tuple(spec.metrics) if spec.objectives else (),
                 mode=spec.mode,
                 tracking_uri=log_uri,
                 gpu_share=share,
@@ -388,9 +407,20 @@ def dry_run(argv: list[str]) -> int:
             + (f" when {dict(d.when)}" if d.when else "")
             + (" (helper)" if d.helper else "")
         )
-    study = optuna.create_study(sampler=make_sampler(spec), direction="maximize" if spec.mode == "max" else "minimize")
+    study = optuna.create_study(sampler=make_sampler(spec), directions=spec.directions)
     base = [a for a in argv if not a.startswith(("resume=", "+resume="))]
+    if spec.compare is not None:
+        c = spec.compare
+        print(
+            f"compare: {len(c.arms)} arms, each {c.trials_per_arm} LR trials at seed {c.seeds[0]}, then seeds "
+            f"{list(c.seeds[1:])} at its best LR (shown: the LR search; where a range is searched, the LRs adapt)"
+        )
     for _ in range(spec.num_trials):
+        if spec.compare is not None:
+            planned = compare.next_trial(study, spec.compare, lambda k, v: stored(spec, k, v), "killed")
+            if not isinstance(planned, compare.Next):  # what comes next depends on results
+                break
+            study.enqueue_trial(planned.params, user_attrs=planned.attrs)
         trial = study.ask()
         overrides = to_overrides(suggest(trial, spec), spec)
         try:
@@ -440,16 +470,27 @@ def sweep_dir(cfg: DictConfig, argv: list[str]) -> tuple[Path, bool]:
 # ---------------------------------------------------------------- results
 
 
-def leaderboard(client: mlflow.MlflowClient, parent_run_id: str, spec: SweepSpec, out: Path, base: list[str]) -> dict:
+def leaderboard(
+    client: mlflow.MlflowClient, parent_run_id: str, spec: SweepSpec, out: Path, base: list[str], study
+) -> dict:
     """The leaderboard and the objective plot, the same ones `lorasweep report` shows, onto the parent run; the
-    best finished trial and the command that reruns it."""
+    best finished trial and the command that reruns it. Several objectives: the Pareto front too, plot and table."""
     import mlflow
 
     from lorasweep.analysis import figures, runs, tables
 
     trials = runs.load_trials(runs.find_sweep(parent_run_id, client.tracking_uri))
     keys = [d.key for d in spec.dims if not d.helper]
-    board = tables.leaderboard(trials, keys, spec.metric, spec.mode)
+    board = tables.leaderboard(trials, keys, spec.metric, spec.mode, dict(spec.objectives) or None)
+    if spec.objectives:
+        front = board[board["pareto"]].drop(columns=["pareto"])
+        front.to_csv(out / "pareto.csv", index=False)
+        (out / "pareto.md").write_text((front.drop(columns=["run_id"]).to_markdown(index=False) or "") + "\n")
+        mlflow.log_artifact(str(out / "pareto.csv"))
+        mlflow.log_artifact(str(out / "pareto.md"))
+        if isinstance(figures.pareto_front(study, out / "pareto_front.png"), Path):
+            mlflow.log_artifact(str(out / "pareto_front.png"))
+        mlflow.log_metric("pareto_trials", len(front))
     counts = board["state"].value_counts().to_dict() if len(board) else {}
     board.to_csv(out / "leaderboard.csv", index=False)
     shown = board.drop(columns=["run_id"]).to_markdown(index=False) if len(board) else "no trials"
@@ -466,7 +507,7 @@ def leaderboard(client: mlflow.MlflowClient, parent_run_id: str, spec: SweepSpec
         mlflow.log_metric(f"best_{spec.metric}", float(best[spec.metric]))
         # A trial composed with sweep=<name> gets the sweep file's base fields; its sweep section is ignored.
         cmd = (
-            shlex.join(["lorasweep", "trial", *[a for a in base if not a.startswith("sweep.")]])
+            shlex.join(["lorasweep", "trial", *[a for a in base if not a.lstrip("~+").startswith("sweep.")]])
             + " "
             + best["overrides"]
         )

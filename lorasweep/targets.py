@@ -83,6 +83,11 @@ def module_type(name: str, fam: str | None) -> str:
     return short_name(name)
 
 
+def feedforward(names: list[str], fam: str | None) -> list[str]:
+    """The MLP modules (gate, up, down) among `names`: those (IA)³ scales at their input rather than their output."""
+    return [n for n in names if module_type(n, fam) in GROUPS["mlp"]]
+
+
 def spectrum_percent(target: str) -> float | None:
     """k of a `spectrum:<k>%` rule, None for any other target; a malformed rule is a ConfigError."""
     if not str(target).startswith("spectrum"):

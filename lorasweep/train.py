@@ -20,7 +20,9 @@ OnMetrics = Callable[[dict[str, float], int], None]
 
 
 def optimizer(model, cfg: DictConfig) -> torch.optim.Optimizer:
-    """LoRA+ param groups from PEFT (B's LR = ratio × A's); ratio 1 is plain AdamW with the same groups."""
+    """LoRA+ param groups from PEFT (B's LR = ratio × A's); ratio 1 is plain AdamW with the same groups. PEFT's
+    grouping needs no adapter layer, so it also takes a model without one (full fine-tuning, where config.validate
+    keeps the ratio at 1): every parameter then trains at train.lr."""
     from peft.optimizers import create_loraplus_optimizer
 
     name = cfg.train.optim
@@ -39,7 +41,7 @@ def optimizer(model, cfg: DictConfig) -> torch.optim.Optimizer:
         cls,
         lr=cfg.train.lr,
         loraplus_lr_ratio=float(cfg.adapter.loraplus_ratio),
-        weight_decay=cfg.train.weight_decay,
+        loraplus_weight_decay=cfg.train.weight_decay,  # PEFT sets each group's decay from this, not weight_decay
     )
 
 

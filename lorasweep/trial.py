@@ -1,4 +1,5 @@
-"""Trial: one PEFT fine-tune from a config, top to bottom — validate, load, train, measure, track."""
+"""Trial: one PEFT fine-tune (or full fine-tune) from a config, top to bottom — validate, load, train, measure,
+track."""
 
 import sys
 import tempfile
@@ -8,7 +9,7 @@ from pathlib import Path
 import mlflow
 from omegaconf import DictConfig, OmegaConf
 
-from lorasweep import after, data, generate, measure, model, tracking, train
+from lorasweep import after, data, estimate, generate, measure, model, tracking, train
 from lorasweep.config import validate
 from lorasweep.targets import family
 from lorasweep.train import OnMetrics
@@ -46,20 +47,16 @@ def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), run_id: st
         # 2. Model and data.
         measure.reset_peak_memory()
         steps = train.total_steps(cfg, len(parts["train"]))
-        peft_model, tok = model.load(cfg, targets, steps, labels)
-        init = measure.snapshot_factors(peft_model)  # PiSSA starts from B0·A0 ≠ 0: spectra measure what training added
-        before = after.forgetting_before(cfg, peft_model, tok)  # the base's general-text perplexity (cached)
+        tuned, tok = model.load(cfg, targets, steps, labels)  # the PEFT model, or for full the base model itself
+        # What spectra measure training against: PiSSA starts from B0·A0 ≠ 0, full from the targets' weights W0.
+        init = measure.snapshot(tuned, targets) if cfg.tracking.spectra else {}
+        before = after.forgetting_before(cfg, tuned, tok)  # the base's general-text perplexity (cached)
         datasets = data.tokenize(cfg, parts, tok, labels)
         lost = data.notes(cfg, parts, tok, labels)  # unseen labels, cut responses: said once, logged per split
         mlflow.log_metrics(lost)
         for line in data.warning_lines(lost):
             print(line, file=sys.stderr, flush=True)
-        trainable, total = peft_model.get_nb_trainable_parameters()
-        sizes = {
-            "trainable_params": trainable,
-            "trainable_pct": 100.0 * trainable / total,
-            "adapted_modules": len(targets),
-        }
+        sizes = {**model.sizes(tuned, targets), "est_vram_mb": estimate.vram_mb(cfg)}
         mlflow.log_metrics(sizes)
 
         # 3. Train, reporting each log and eval step to MLflow and to any listener (a sweep's scheduler).
@@ -74,7 +71,7 @@ def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), run_id: st
             if cfg.train.generate_eval
             else []
         )
-        trainer = train.trainer(cfg, peft_model, tok, datasets, [log, *listeners], scored)
+        trainer = train.trainer(cfg, tuned, tok, datasets, [log, *listeners], scored)
         start = time.perf_counter()
         result = trainer.train()
         runtime = time.perf_counter() - start
@@ -95,25 +92,27 @@ def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), run_id: st
             **sizes,
         }
 
-        # 4. What the adapter learned: the spectrum of each module's update.
+        # 4. What the adapter learned: the spectrum of each module's update (IA3 has none: a tag says why).
         if cfg.tracking.spectra:
-            rows = measure.spectra(peft_model, family(model_type), init=init)
+            rows = measure.spectra(tuned, family(model_type), init=init)
             summary.update(measure.aggregate(rows))
-            for f in measure.write_spectra(rows, out):
+            for f in measure.write_spectra(rows, out) if rows else []:
                 mlflow.log_artifact(str(f), artifact_path="spectra")
+            mlflow.set_tags(measure.spectra_tags(tuned))
 
-        # 5. What it is worth afterwards: size and rank for serving, merging it into the base, forgetting.
-        peft_model.save_pretrained(out / "adapter", safe_serialization=True)
-        summary.update(after.serving(cfg, peft_model, out / "adapter"))
-        merged, why_not = after.merge_check(cfg, peft_model, trainer.get_eval_dataloader(), out / "adapter")
+        # 5. What it is worth afterwards: size and rank for serving, merging it into the base, forgetting. Full
+        # fine-tuning saves the whole model: its size is the honest cost.
+        tuned.save_pretrained(out / "adapter", safe_serialization=True)
+        summary.update(after.serving(cfg, tuned, out / "adapter"))
+        merged, why_not = after.merge_check(cfg, tuned, trainer.get_eval_dataloader(), out / "adapter")
         summary.update(merged)
         mlflow.set_tags(why_not)
-        summary.update(after.forgetting(cfg, peft_model, tok, before))
+        summary.update(after.forgetting(cfg, tuned, tok, before))
         mlflow.log_metrics({k: v for k, v in summary.items() if not k.startswith("eval_")})
         if cfg.tracking.save_adapter:
             mlflow.log_artifacts(str(out / "adapter"), artifact_path="adapter")
         summary["run_id"] = active.info.run_id
         summary["adapter_uri"] = f"{active.info.artifact_uri}/adapter" if cfg.tracking.save_adapter else None
         summary["steps"] = trainer.state.global_step
-    model.release(cfg, peft_model, tok, labels)  # a warm worker's next trial may reuse the base model
+    model.release(cfg, tuned, tok, labels)  # a warm worker's next trial may reuse the base model
     return summary

@@ -27,6 +27,7 @@ class Job:
     storage: str  # Optuna storage URL the workers share
     pruner: dict  # {"name": ..., **options}, built into the same Optuna pruner as the driver's
     metric: str
+    objectives: tuple[str, ...]  # a multi-objective sweep's metrics (the first is `metric`); () for one objective
     mode: str  # max | min: the direction the objective improves in
     tracking_uri: str
     gpu_share: float
@@ -60,6 +61,8 @@ def run(job: Job) -> dict:
         if job.metric not in metrics or step <= last["step"]:
             return
         last.update(step=step, value=float(metrics[job.metric]), before=last["value"])
+        if job.objectives:  # Optuna takes no intermediate values of a multi-objective trial, and prunes none
+            return
         trial.report(last["value"], step)
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {step}: {job.metric}={last['value']:.4g}")
@@ -73,12 +76,13 @@ def run(job: Job) -> dict:
     except Exception as e:  # recorded with its reason; the sweep goes on
         reason = ledger.reason(e)
         return {"state": "FAILED", "reason": reason + (OOM_HINT if "out of memory" in reason.lower() else ""), **node}
-    value = summary.get(job.metric)
-    if value is None:
-        return {"state": "FAILED", "reason": f"the trial never reported {job.metric}", **node}
+    missing = [m for m in job.objectives or (job.metric,) if summary.get(m) is None]
+    if missing:
+        return {"state": "FAILED", "reason": f"the trial never reported {', '.join(missing)}", **node}
+    value = float(summary[job.metric])
     return {
         "state": "COMPLETE",
-        "value": float(value),
+        "value": [float(summary[m]) for m in job.objectives] if job.objectives else value,
         "last_eval_gain": last_gain(last, job.mode),
         "step": summary["steps"],
         "train_runtime_s": summary["train_runtime_s"],

@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from lorasweep import after, model, spectrum
-from lorasweep.config import VARIANTS, compose
+from lorasweep.config import compose
 from lorasweep.errors import ConfigError
 from lorasweep.targets import resolve_targets, spectrum_pick
 from lorasweep.trial import run_trial
-from tests.test_trial import TINY
+from tests.test_trial import RANKED, TINY
 
 FORGET = ["tracking.forgetting=true", "tracking.forgetting_tokens=512", "tracking.forgetting_window=64"]
 
@@ -36,7 +36,7 @@ def _trained(m: dict) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", RANKED)  # IA3's merge and full's lack of one: tests/test_trial.py
 def test_fp32_merge_matches_unmerged_for_every_variant(variant, store):
     limit = 2 if variant == "dora" else 4  # r=4: within a limit of 4, over a limit of 2
     summary = run_trial(

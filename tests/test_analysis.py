@@ -486,3 +486,22 @@ def test_learns_vs_forgets_marks_the_pareto_trials(store, tmp_path):
     # a sweep without forgetting metrics gets no such section
     plain, _ = make_sweep(tmp_path, "plain", cells[-1:], stamp="20260101-000001")
     assert "Learns vs forgets" not in (report.build(plain, log=False)[0] / "README.md").read_text()
+
+
+def test_a_verdict_on_cells_still_improving_says_so_and_one_without_gains_says_it_was_not_measured(store, tmp_path):
+    """Cells whose objective still gained more in the last eval interval than the noise between seeds are named in
+    every verdict built on them; cells that logged no gain (one eval per trial) get 'plateau not measured'."""
+    rising = [
+        {**c, "metrics": {"last_eval_gain": 0.04 if c["r"] == 1 else 0.001}} for c in TABLE6_CELLS
+    ]  # r=1 gained 4 pts in its last interval, beyond its noise (std 1 pt); the others 0.1 pt
+    make_sweep(tmp_path, "paper_table6", rising)
+    out, _ = report.build("paper_table6", tmp_path / "reports", log=False)
+    lines = pd.read_csv(out / "verdicts.csv").set_index("claim")["verdict"]
+    wq = next(v for claim, v in lines.items() if claim.startswith("Wq: r=1 is within"))
+    assert "not plateaued, trained too short: Wq r=1 still gained 4.00 pts" in wq and "Wq r=64" not in wq
+
+    make_sweep(tmp_path, "paper_table6", TABLE6_CELLS, stamp="20260102-000000")
+    out, _ = report.build("paper_table6-20260102-000000", tmp_path / "reports", log=False)
+    lines = pd.read_csv(out / "verdicts.csv").set_index("claim")["verdict"]
+    wq = next(v for claim, v in lines.items() if claim.startswith("Wq: r=1 is within"))
+    assert wq.endswith("; plateau not measured: one eval per trial)")

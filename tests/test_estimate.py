@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 from omegaconf import OmegaConf
-from peft import AdaLoraConfig, LoraConfig, TaskType, VeraConfig, get_peft_model
+from peft import AdaLoraConfig, IA3Config, LoraConfig, TaskType, VeraConfig, get_peft_model
 
 from lorasweep import estimate as E
 from lorasweep.config import VARIANTS, compose
@@ -46,13 +46,18 @@ def cfg_for(model: str, *overrides: str):
 
 
 def reference_peft(cfg, num_labels: int | None):
-    """An independent PEFT build at full depth, its config written out here rather than taken from the estimator."""
+    """An independent PEFT build at full depth, its config written out here rather than taken from the estimator;
+    for full fine-tuning, torch's count of the model's own parameters, all trained."""
     m = cfg.model
     config = arch_config(m, num_labels)
     model = meta_model(config, m.task)
+    if cfg.adapter.variant == "full":
+        return sum(p.numel() for p in model.parameters()), sum(p.numel() for p in model.parameters())
     names = resolve_targets(model, config.model_type, list(cfg.adapter.targets))
     a = cfg.adapter
     kw = dict(target_modules=names, task_type=TaskType.SEQ_CLS if m.task == "seq_cls" else TaskType.CAUSAL_LM)
+    mlp = ("gate_proj", "up_proj", "down_proj", "intermediate.dense")  # the MLP Linears of Llama and BERT
+    ff = [n for n in names if n.endswith(mlp) or (n.endswith("output.dense") and "attention" not in n)]
     pc = {
         "lora": lambda: LoraConfig(r=a.r, **kw),
         "rslora": lambda: LoraConfig(r=a.r, use_rslora=True, **kw),
@@ -60,6 +65,7 @@ def reference_peft(cfg, num_labels: int | None):
         "pissa": lambda: LoraConfig(r=a.r, init_lora_weights="pissa_niter_4", **kw),
         "vera": lambda: VeraConfig(r=a.r, **kw),
         "adalora": lambda: AdaLoraConfig(init_r=a.r, target_r=max(1, a.r // 2), total_step=cfg.train.max_steps, **kw),
+        "ia3": lambda: IA3Config(feedforward_modules=ff, **kw),
     }[a.variant]()
     with torch.device("meta"):
         peft = get_peft_model(model, pc)
@@ -95,6 +101,23 @@ def test_counts_equal_peft_on_shipped_small_models(model: str, variant: str, ali
     if model == "minilm":  # SEQ_CLS trains the classifier too: 384 x 3 + 3
         cfg_q = cfg_for(model, "adapter.variant=lora", "adapter.r=8", "adapter.targets=[q]")
         assert E.estimate(cfg_q, batch_size=1, seq_len=8)["params"]["trainable"] == 6 * 8 * (384 + 384) + 384 * 3 + 3
+
+
+@pytest.mark.parametrize("model", ["tiny_llama", "minilm"])
+@pytest.mark.parametrize("variant", ["full", "ia3"])
+def test_full_and_ia3_counts_equal_the_loaded_model(model: str, variant: str) -> None:
+    """The real weights through lorasweep.model.load (PEFT's IA3, or no adapter at all), counted by torch."""
+    from lorasweep import model as M
+
+    cfg = cfg_for(model, f"adapter.variant={variant}", "adapter.targets=[k,v,down]")
+    labels = ["negative", "neutral", "positive"] if model == "minilm" else None  # estimate.num_labels: 3
+    tuned, _ = M.load(cfg, M.targets(cfg, len(labels) if labels else None)[0], 4, labels)
+    params = list(tuned.parameters())
+    est = E.estimate(cfg, batch_size=1, seq_len=8)["params"]
+    assert est["trainable"] == sum(p.numel() for p in params if p.requires_grad)
+    assert est["total"] == sum(p.numel() for p in params)
+    if variant == "full":
+        assert est["trainable"] == est["total"] and est["trainable_pct"] == 100
 
 
 def closed_form(s: dict, alias: str, r: int) -> int:
@@ -142,6 +165,19 @@ def test_variant_counts_differ_as_their_definitions_say() -> None:
     assert s["dora"] == s["lora"] + 32 * 4 * 4096  # one magnitude per output feature
     assert s["adalora"] == s["lora"] + 32 * 4 * 16  # one singular value per rank
     assert s["vera"] == 32 * 4 * (16 + 4096)  # lambda_d (r) and lambda_b (out) per layer
+    assert s["ia3"] == 32 * 4 * 4096  # one vector per module, of its output size (attention modules)
+    assert s["full"] == 6_738_415_616  # every weight
+
+
+def test_ia3_vectors_are_output_sized_for_attention_and_input_sized_for_mlp() -> None:
+    def ia3(targets: str) -> int:
+        cfg = cfg_for("llama3_8b", "adapter.variant=ia3", f"adapter.targets=[{targets}]")
+        return E.estimate(cfg, batch_size=1, seq_len=8)["params"]["trainable"]
+
+    # Llama-3-8B: 32 layers, hidden 4096, MLP 14336, k and v 8 heads x 128 = 1024 wide
+    assert ia3("k,v,down") == 32 * (1024 + 1024 + 14336)  # the paper's targets: down scaled at its 14336 inputs
+    assert ia3("mlp") == 32 * (4096 + 4096 + 14336)  # gate, up and down all scale their inputs
+    assert ia3("q,o") == 32 * (4096 + 4096)
 
 
 # ---------------------------------------------------------------- memory arithmetic
@@ -185,6 +221,21 @@ def test_adapter_gradient_optimizer_bytes() -> None:
     )
     with pytest.raises(ConfigError):
         E.estimate(base, batch_size=1, seq_len=8, optim="no_such_optim")
+
+
+def test_full_fine_tuning_memory_trains_every_weight_in_its_dtype() -> None:
+    n = 6_738_415_616  # Llama-2-7B in bf16: no adapter; a bf16 gradient and torch AdamW's two bf16 moments per weight
+    full = E.estimate(cfg_for("llama2_7b", "adapter.variant=full"), batch_size=1, seq_len=8, optim="adamw_torch")
+    mem = full["memory"]
+    assert full["params"]["trainable"] == n and mem["adapter"]["bytes"] == 0
+    assert mem["weights"]["bytes"] == mem["gradients"]["bytes"] == 2 * n and mem["optimizer"]["bytes"] == 4 * n
+    paged = E.estimate(cfg_for("llama2_7b", "adapter.variant=full"), batch_size=1, seq_len=8, optim="paged_adamw_8bit")
+    assert paged["memory"]["optimizer"]["bytes"] == 2 * n  # bitsandbytes' 8-bit states, whatever the param dtype
+    fp32 = E.estimate(cfg_for("tiny_llama", "adapter.variant=full"), batch_size=1, seq_len=8, optim="adamw_torch")
+    t = fp32["params"]["trainable"]
+    assert fp32["memory"]["gradients"]["bytes"] == 4 * t and fp32["memory"]["optimizer"]["bytes"] == 8 * t
+    lora = E.estimate(cfg_for("llama2_7b"), batch_size=1, seq_len=8, optim="adamw_torch")
+    assert full["memory"]["total"]["bytes"] > 3 * lora["memory"]["total"]["bytes"]  # ~54 GB against ~14 GB
 
 
 def test_activations_scale_and_modes() -> None:

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from peft import AdaLoraConfig, LoraConfig, VeraConfig, get_peft_model
+from peft import AdaLoraConfig, IA3Config, LoraConfig, VeraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lorasweep import measure
@@ -231,6 +231,37 @@ def test_spectra_of_fresh_lora_is_zero_and_aggregate_empty() -> None:
     rows = measure.spectra(model, "llama")
     assert rows and all(r["energy_rank95"] == 0 and r["effective_rank"] == 0.0 for r in rows)
     assert measure.aggregate([]) == {}
+
+
+def test_spectra_of_full_fine_tuning_are_those_of_w_minus_w0() -> None:
+    model = tiny_llama()
+    names = [n for n, _ in model.named_modules() if n.endswith(("q_proj", "down_proj"))]
+    init = measure.snapshot(model, names)
+    assert set(init) == set(names) and all(w.device.type == "cpu" for w in init.values())
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # a dense update of every weight, as full fine-tuning makes
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=g))
+    rows = measure.spectra(model, "llama", init=init)
+    assert [r["name"] for r in rows] == names and {r["module_type"] for r in rows} == {"q", "down"}
+    mods = dict(model.named_modules())
+    for row in rows:
+        dw = mods[row["name"]].weight.double() - init[row["name"]].double()
+        sv = torch.linalg.svdvals(dw)
+        assert sv[0] > 0 and row["sigma1"] == pytest.approx(float(sv[0]), rel=1e-12)
+        assert row["r"] == len(row["sv"]) == min(dw.shape)
+        assert row["energy_rank95"] > 16  # far above any LoRA rank here: the update is not low-rank
+
+
+def test_ia3_has_no_spectrum_and_says_why() -> None:
+    model = get_peft_model(tiny_llama(), IA3Config(target_modules=TARGETS, feedforward_modules=["down_proj"]))
+    init = measure.snapshot(model, TARGETS)
+    assert init == {}  # a PEFT model: LoRA factors only, and IA3 has none
+    with pytest.warns(UserWarning, match="IA3"):
+        assert measure.spectra(model, "llama", init=init) == []
+    tags = measure.spectra_tags(model)
+    assert list(tags) == ["spectra"] and tags["spectra"].startswith("not measured: IA3") and "\n" not in tags["spectra"]
+    assert measure.spectra_tags(get_peft_model(tiny_llama(), METHODS["lora"]())) == {}
 
 
 def test_peak_memory() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import mlflow
 import optuna
+import pandas as pd
 import pytest
 
 from lorasweep.config import compose
@@ -240,6 +241,76 @@ def test_warm_start_seeds_a_shared_space_and_enqueues_the_best_of_another(store)
     _, _, runs = children(store, queued["sweep_dir"])
     tags = sorted(r.data.tags["warm_start"] for r in runs)
     assert tags == sorted(f"enqueued from {name} t{t.number:03d}" for t in top)
+
+
+def test_compare_runs_each_arm_lr_search_then_its_seeds_at_its_best_lr_and_reports_it(store):
+    """A real LR-first comparison: 2 arms x (2 LRs at seed 0 + seed 1 at the arm's best LR), two at a time. Seed trials
+    are never pruned; each child run names its arm and phase; the report has the arms table and its verdicts."""
+    from lorasweep.analysis import report
+
+    s = run_sweep(
+        [
+            "sweep=smoke",
+            "~sweep.space",
+            "~sweep.sampler",
+            "~sweep.num_trials",
+            "sweep.max_concurrent=2",
+            "engine.num_cpus=2",
+            "sweep.pruner.n_startup_trials=1",
+            "+sweep.compare={arms:{adapter.r:[2,4]},lr:{values:[1.0e-2,1.0e-7]},seeds:[0,1]}",
+        ]
+    )
+    study = study_of(s["sweep_dir"])
+    _, _, runs = children(store, s["sweep_dir"])
+    states = same_states(runs, study)
+    by_number = {int(r.data.tags["optuna_trial"]): r for r in runs}
+    seeds_run = 0
+    for r in (2, 4):
+        mine = [t for t in study.trials if t.params["adapter.r"] == r]
+        search = [t for t in mine if t.user_attrs["compare_phase"] == "lr"]
+        assert sorted(t.params["train.lr"] for t in search) == [1e-7, 1e-2]  # the same LR budget for every arm
+        assert {t.params["seed"] for t in search} == {0}
+        done = [t for t in search if t.state == optuna.trial.TrialState.COMPLETE]
+        seeds = [t for t in mine if t.user_attrs["compare_phase"] == "seeds"]
+        assert len(seeds) == (1 if done else 0)
+        for t in seeds:
+            assert t.params["train.lr"] == min(done, key=lambda d: d.value).params["train.lr"]  # eval_loss: min
+            assert t.params["seed"] == 1 and states[t.number] == "COMPLETE"  # no pruner at the best LR
+            seeds_run += 1
+        for t in mine:
+            tags = by_number[t.number].data.tags
+            assert tags["compare_arm"] == f"adapter.r={r}" and tags["compare_phase"] == t.user_attrs["compare_phase"]
+    assert seeds_run >= 1  # the first trial is never pruned (n_startup_trials=1): its arm has a best LR
+    path, _ = report.build(Path(s["sweep_dir"]).name, Path("reports"), log=False)
+    text = (path / "README.md").read_text()
+    assert "## Arms at their own best learning rate" in text and (path / "lr_curves.png").exists()
+    assert "| the arms tie within tolerance once LR is tuned" in text
+
+
+def test_a_multi_objective_sweep_marks_optunas_pareto_front(store):
+    """Two objectives through Optuna's multi-objective study: every trial COMPLETE (no pruner), both values told, and
+    the leaderboard's Pareto column is Optuna's own front (study.best_trials); the parent run holds the front."""
+    from lorasweep.analysis import report
+
+    s = run_sweep(
+        ["sweep=smoke", "~sweep.pruner", "~sweep.metric", "~sweep.mode", "engine.num_cpus=2", "sweep.num_trials=4"]
+        + ["+sweep.objectives={eval_loss:min,trainable_params:min}"]
+    )
+    study = study_of(s["sweep_dir"])
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MINIMIZE"]
+    assert study.metric_names == ["eval_loss", "trainable_params"]
+    client, parent, runs = children(store, s["sweep_dir"])
+    assert set(same_states(runs, study).values()) == {"COMPLETE"}
+    for t in study.trials:  # Optuna holds what MLflow logged, for both objectives
+        logged = client.get_run(t.user_attrs["mlflow_run_id"]).data.metrics
+        assert t.values == [logged["eval_loss"], logged["trainable_params"]]
+    board = pd.read_csv(Path(s["sweep_dir"]) / "leaderboard.csv")
+    assert set(board.loc[board["pareto"], "trial"]) == {t.number for t in study.best_trials}
+    names = {a.path for a in client.list_artifacts(parent)}
+    assert {"pareto.md", "pareto.csv", "pareto_front.png"} <= names
+    assert json.loads(client.get_run(parent).data.tags["objectives"]) == {"eval_loss": "min", "trainable_params": "min"}
+    path, _ = report.build(Path(s["sweep_dir"]).name, Path("reports"), log=False)
+    assert "## Pareto front" in (path / "README.md").read_text() and (path / "pareto_front.png").exists()
 
 
 def test_three_concurrent_trials_build_the_model_cache_once(store, tmp_path, monkeypatch):

@@ -1,11 +1,15 @@
-"""Integration: real trials (tiny_llama per variant, NF4 QLoRA, MiniLM on the real tweets) into a real MLflow store."""
+"""Integration: real trials (tiny_llama per variant, full fine-tuning and IA3, NF4 QLoRA, MiniLM on the real tweets)
+into a real MLflow store."""
 
 import json
 from pathlib import Path
 
 import mlflow
 import pytest
+import torch
+from omegaconf import OmegaConf
 
+from lorasweep import estimate
 from lorasweep.config import VARIANTS, compose
 from lorasweep.trial import run_trial
 from tests.conftest import all_runs
@@ -22,6 +26,8 @@ TINY = [
     "train.batch_size=4",
     "train.lr=1e-2",
 ]
+# The variants whose update is ΔW = B·A of rank r: a spectrum, a serving rank. IA3 and full have their own test.
+RANKED = [v for v in VARIANTS if v not in ("ia3", "full")]
 
 
 def _check_run(store: str, summary: dict, metric: str) -> mlflow.entities.Run:
@@ -45,6 +51,9 @@ def _check_run(store: str, summary: dict, metric: str) -> mlflow.entities.Run:
     ]:
         assert name in m, name
     assert m["trainable_params"] > 0 and 0 < m["trainable_pct"] < 100
+    # the estimator's VRAM for this config, a cost a multi-objective sweep can minimise
+    cfg = OmegaConf.create(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/config.yaml"))
+    assert m["est_vram_mb"] == pytest.approx(estimate.vram_mb(cfg))
     assert [h.step for h in client.get_metric_history(run.info.run_id, "eval_loss")] == [
         2,
         4,
@@ -65,7 +74,7 @@ def _check_run(store: str, summary: dict, metric: str) -> mlflow.entities.Run:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", RANKED)
 def test_tiny_llama_trial_per_variant(variant, store):
     summary = run_trial(compose([*TINY, f"adapter.variant={variant}", "adapter.r=4", "adapter.targets=[q,v]"]))
     run = _check_run(store, summary, "eval_perplexity")
@@ -94,7 +103,7 @@ def test_tiny_llama_trial_per_variant(variant, store):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant,quant", [("adalora", "nf4"), ("dora", "fp4"), ("vera", "int8")])
+@pytest.mark.parametrize("variant,quant", [("adalora", "nf4"), ("dora", "fp4"), ("vera", "int8"), ("ia3", "nf4")])
 def test_other_variants_on_quantized_bases(variant, quant, store):
     summary = run_trial(
         compose(
@@ -102,6 +111,76 @@ def test_other_variants_on_quantized_bases(variant, quant, store):
         )
     )
     assert summary["steps"] == 2 and summary["eval_loss"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["full", "ia3"])
+def test_full_fine_tuning_and_ia3_trials(variant, store):
+    """The same trial without an adapter (full) and with IA3's vectors: exact counts, what moved, size, merge,
+    forgetting, spectra (ΔW = W − W0 for full; none for IA3, and a tag says why)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from lorasweep import model
+
+    forget = ["tracking.forgetting=true", "tracking.forgetting_tokens=512", "tracking.forgetting_window=64"]
+    cfg = compose([*TINY, f"adapter={variant}", "adapter.targets=[q,v,down]", "tracking.merge_check=true", *forget])
+    summary = run_trial(cfg)
+    assert not model._warm  # neither leaves its base to a warm worker: full trained it, IA3 is not checked
+    run = mlflow.MlflowClient(store).get_run(summary["run_id"])
+    m, tags = run.data.metrics, run.data.tags
+    assert run.info.status == "FINISHED" and summary["steps"] == 4 and summary["eval_perplexity"] > 1
+    assert m["forget_ppl_after"] != m["forget_ppl_before"] > 1  # forgetting is measured for both
+    base = AutoModelForCausalLM.from_pretrained(model.folder(cfg.model))
+    w0 = base.state_dict()
+    local = Path(mlflow.artifacts.download_artifacts(summary["adapter_uri"]))
+    files = list(local.glob("*.safetensors"))
+    saved = {k: v for f in files for k, v in load_file(f).items()}
+    assert m["adapter_size_mb"] == pytest.approx(sum(f.stat().st_size for f in files) / 2**20)
+    assert m["adapter_max_rank"] == 0 and m["serving_rank_ok"] == 1.0
+    arts = {a.path for a in mlflow.MlflowClient(store).list_artifacts(run.info.run_id)}
+    if variant == "full":
+        total = sum(p.numel() for p in base.parameters())
+        assert m["trainable_params"] == total and m["trainable_pct"] == 100
+        assert set(saved) == set(w0) and m["adapter_size_mb"] >= 4 * total / 2**20  # the whole fp32 model
+        assert [k for k in w0 if torch.equal(saved[k], w0[k])] == []  # every weight was trained
+        assert tags["merge_check"].startswith("not applicable for full") and "\n" not in tags["merge_check"]
+        assert not [k for k in m if k.startswith("merge_")]
+        rows = json.loads(
+            Path(
+                mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="spectra/spectra.json")
+            ).read_text()
+        )
+        assert [r["module_type"] for r in rows] == ["q", "v", "down"] * 2  # the targets, in each of 2 layers
+        for row in rows:  # the spectrum of what training changed: W − W0 from the saved model
+            dw = saved[f"{row['name']}.weight"].double() - w0[f"{row['name']}.weight"].double()
+            assert row["r"] == min(dw.shape) and row["sigma1"] == pytest.approx(float(torch.linalg.svdvals(dw)[0]))
+        assert m["effective_rank_mean"] > 8  # well above the LoRA ranks compared with it: full rank updates
+    else:
+        vectors = {k: v for k, v in saved.items() if "ia3_l" in k}
+        # q (64 out) and v (2 kv heads x 16 = 32 out) scale their outputs, down its 192 inputs; 2 layers
+        assert m["trainable_params"] == sum(v.numel() for v in vectors.values()) == 2 * (64 + 32 + 192)
+        assert {tuple(v.shape) for k, v in vectors.items() if "down_proj" in k} == {(1, 192)}
+        assert all((v != 1).any() for v in vectors.values())  # every vector moved from its init of ones
+        assert tags["spectra"].startswith("not measured: IA3") and "effective_rank_mean" not in m
+        assert "spectra" not in arts
+        assert m["merge_max_abs_logit_diff"] <= 1e-4 and "merge_check" not in tags  # PEFT's merge_and_unload
+        assert abs(m["merge_metric_delta"]) <= 1e-5 * summary["eval_perplexity"]
+
+
+@pytest.mark.parametrize("variant", ["full", "lora"])
+def test_optimizer_trains_every_trainable_parameter_once_with_the_configured_decay(variant, store):
+    """PEFT's LoRA+ grouping, also on a model without an adapter: every trainable parameter once, at train.lr, and
+    train.weight_decay reaches the groups that decay (PEFT takes it as loraplus_weight_decay; before, it was lost)."""
+    from lorasweep import model, train
+
+    cfg = compose([*TINY, f"adapter={variant}", "train.lr=1e-3", "train.weight_decay=0.1"])
+    tuned, _ = model.load(cfg, model.targets(cfg, None)[0], 4, None)
+    opt = train.optimizer(tuned, cfg)
+    grouped = [p for g in opt.param_groups for p in g["params"]]
+    assert sorted(map(id, grouped)) == sorted(id(p) for p in tuned.parameters() if p.requires_grad)
+    assert {g["lr"] for g in opt.param_groups if g["params"]} == {1e-3}
+    assert 0.1 in {g["weight_decay"] for g in opt.param_groups if g["params"]}
 
 
 @pytest.mark.slow

@@ -218,16 +218,14 @@ def objective(trials: pd.DataFrame, dims: list[str], metric: str, path: Path) ->
 
 def optuna_views(study, params: list[str], metric: str, out: Path) -> dict[str, Path | str]:
     """Optuna's own matplotlib views of a sweep's study, over the params that varied: learning curves (the evals the
-    pruner judged, each pruned trial marked where it stopped), parallel coordinates, and fANOVA importances. Each
-    name maps to its PNG, or to why it could not be drawn. Optuna draws with pyplot: its style and figures are
-    undone after each view."""
-    import warnings
-
-    import matplotlib
-    import matplotlib.pyplot as plt
+    pruner judged, each pruned trial marked where it stopped), parallel coordinates, and fANOVA importances (of a
+    multi-objective study, of its first objective). Each name maps to its PNG, or to why it could not be drawn."""
     import optuna
     from optuna.trial import TrialState
     from optuna.visualization import matplotlib as ov
+
+    multi = len(study.directions) > 1
+    target = (lambda t: t.values[0]) if multi else None
 
     def curves():
         ax = ov.plot_intermediate_values(study)
@@ -242,40 +240,65 @@ def optuna_views(study, params: list[str], metric: str, out: Path) -> dict[str, 
 
     draws = {
         "learning_curves": curves,
-        "parallel_coordinates": lambda: ov.plot_parallel_coordinate(study, params=params, target_name=metric),
+        "parallel_coordinates": lambda: ov.plot_parallel_coordinate(
+            study, params=params, target=target, target_name=metric
+        ),
         "importances": lambda: ov.plot_param_importances(
-            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=params, target_name=metric
+            study,
+            evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+            params=params,
+            target=target,
+            target_name=metric,
         ),
     }
     views: dict[str, Path | str] = {}
     for name, draw in draws.items():
         if name == "learning_curves" and not any(t.intermediate_values for t in study.get_trials(False)):
-            views[name] = "no trial reported an intermediate value"
+            views[name] = "no trial reported an intermediate value (a multi-objective study takes none)"
             continue
-        with matplotlib.rc_context(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            try:
-                fig = draw().figure
-            except Exception as e:  # too few trials, one value only, ...: the report says why
-                views[name] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                plt.close("all")
-                continue
-            fig.savefig(out / f"{name}.png", dpi=DPI, bbox_inches="tight")
-            plt.close(fig)
-        views[name] = out / f"{name}.png"
+        views[name] = _optuna_png(draw, out / f"{name}.png")
     return views
+
+
+def pareto_front(study, path: Path) -> Path | str:
+    """Optuna's Pareto-front view of a multi-objective study (the first two objectives when there are more than
+    three), or why it could not be drawn."""
+    from optuna.visualization import matplotlib as ov
+
+    names = list(study.metric_names or [f"objective {i}" for i in range(len(study.directions))])
+    if len(names) > 3:
+        return _optuna_png(
+            lambda: ov.plot_pareto_front(study, targets=lambda t: tuple(t.values[:2]), target_names=names[:2]), path
+        )
+    return _optuna_png(lambda: ov.plot_pareto_front(study, target_names=names), path)
+
+
+def _optuna_png(draw, path: Path) -> Path | str:
+    """Save one of Optuna's pyplot views; its style and figures are undone after it."""
+    import warnings
+
+    import matplotlib
+    import matplotlib.pyplot as plt
+    import optuna
+
+    with matplotlib.rc_context(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        try:
+            fig = draw().figure
+        except Exception as e:  # too few trials, one value only, ...: the report says why
+            plt.close("all")
+            return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        fig.savefig(path, dpi=DPI, bbox_inches="tight")
+        plt.close(fig)
+    return path
 
 
 def pareto(metric: pd.Series, forget: pd.Series, mode: str) -> pd.Series:
     """True where no other trial has a metric at least as good and a forget ratio at least as low, one of the two
     strictly (mode: 'max' or 'min' for the metric; forget_ppl_ratio is always better low)."""
-    m = metric.to_numpy(float) * (1 if mode == "max" else -1)
-    f = forget.to_numpy(float)
-    front = [
-        not any((m[j] >= m[i]) and (f[j] <= f[i]) and ((m[j] > m[i]) or (f[j] < f[i])) for j in range(len(m)))
-        for i in range(len(m))
-    ]
-    return pd.Series(front, index=metric.index)
+    from lorasweep.analysis.tables import pareto as front
+
+    return front(pd.DataFrame({"m": metric, "f": forget}), {"m": mode, "f": "min"})
 
 
 def learns_vs_forgets(trials: pd.DataFrame, metric: str, mode: str, path: Path) -> pd.DataFrame | None:
@@ -306,3 +329,28 @@ def learns_vs_forgets(trials: pd.DataFrame, metric: str, mode: str, path: Path) 
     ax.legend(fontsize=7)
     _save(fig, path)
     return pts
+
+
+def lr_curves(pts: pd.DataFrame, stats: pd.DataFrame, ylabel: str, path: Path) -> Path | None:
+    """Each arm's metric against learning rate: its LR-search trials (x: pruned, at the last value it reported),
+    and at its best LR the mean ± std over seeds."""
+    if pts.empty:
+        return None
+    fig = _figure(7, 4.5)
+    ax = fig.add_subplot()
+    for n, arm in enumerate(stats["arm"]):
+        colour = f"C{n % 10}"
+        rows = pts[pts["arm"] == arm]
+        done, pruned = rows[rows["state"] == "COMPLETE"], rows[rows["state"] == "PRUNED"]
+        ax.plot(done["lr"], done["value"], color=colour, marker="o", ms=4, lw=1, label=arm)
+        ax.scatter(pruned["lr"], pruned["value"], color=colour, marker="x", s=40)
+        best = stats[stats["arm"] == arm].iloc[0]
+        if best["n"] > 0:
+            yerr = 0 if np.isnan(best["std"]) else best["std"]
+            ax.errorbar([best["best_lr"]], [best["mean"]], yerr=[yerr], color=colour, marker="*", ms=11, capsize=4)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel(ylabel)
+    ax.set_title("each arm's LR search (x: pruned); star: best LR, mean ± std over seeds")
+    ax.legend(fontsize=7)
+    return _save(fig, path)

@@ -14,7 +14,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from lorasweep.analysis import figures, paper, runs, subspace, tables, verdicts
+from lorasweep.analysis import arms, figures, paper, runs, subspace, tables, verdicts
 from lorasweep.errors import ConfigError
 
 USAGE = "usage: lorasweep report SWEEP [--out DIR] [--no-log]   (SWEEP: sweep id, sweep name or parent run id)"
@@ -69,7 +69,14 @@ def build(ref: str, root: Path = Path("reports"), log: bool = True) -> tuple[Pat
     found: list[dict] = []
     shape = paper_shape(complete, dims)
     if shape:
-        stats = tables.group_stats(complete, ["weights", "r"], "value")
+        stats = verdicts.with_plateau(
+            tables.group_stats(complete, ["weights", "r"], "value"),
+            complete,
+            ["weights", "r"],
+            unit,
+            scale,
+            lambda row: f"{row['weights']} r={int(row['r'])}",
+        )
         md += _paper_tables(shape, stats, complete, metric, unit, out)
         found += (
             verdicts.table5_verdicts(stats, unit, sweep.mode)
@@ -78,11 +85,17 @@ def build(ref: str, root: Path = Path("reports"), log: bool = True) -> tuple[Pat
         )
         found += verdicts.spectra_verdicts(complete)
         md += _rank_figures(shape, stats, complete, sweep, ylabel, out)
+    if arms.is_compare(trials):
+        compare_md, compare_found = _compare(sweep, trials, metric, scale, unit, ylabel, out)
+        md += compare_md
+        found += compare_found
     with tempfile.TemporaryDirectory(prefix="lorasweep-report-") as tmp:
         phi, sub_md = _subspace(complete, dims, sweep, out, Path(tmp))
     md += sub_md
     found += verdicts.subspace_verdicts(phi) if len(phi) else []
-    md = md[:2] + _verdict_section(found, unit, out) + md[2:]  # after the title and the sweep's facts
+    md = (
+        md[:2] + _verdict_section(found, unit, out, cites_paper=bool(shape) or len(phi) > 0) + md[2:]
+    )  # after the title and the sweep's facts
     md += _generic(sweep, trials, complete, dims, metric, unit, out)
     (out / "README.md").write_text("\n\n".join(md) + "\n")
     if log:
@@ -212,6 +225,44 @@ def _rank_figures(
     if figures.cost_vs_rank(complete, out / "cost.png"):
         md.append("Peak memory and trainable parameters:\n\n![cost](cost.png)")
     return md
+
+
+def _compare(
+    sweep: runs.Sweep, trials: pd.DataFrame, metric: str, scale: float, unit: str, ylabel: str, out: Path
+) -> tuple[list[str], list[dict]]:
+    """The LR-first comparison: each arm's LR curve, best LR and metric there over seeds, and its verdicts."""
+    raw = sweep.params.get("sweep.compare.tolerance")
+    tol = float(raw) if raw not in (None, "None", "null", "") else None
+    stats = arms.arm_stats(trials, metric, scale, unit, sweep.mode, tol)
+    pts = arms.points(trials, metric, scale)
+    shown = pd.DataFrame(
+        {
+            "arm": stats["arm"],
+            "best lr": [f"{x:.3g}" for x in stats["best_lr"]],
+            tables.ours_column(metric, unit).removeprefix("ours: ") + " at best lr": [
+                tables.fmt_ms(m, s, unit) if n else "–" for m, s, n in zip(stats["mean"], stats["std"], stats["n"])
+            ],
+            "seeds": stats["n"],
+            "near-best lr": [
+                f"{a:.3g}–{b:.3g}" if n else "–"
+                for a, b, n in zip(stats.get("lr_low", stats["n"]), stats.get("lr_high", stats["n"]), stats["n"])
+            ],
+            "LR trials (complete/pruned/failed)": [
+                f"{c}/{p}/{f}" for c, p, f in zip(stats["complete"], stats["pruned"], stats["failed"])
+            ],
+        }
+    )
+    tables.write(stats, shown, out / "arms", f"Each arm at its own best learning rate ({metric}).")
+    md = [
+        "## Arms at their own best learning rate",
+        "Every arm had the same budget of its own LR search (at the first seed), then more seeds at its best LR "
+        "(its best COMPLETE LR-search trial). Near-best lr: the LRs whose value is within tolerance of the arm's best. "
+        "Files: [md](arms.md), [tex](arms.tex), [csv](arms.csv).",
+        tables.to_markdown(shown),
+    ]
+    if figures.lr_curves(pts, stats, ylabel, out / "lr_curves.png"):
+        md.append("![learning-rate curves](lr_curves.png)")
+    return md, arms.verdicts_of(stats, unit, sweep.mode, tol)
 
 
 def _effective_rank_table(complete: pd.DataFrame, out: Path) -> str:
@@ -401,11 +452,29 @@ def _subspace(
     return phi, head + md
 
 
-def _verdict_section(found: list[dict], unit: str, out: Path) -> list[str]:
+def _verdict_section(found: list[dict], unit: str, out: Path, cites_paper: bool) -> list[str]:
     if not found:
         return []
     df = pd.DataFrame(found)
-    tables.write(df, df, out / "verdicts", "The paper's claims tested on this sweep.")
+    tables.write(df, df, out / "verdicts", "The claims tested on this sweep.")
+    n_agree = int(df["verdict"].str.startswith("agree").sum())
+    n_dis = int(df["verdict"].str.startswith("disagree").sum())
+    counts = f"{n_agree} agree, {n_dis} disagree, {len(df) - n_agree - n_dis} not testable."
+    plateau = (
+        "A verdict names the groups it rests on that had not plateaued: their objective still gained more in the "
+        "last eval interval (`last_eval_gain`, mean over seeds) than the noise between seeds (their std, at least "
+        "the tolerance floor)."
+    )
+    files = "Files: [md](verdicts.md), [tex](verdicts.tex), [csv](verdicts.csv)."
+    if not cites_paper:  # an LR-first comparison (sweep.compare): its claims name their sources
+        rule = (
+            "Arms tie when the best arm's mean at its best LR exceeds theirs by at most the tolerance: "
+            "sweep.compare.tolerance when set, else max(1 pt, se) for metrics in %, max(1 % of the larger |mean|, se) "
+            "otherwise. The best LR is the same across ranks when one LR lies in every rank's near-best range (LRs "
+            "within that tolerance floor of the rank's best). Best LoRA LR / best FullFT LR agrees with 10× within a "
+            f"factor of {arms.FULL_FACTOR:g}."
+        )
+        return ["## Verdicts", f"{counts} {rule} {plateau} {files}", tables.to_markdown(df)]
     rule = (
         "Tolerance for two means a, b: max(1 pt, se) for metrics in %, else max(1 % of the larger |mean|, se), "
         "with se = √(s_a²/n_a + s_b²/n_b) over seeds. 'Within' claims agree when |difference| ≤ tolerance, "
@@ -414,14 +483,11 @@ def _verdict_section(found: list[dict], unit: str, out: Path) -> list[str]:
         f"agree when k/r ≤ {verdicts.LOW_RANK}. φ claims: Fig. 3 agrees when median φ(1,1) > {verdicts.TOP_SHARED}, "
         "Fig. 4 when it exceeds 6.635/k, the 99th percentile of φ(1,1) for random directions in ℝᵏ."
     )
-    n_agree = int(df["verdict"].str.startswith("agree").sum())
-    n_dis = int(df["verdict"].str.startswith("disagree").sum())
     return [
         "## Verdicts on the paper's claims",
-        f"{n_agree} agree, {n_dis} disagree, {len(df) - n_agree - n_dis} not testable. {rule} "
+        f"{counts} {rule} {plateau} "
         f"Paper: {paper.CITATION}; the paper's numbers are {paper.MODEL} on WikiSQL and MultiNLI, ours are this "
-        "sweep's model and data, so the verdicts compare the direction and size of effects, not accuracies. "
-        "Files: [md](verdicts.md), [tex](verdicts.tex), [csv](verdicts.csv).",
+        f"sweep's model and data, so the verdicts compare the direction and size of effects, not accuracies. {files}",
         tables.to_markdown(df),
     ]
 
@@ -455,7 +521,10 @@ def _generic(
             "Files: [md](summary.md), [tex](summary.tex), [csv](summary.csv).",
             tables.to_markdown(shown),
         ]
-    board = tables.leaderboard(trials, dims, metric, sweep.mode)
+    objectives = json.loads(sweep.tags.get("objectives", "{}")) or None
+    board = tables.leaderboard(trials, dims, metric, sweep.mode, objectives)
+    if objectives:
+        md += _pareto_section(sweep, board, objectives, out)
     tables.write(board, board, out / "leaderboard", f"Trials by {metric} ({sweep.mode}), best first.")
     md += [
         "## Leaderboard",
@@ -468,6 +537,24 @@ def _generic(
     md += _after_training(complete, dims, metric, sweep.mode, out)
     md += _optuna_sections(sweep, metric, out)
     md += ["## Pruning and failures", _pruning(sweep, trials, metric)]
+    return md
+
+
+def _pareto_section(sweep: runs.Sweep, board: pd.DataFrame, objectives: dict[str, str], out: Path) -> list[str]:
+    """A multi-objective sweep's Pareto front: the finished trials no other beats on every objective."""
+    front = board[board["pareto"]].drop(columns=["pareto"]).reset_index(drop=True)
+    aims = ", ".join(f"{m} ({mode})" for m, mode in objectives.items())
+    tables.write(front, front, out / "pareto", f"The Pareto front over {aims}.")
+    md = [
+        "## Pareto front",
+        f"Objectives: {aims}. {len(front)} of {int(board['state'].isin(['COMPLETE', 'REUSED']).sum())} finished "
+        "trials are on the front: no other trial is at least as good on every objective and better on one "
+        "(the leaderboard's `pareto` column). Files: [md](pareto.md), [tex](pareto.tex), [csv](pareto.csv).",
+        tables.to_markdown(front),
+    ]
+    study, note = _study(sweep)
+    drawn = figures.pareto_front(study, out / "pareto_front.png") if study is not None else note
+    md.append("![Pareto front](pareto_front.png)" if isinstance(drawn, Path) else f"_Not drawn: {drawn}_")
     return md
 
 
@@ -591,7 +678,10 @@ def _optuna_sections(sweep: runs.Sweep, metric: str, out: Path) -> list[str]:
         md += [f"### {heading}", text, f"![{name}]({name}.png)" if isinstance(v, Path) else f"_Not drawn: {v}_"]
         if name == "importances" and isinstance(v, Path):
             imp = optuna.importance.get_param_importances(
-                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=params
+                study,
+                evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+                params=params,
+                target=(lambda t: t.values[0]) if len(study.directions) > 1 else None,
             )
             df = pd.DataFrame({"parameter": list(imp), "importance": [round(x, 4) for x in imp.values()]})
             tables.write(df, df, out / "importances", "Optuna parameter importances.")

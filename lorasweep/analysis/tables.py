@@ -6,6 +6,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from lorasweep.analysis import paper
@@ -150,15 +151,20 @@ def table6(stats: pd.DataFrame, metric: str, unit: str) -> tuple[pd.DataFrame, p
 STATE_ORDER = {"COMPLETE": 0, "REUSED": 1, "PRUNED": 2, "FAILED": 3, "KILLED": 4}
 
 
-def leaderboard(trials: pd.DataFrame, dims: list[str], metric: str, mode: str) -> pd.DataFrame:
+def leaderboard(
+    trials: pd.DataFrame, dims: list[str], metric: str, mode: str, objectives: dict[str, str] | None = None
+) -> pd.DataFrame:
     """Every trial of a sweep (rows of runs.load_trials): finished ones first, best first; then reused, pruned
     (ranked by the value they were stopped at, never above a finished one), failed, killed. The sweep prints it
-    and the report shows it."""
+    and the report shows it. With several objectives ({metric: mode}), each is a column and `pareto` marks the
+    finished trials on their front."""
     col = f"metrics.{metric}"
+    others = {f"metrics.{m}": m for m in (objectives or {}) if m != metric}
     cols = {
         "tags.optuna_trial": "trial",
         "state": "state",
         col: metric,
+        **others,
         **{c: c.removeprefix("metrics.") for c in sorted(trials) if c.startswith("metrics.eval_") and c != col},
         **{f"params.{d}": d for d in dims},
         "seed": "seed",
@@ -174,7 +180,27 @@ def leaderboard(trials: pd.DataFrame, dims: list[str], metric: str, mode: str) -
             _o=board["state"].map(STATE_ORDER).fillna(len(STATE_ORDER)), _v=board[metric] * (-1 if mode == "max" else 1)
         )
         board = board.sort_values(["_o", "_v"], na_position="last").drop(columns=["_o", "_v"])
+    if objectives:
+        finished = board["state"].isin(["COMPLETE", "REUSED"])
+        have = {m: objectives[m] for m in objectives if m in board}
+        front = pareto(board[finished], have) if len(have) == len(objectives) else pd.Series(False, index=board.index)
+        board.insert(2, "pareto", front.reindex(board.index, fill_value=False))
     return board.reset_index(drop=True)
+
+
+def pareto(values: pd.DataFrame, modes: dict[str, str]) -> pd.Series:
+    """True for each row no other row dominates: at least as good in every column of `modes` (max or min), better in
+    one. Rows with a missing value are never on the front. Quadratic: a sweep has hundreds of trials, not millions."""
+    signed = np.column_stack([values[c].to_numpy(float) * (1 if m == "max" else -1) for c, m in modes.items()])
+    ok = ~np.isnan(signed).any(axis=1)
+    front = [
+        bool(ok[i])
+        and not any(
+            ok[j] and (signed[j] >= signed[i]).all() and (signed[j] > signed[i]).any() for j in range(len(signed))
+        )
+        for i in range(len(signed))
+    ]
+    return pd.Series(front, index=values.index)
 
 
 def to_markdown(df: pd.DataFrame) -> str:

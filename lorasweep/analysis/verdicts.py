@@ -36,11 +36,13 @@ def _row(
     agree: bool | None,
     unit: str,
     how: str,
+    groups: tuple = (),
 ) -> dict:
+    """One verdict; `groups` are the stats rows it is built on: any that had not plateaued is named in the line."""
     if agree is None:
         verdict = f"n/a ({how})"
     else:
-        verdict = ("agree" if agree else "disagree") + f" ({how})"
+        verdict = ("agree" if agree else "disagree") + f" ({how}{_plateau_note(groups, unit)})"
     return {
         "claim": claim,
         "paper": paper_says,
@@ -49,6 +51,53 @@ def _row(
         "tolerance": None if tol is None else round(tol, 3),
         "verdict": verdict,
     }
+
+
+def with_plateau(
+    stats: pd.DataFrame, trials: pd.DataFrame, keys: list[str], unit: str, scale: float, label
+) -> pd.DataFrame:
+    """Group stats plus whether each group had plateaued: the mean of its trials' `last_eval_gain` (the objective's
+    gain over their last eval interval, in the sweep's direction) against the noise between seeds (the std of the
+    group's final values, at least the tolerance floor, which is all there is with one seed). A gain above the noise:
+    still improving, the budget was too short. No gain logged (one eval per trial): unknown."""
+    col = "metrics.last_eval_gain"
+    out = stats.copy()
+    gains = (
+        trials.assign(_gain=trials[col] * scale).groupby(keys, dropna=False, sort=False)["_gain"].mean()
+        if col in trials
+        else None
+    )
+    rows = []
+    for _, row in out.iterrows():
+        key = tuple(row[k] for k in keys)
+        gain = float(gains.get(key if len(keys) > 1 else key[0], math.nan)) if gains is not None else math.nan
+        std = float(row["std"]) if int(row["n"]) > 1 and not math.isnan(float(row["std"])) else math.nan
+        floor = 1.0 if unit == "%" else 0.01 * abs(float(row["mean"]))
+        noise = floor if math.isnan(std) else max(std, floor)
+        rows.append((gain, noise, None if math.isnan(gain) else gain <= noise))
+    out["gain"], out["noise"], out["plateaued"] = zip(*rows) if rows else ((), (), ())
+    out["label"] = [label(row) for _, row in out.iterrows()]
+    return out
+
+
+def _plateaued(group: pd.Series | None) -> bool | None:
+    """A stats row's plateau flag as True, False or None (not measured), whatever dtype pandas gave the column."""
+    flag = None if group is None else group.get("plateaued")
+    return None if flag is None or (isinstance(flag, float) and math.isnan(flag)) else bool(flag)
+
+
+def _plateau_note(groups: tuple, unit: str) -> str:
+    short = [g for g in groups if _plateaued(g) is False]
+    if short:
+        named = ", ".join(
+            f"{g['label']} still gained {float(g['gain']):.2f}{_u(unit)} in its last eval interval "
+            f"(noise {float(g['noise']):.2f})"
+            for g in short
+        )
+        return f"; not plateaued, trained too short: {named}"
+    if groups and all(g is not None and "plateaued" in g and _plateaued(g) is None for g in groups):
+        return "; plateau not measured: one eval per trial"
+    return ""
 
 
 def _pick(stats: pd.DataFrame, weights: str, r: int | None = None) -> pd.Series | None:
@@ -98,6 +147,7 @@ def table5_verdicts(stats: pd.DataFrame, unit: str, mode: str) -> list[dict]:
                 gap <= tol,
                 unit,
                 f"gap to the best {gap:.2f} {'≤' if gap <= tol else '>'} {tol:.2f}{_u(unit)}",
+                (best, qv),
             )
         )
     for alone in ("Wq", "Wk"):
@@ -125,6 +175,7 @@ def table5_verdicts(stats: pd.DataFrame, unit: str, mode: str) -> list[dict]:
                 diff > tol,
                 unit,
                 f"Wq+Wv better by {diff:.2f} {'>' if diff > tol else '≤'} {tol:.2f}{_u(unit)}",
+                (qv, row),
             )
         )
     return out
@@ -179,6 +230,7 @@ def table6_verdicts(stats: pd.DataFrame, unit: str, mode: str = "max") -> list[d
                 abs(diff) <= tol,
                 unit,
                 f"|{diff:+.2f}| {'≤' if abs(diff) <= tol else '>'} {tol:.2f}{_u(unit)}",
+                (a, b),
             )
         )
     return out + _sufficient_rank_verdict(stats, unit, mode)
@@ -206,6 +258,7 @@ def _sufficient_rank_verdict(stats: pd.DataFrame, unit: str, mode: str) -> list[
             rq > rqv,
             unit,
             f"log2 of the sufficient-r ratio {diff:+.2f} {'>' if rq > rqv else '≤'} 0",
+            tuple(r for _, r in pd.concat(sets.values()).iterrows()),
         )
     ]
 

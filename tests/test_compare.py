@@ -1,0 +1,243 @@
+"""LR-first comparisons (sweep.compare): the plan gives every arm the same LR budget and runs the remaining seeds at
+each arm's best LR, on a real Optuna study; bad input names the field; the verdicts on data that tie and that do not."""
+
+import math
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import optuna
+import pandas as pd
+import pytest
+
+from lorasweep import compare
+from lorasweep.analysis import arms
+from lorasweep.config import compose
+from lorasweep.errors import ConfigError
+from lorasweep.space import parse_sweep, stored, suggest, to_overrides
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+BASE = ["sweep=smoke", "~sweep.space", "~sweep.sampler", "~sweep.num_trials"]
+GRID = "+sweep.compare={arms:{adapter.variant:[lora,dora,vera]},lr:{values:[1.0e-4,1.0e-3,1.0e-2]},seeds:[0,1,2]}"
+
+
+def spec_of(*overrides: str):
+    return parse_sweep(compose([*BASE, *overrides]))
+
+
+def step(study, spec):
+    """Plan, enqueue and ask the next trial as the sweep's loop does; returns the trial or what the plan said."""
+    planned = compare.next_trial(study, spec.compare, lambda k, v: stored(spec, k, v), "killed")
+    if not isinstance(planned, compare.Next):
+        return planned
+    study.enqueue_trial(planned.params, user_attrs=planned.attrs)
+    trial = study.ask()
+    suggest(trial, spec)
+    return trial
+
+
+def score(params: dict) -> float:
+    """A made-up objective (max) with a different best LR per variant: dora at 1e-3, lora and vera at 1e-2."""
+    best = {"lora": -2.0, "dora": -3.0, "vera": -2.0}[params["adapter.variant"]]
+    return -abs(math.log10(params["train.lr"]) - best) + 0.01 * params["seed"]
+
+
+def test_every_arm_gets_the_same_lr_budget_then_its_seeds_at_its_own_best_lr():
+    spec = spec_of(GRID)
+    assert spec.num_trials == 3 * (3 + 2)
+    study = optuna.create_study(direction="maximize")
+    while isinstance(trial := step(study, spec), optuna.Trial):
+        study.tell(trial, score(trial.params))
+    assert trial is None  # the plan is done, exactly at the budget
+    assert len(study.trials) == spec.num_trials
+    for variant, best in (("lora", 1e-2), ("dora", 1e-3), ("vera", 1e-2)):
+        mine = [t for t in study.trials if t.params["adapter.variant"] == variant]
+        search = [t for t in mine if t.user_attrs[compare.PHASE] == "lr"]
+        assert sorted(t.params["train.lr"] for t in search) == [1e-4, 1e-3, 1e-2]
+        assert {t.params["seed"] for t in search} == {0}
+        seeds = [t for t in mine if t.user_attrs[compare.PHASE] == "seeds"]
+        assert sorted(t.params["seed"] for t in seeds) == [1, 2]
+        assert {t.params["train.lr"] for t in seeds} == {best}
+        assert {t.user_attrs[compare.ARM] for t in mine} == {f"adapter.variant={variant}"}
+
+
+def test_seeds_wait_for_the_arm_lr_search_and_a_killed_trial_is_planned_again():
+    spec = spec_of(GRID)
+    study = optuna.create_study(direction="maximize")
+    running = [step(study, spec) for _ in range(9)]  # every arm's LR search, all still running
+    assert step(study, spec) == compare.WAIT
+    for t in running[:3]:  # killed by a stopped sweep: FAIL flagged killed, planned again
+        t.set_user_attr("killed", True)
+        study.tell(t, state=optuna.trial.TrialState.FAIL)
+    again = step(study, spec)
+    assert again.params["train.lr"] == running[0].params["train.lr"]
+    assert again.params["adapter.variant"] == running[0].params["adapter.variant"]
+
+
+def test_an_arm_with_no_complete_lr_trial_runs_no_seeds():
+    spec = spec_of("+sweep.compare={arms:{adapter.r:[2,4]},lr:{values:[1.0e-3,1.0e-2]},seeds:[0,1]}")
+    study = optuna.create_study(direction="minimize")
+    while isinstance(trial := step(study, spec), optuna.Trial):
+        if trial.params["adapter.r"] == 2:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            study.tell(trial, 1.0 / trial.params["train.lr"])
+    assert trial is None
+    phases = [(t.params["adapter.r"], t.user_attrs[compare.PHASE]) for t in study.trials]
+    assert phases.count((2, "seeds")) == 0 and phases.count((4, "seeds")) == 1
+
+
+def test_a_range_is_searched_per_arm_within_its_bounds():
+    spec = spec_of(
+        "+sweep.compare={arms:{adapter.variant:[lora,vera]},lr:{low:1.0e-5,high:1.0e-2,sampler:tpe},"
+        "trials_per_arm:6,seeds:[0,1]}"
+    )
+    study = optuna.create_study(direction="maximize")
+    while isinstance(trial := step(study, spec), optuna.Trial):
+        study.tell(trial, score(trial.params))
+    for variant in ("lora", "vera"):
+        lrs = [t.params["train.lr"] for t in study.trials if t.params["adapter.variant"] == variant]
+        assert len(lrs) == 6 + 1 and all(1e-5 <= lr <= 1e-2 for lr in lrs)
+        assert len(set(lrs)) == 6  # the search's own draws differ; the seed trial repeats the best
+    # overrides rerun a planned trial: list-valued and float fields keep their types
+    assert to_overrides(suggest(study.trials[0], spec), spec)[0].startswith("adapter.variant=")
+
+
+@pytest.mark.parametrize(
+    "override,field",
+    [
+        ("+sweep.compare={arms:{adapter.variant:[lora]},lr:{values:[1.0e-4,1.0e-3]}}", "sweep.compare.arms"),
+        ("+sweep.compare={arms:{adapter.nope:[1,2]},lr:{values:[1.0e-4,1.0e-3]}}", "sweep.compare.arms.adapter.nope"),
+        ("+sweep.compare={arms:{train.lr:[1,2]},lr:{values:[1.0e-4,1.0e-3]}}", "sweep.compare.arms.train.lr"),
+        ("+sweep.compare={arms:{adapter.r:[2,4]},lr:{values:[1.0e-4]}}", "sweep.compare.lr.values"),
+        (
+            "+sweep.compare={arms:{adapter.r:[2,4]},lr:{low:1.0e-2,high:1.0e-4},trials_per_arm:3}",
+            "sweep.compare.lr.high",
+        ),
+        ("+sweep.compare={arms:{adapter.r:[2,4]},lr:{low:1.0e-4,high:1.0e-2}}", "sweep.compare.trials_per_arm"),
+        (
+            "+sweep.compare={arms:{adapter.r:[2,4]},lr:{low:1.0e-4,high:1.0e-2,sampler:cmaes},trials_per_arm:3}",
+            "sweep.compare.lr.sampler.name",
+        ),
+        ("+sweep.compare={arms:{adapter.r:[2,4]},lr:{values:[1.0e-4,1.0e-3]},seeds:[0]}", "sweep.compare.seeds"),
+        ("+sweep.compare={arms:{adapter.r:[2,4]},lr:{values:[1.0e-4,1.0e-3]},tolerance:0}", "sweep.compare.tolerance"),
+        ("+sweep.compare={arms:{adapter.r:[2,4]},lr:{values:[1.0e-4,1.0e-3]},bogus:1}", "sweep.compare.bogus"),
+    ],
+)
+def test_bad_compare_names_the_field(override, field):
+    with pytest.raises(ConfigError) as e:
+        spec_of(override)
+    assert e.value.field == field
+
+
+def test_compare_refuses_what_its_plan_would_contradict():
+    arms_lr = "+sweep.compare={arms:{adapter.r:[2,4]},lr:{values:[1.0e-4,1.0e-3]}}"
+    cases = [
+        (["sweep=smoke", "~sweep.num_trials", "~sweep.sampler", arms_lr], "sweep.space.adapter.r"),  # smoke searches r
+        ([*BASE, arms_lr, "+sweep.num_trials=5"], "sweep.num_trials"),
+        ([*BASE, arms_lr, "+sweep.sampler={name:tpe}"], "sweep.sampler"),
+        (
+            [*BASE, arms_lr, "+sweep.space={train:{warmup_ratio:{kind:float,low:0.0,high:0.1}}}"],
+            "sweep.space.train.warmup_ratio.kind",
+        ),
+    ]
+    for overrides, field in cases:
+        with pytest.raises(ConfigError) as e:
+            parse_sweep(compose(overrides))
+        assert e.value.field == field, overrides
+
+
+# ---------------------------------------------------------------------------------------------- verdicts
+
+
+def trials_frame(values: dict[str, dict[float, list[float]]], gain: float = 0.0) -> pd.DataFrame:
+    """Child runs as report.load_trials gives them: per arm, per LR, the values of seeds 0, 1, ... (seed 0 is the LR
+    search's, the rest ran at the best LR)."""
+    rows, n = [], 0
+    for arm, by_lr in values.items():
+        fields = dict(p.split("=") for p in arm.split())
+        variant, r = fields["adapter.variant"], fields.get("adapter.r", "8")
+        for lr, vals in by_lr.items():
+            for seed, v in enumerate(vals):
+                rows.append(
+                    {
+                        "run_id": f"run{n}",
+                        "tags.optuna_trial": str(n),
+                        "state": "COMPLETE",
+                        arms.ARM: arm,
+                        arms.PHASE: "lr" if seed == 0 else "seeds",
+                        arms.LR: repr(lr),
+                        "params.adapter.variant": variant,
+                        "params.adapter.r": r,
+                        "metrics.eval_accuracy": v,
+                        "metrics.last_eval_gain": gain,
+                    }
+                )
+                n += 1
+    return pd.DataFrame(rows)
+
+
+def verdict_lines(frame: pd.DataFrame, tol=None) -> dict[str, str]:
+    stats = arms.arm_stats(frame, "eval_accuracy", 100.0, "%", "max", tol)
+    return {v["claim"]: v["verdict"] for v in arms.verdicts_of(stats, "%", "max", tol)}
+
+
+def test_arms_that_tie_at_their_own_best_lr_agree_and_a_worse_arm_disagrees():
+    tie = trials_frame(
+        {
+            "adapter.variant=lora": {1e-4: [0.60], 1e-3: [0.70, 0.705, 0.698], 1e-2: [0.50]},
+            "adapter.variant=dora": {1e-4: [0.699, 0.702, 0.70], 1e-3: [0.65], 1e-2: [0.40]},
+        }
+    )
+    lines = verdict_lines(tie)
+    assert lines["the arms tie within tolerance once LR is tuned"].startswith("agree")
+    worse = trials_frame(
+        {
+            "adapter.variant=lora": {1e-4: [0.60], 1e-3: [0.70, 0.705, 0.698], 1e-2: [0.50]},
+            "adapter.variant=vera": {1e-4: [0.55], 1e-3: [0.60, 0.61, 0.59], 1e-2: [0.58]},
+        }
+    )
+    lines = verdict_lines(worse)
+    assert lines["the arms tie within tolerance once LR is tuned"].startswith("disagree")
+    assert lines["adapter.variant=vera ties with the best arm (adapter.variant=lora) at their own best LRs"].startswith(
+        "disagree"
+    )
+    # a tolerance wide enough turns it into a tie
+    assert verdict_lines(worse, tol=20.0)["the arms tie within tolerance once LR is tuned"].startswith("agree")
+
+
+def test_best_lr_across_ranks_and_the_full_fine_tuning_ratio():
+    same = trials_frame(
+        {
+            "adapter.variant=lora adapter.r=1": {1e-4: [0.5], 1e-3: [0.70, 0.70], 1e-2: [0.6]},
+            "adapter.variant=lora adapter.r=64": {1e-4: [0.55], 1e-3: [0.71, 0.71], 1e-2: [0.65]},
+            "adapter.variant=full": {1e-5: [0.60], 1e-4: [0.72, 0.72], 1e-3: [0.3]},
+        }
+    )
+    lines = verdict_lines(same)
+    assert lines["adapter.variant=lora: the best LR is the same across ranks"].startswith("agree")
+    assert lines["adapter.variant=lora adapter.r=1: best LoRA LR / best FullFT LR = 10"].startswith("agree")
+    apart = trials_frame(
+        {
+            "adapter.variant=lora adapter.r=1": {1e-4: [0.5], 1e-3: [0.50], 1e-2: [0.70, 0.70]},
+            "adapter.variant=lora adapter.r=64": {1e-4: [0.71, 0.71], 1e-3: [0.55], 1e-2: [0.45]},
+            "adapter.variant=full": {1e-5: [0.60], 1e-4: [0.72, 0.72], 1e-3: [0.3]},
+        }
+    )
+    lines = verdict_lines(apart)
+    assert lines["adapter.variant=lora: the best LR is the same across ranks"].startswith("disagree")
+    assert lines["adapter.variant=lora adapter.r=64: best LoRA LR / best FullFT LR = 1"].startswith("disagree")
+
+
+def test_a_verdict_on_arms_still_improving_says_so():
+    frame = trials_frame(
+        {"adapter.variant=lora": {1e-3: [0.70, 0.71]}, "adapter.variant=dora": {1e-3: [0.70, 0.70]}}, gain=0.05
+    )  # 5 pts > noise
+    line = verdict_lines(frame)["the arms tie within tolerance once LR is tuned"]
+    assert "not plateaued, trained too short: adapter.variant=lora still gained 5.00 pts" in line
+    calm = verdict_lines(
+        trials_frame(
+            {"adapter.variant=lora": {1e-3: [0.70, 0.71]}, "adapter.variant=dora": {1e-3: [0.70, 0.70]}}, gain=0.001
+        )
+    )
+    assert "not plateaued" not in calm["the arms tie within tolerance once LR is tuned"]
