@@ -13,7 +13,7 @@ from transformers import PretrainedConfig
 
 from lorasweep.errors import ConfigError
 from lorasweep.model import arch_config, meta_model, peft_config
-from lorasweep.targets import GROUPS, HEADS, family, module_type, resolve_targets
+from lorasweep.targets import GROUPS, HEADS, family, module_type, resolve_targets, spectrum_percent
 
 MIB, GIB = 2**20, 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -313,10 +313,13 @@ def _settings(cfg: DictConfig, batch_size, seq_len, gradient_checkpointing, opti
     return out
 
 
-def vram_mb(cfg: DictConfig) -> float:
-    """The predicted peak VRAM of a config in MiB (what torch.cuda.max_memory_allocated() should show): a trial logs
-    it as est_vram_mb, a cost that means the same on any machine, where a CPU's peak RSS spans a worker's trials."""
-    return estimate(cfg)["memory"]["peak_allocated"]["bytes"] / 2**20
+def vram_mb(cfg: DictConfig) -> dict[str, float]:
+    """{"est_vram_mb": the predicted peak VRAM in MiB} (what torch.cuda.max_memory_allocated() should show): a cost
+    that means the same on any machine, where a CPU's peak RSS spans every trial of a worker. Empty for a spectrum
+    rule, which picks layers by their weights: the estimator counts one block and multiplies by the depth."""
+    if any(spectrum_percent(t) is not None for t in cfg.adapter.targets):
+        return {}
+    return {"est_vram_mb": estimate(cfg)["memory"]["peak_allocated"]["bytes"] / 2**20}
 
 
 def estimate(

@@ -296,7 +296,9 @@ def loop(
 
     while True:
         while stop is None and launched < budget and len(in_flight) < spec.max_concurrent:
-            if spec.compare is not None:  # the plan fixes each trial's arm, LR and seed; Optuna records it
+            # The plan fixes each trial's arm, LR and seed. A planned trial that a dead driver enqueued but never
+            # asked for is asked for first, as it was planned.
+            if spec.compare is not None and not study.get_trials(False, states=(optuna.trial.TrialState.WAITING,)):
                 planned = compare.next_trial(study, spec.compare, lambda k, v: stored(spec, k, v), ledger.KILLED)
                 if planned is None or (planned == compare.WAIT and not in_flight):
                     stop = "every arm has run its plan (an arm with no complete LR trial runs no more seeds)"

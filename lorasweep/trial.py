@@ -56,7 +56,7 @@ def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), run_id: st
         mlflow.log_metrics(lost)
         for line in data.warning_lines(lost):
             print(line, file=sys.stderr, flush=True)
-        sizes = {**model.sizes(tuned, targets), "est_vram_mb": estimate.vram_mb(cfg)}
+        sizes = {**model.sizes(tuned, targets), **estimate.vram_mb(cfg)}
         mlflow.log_metrics(sizes)
 
         # 3. Train, reporting each log and eval step to MLflow and to any listener (a sweep's scheduler).

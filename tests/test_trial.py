@@ -53,7 +53,7 @@ def _check_run(store: str, summary: dict, metric: str) -> mlflow.entities.Run:
     assert m["trainable_params"] > 0 and 0 < m["trainable_pct"] < 100
     # the estimator's VRAM for this config, a cost a multi-objective sweep can minimise
     cfg = OmegaConf.create(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/config.yaml"))
-    assert m["est_vram_mb"] == pytest.approx(estimate.vram_mb(cfg))
+    assert m["est_vram_mb"] == pytest.approx(estimate.vram_mb(cfg)["est_vram_mb"])
     assert [h.step for h in client.get_metric_history(run.info.run_id, "eval_loss")] == [
         2,
         4,
