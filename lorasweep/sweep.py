@@ -435,7 +435,10 @@ def dry_run(argv: list[str]) -> int:
         except Exception as e:  # what the sweep would record as FAILED
             line = f"refused: {e}".splitlines()[0]
         print(f"t{trial.number:03d}  {shlex.join(overrides):<60}  {line}")
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)  # a preview: nothing is learnt
+        try:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)  # a preview: nothing is learnt
+        except RuntimeError:  # GridSampler asks optimize() to stop once the grid is done
+            pass
     return 0
 
 

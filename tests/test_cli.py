@@ -34,3 +34,18 @@ def test_sweep_dry_run_lists_each_sampled_config_and_creates_nothing(store, tmp_
     assert len(rows) == 4 and all("adapter.r=" in r and "est. peak" in r and "GPU share 0" in r for r in rows)
     assert "4 trials of eval_loss (min)" in out and "adapter.r: choice (2, 4, 8)" in out
     assert all_runs(store) == [] and not (tmp_path / "sweeps_out").exists()
+
+
+def test_dry_run_of_a_whole_grid_and_of_a_comparison(store, tmp_path, capsys):
+    """A grid previewed to its last point (Optuna's GridSampler then asks to stop), and a comparison's LR search."""
+    grid = ["~sweep.space", "~sweep.sampler", "+sweep.sampler={name:grid,seed:0}", "sweep.num_trials=3"]
+    assert (
+        main(["sweep", "sweep=smoke", *grid, "+sweep.space={adapter:{r:{kind:grid,values:[2,4,8]}}}", "--dry-run"]) == 0
+    )
+    assert len([line for line in capsys.readouterr().out.splitlines() if line.startswith("t00")]) == 3
+    arms = "+sweep.compare={arms:{adapter.variant:[lora,dora]},lr:{values:[1.0e-4,1.0e-3]},seeds:[0,1]}"
+    assert main(["sweep", "sweep=smoke", "~sweep.space", "~sweep.sampler", "~sweep.num_trials", arms, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("t00")]
+    assert len(rows) == 4 and "compare: 2 arms, each 2 LR trials at seed 0, then seeds [1]" in out
+    assert all_runs(store) == [] and not (tmp_path / "sweeps_out").exists()
