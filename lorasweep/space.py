@@ -604,7 +604,10 @@ def make_sampler(spec: SweepSpec, resumed_after: int = 0) -> optuna.samplers.Bas
                 "sweep.sampler.name", spec.sampler, f"needs the package {package} (pip install {package})"
             )
     cls = SAMPLERS[spec.sampler]
-    args = {"seed": None if spec.seed is None else spec.seed + resumed_after, **spec.sampler_options}
+    # Not the grid sampler: it shuffles its grid by the seed and keeps each trial's grid id in the study, so a
+    # resumed sweep needs the same shuffle, or its ids name other cells (a killed cell would never run again).
+    offset = 0 if spec.sampler == "grid" else resumed_after
+    args = {"seed": None if spec.seed is None else spec.seed + offset, **spec.sampler_options}
     if spec.sampler == "grid":
         args["search_space"] = grid_space(spec)
     return _build(cls, args, "sweep.sampler", spec.sampler)

@@ -286,3 +286,18 @@ def test_pruner_name_none_switches_pruning_off_whatever_its_options() -> None:
     spec = parse_sweep(compose(["sweep=rank_alpha", "sweep.pruner.name=none"]))  # n_startup_trials etc. stay set
     assert spec.pruner == "none" and dict(spec.pruner_options) == {}
     assert isinstance(make_pruner(spec), optuna.pruners.NopPruner)
+
+
+def test_a_resumed_grid_keeps_its_shuffle_and_other_samplers_do_not_replay():
+    """GridSampler stores grid ids in the study: a resumed grid sweep must shuffle its grid the same way, or the ids
+    of the cells already run name other cells. Other samplers get their seed offset, so they do not replay."""
+    grid = spec_of("sweep=paper_table6")
+    assert make_sampler(grid)._all_grids == make_sampler(grid, resumed_after=11)._all_grids
+    tpe = spec_of("sweep=rank_alpha")
+    first = [values for values, _ in sample(tpe, 3)]
+
+    def resumed(n: int):
+        study = optuna.create_study(sampler=make_sampler(tpe, resumed_after=n), direction="maximize")
+        return [suggest(study.ask(), tpe) for _ in range(3)]
+
+    assert resumed(3) != first and resumed(0) == first

@@ -19,7 +19,7 @@ from lorasweep.errors import ConfigError
 
 USAGE = "usage: lorasweep report SWEEP [--out DIR] [--no-log]   (SWEEP: sweep id, sweep name or parent run id)"
 OWNED = (".md", ".tex", ".csv", ".png")  # what a report writes; cleared first, so no stale figure survives
-STATES = ("COMPLETE", "PRUNED", "FAILED", "KILLED")
+STATES = ("COMPLETE", "REUSED", "PRUNED", "FAILED", "KILLED")
 ARTIFACT_DIR = "report"
 
 
@@ -139,7 +139,7 @@ def _header(sweep: runs.Sweep, trials: pd.DataFrame, dims: list[str], unit: str)
                 f"({sweep.mode}){' in %' if unit == '%' else ''}",
                 f"- trials: {len(trials)} ({states}); swept: {', '.join(f'`{d}`' for d in dims) or 'nothing'}; "
                 f"seeds: {seeds or '–'}",
-                _provenance(sweep),
+                _provenance(sweep, trials),
                 "- statistics use COMPLETE trials only: mean ± sample std (ddof=1) over seeds, and n",
                 f"- regenerate: `lorasweep report {sweep.sweep_id}`",
             ]
@@ -148,9 +148,12 @@ def _header(sweep: runs.Sweep, trials: pd.DataFrame, dims: list[str], unit: str)
     return lines
 
 
-def _provenance(sweep: runs.Sweep) -> str:
-    """Where and when the sweep ran, from its parent run: device, versions, commit, start and wall time."""
-    t = sweep.tags
+def _provenance(sweep: runs.Sweep, trials: pd.DataFrame) -> str:
+    """Where and when the sweep ran, from its parent run: device (its trials say it: the driver imports no torch),
+    versions, commit, start and wall time."""
+    t = dict(sweep.tags)
+    if "device" not in t and "tags.device" in trials and trials["tags.device"].notna().any():
+        t["device"] = trials["tags.device"].dropna().iloc[0]
     start = datetime.fromtimestamp(sweep.start_ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     wall = (
         f"wall {(sweep.end_ms - sweep.start_ms) / 60000:.1f} min ({sweep.status})"
