@@ -294,22 +294,24 @@ def test_a_multi_objective_sweep_marks_optunas_pareto_front(store):
 
     s = run_sweep(
         ["sweep=smoke", "~sweep.pruner", "~sweep.metric", "~sweep.mode", "engine.num_cpus=2", "sweep.num_trials=4"]
-        + ["+sweep.objectives={eval_loss:min,trainable_params:min}"]
+        + ["+sweep.objectives={eval_perplexity:min,trainable_params:min}"]
     )
     study = study_of(s["sweep_dir"])
     assert [d.name for d in study.directions] == ["MINIMIZE", "MINIMIZE"]
-    assert study.metric_names == ["eval_loss", "trainable_params"]
+    assert study.metric_names == ["eval_perplexity", "trainable_params"]
     client, parent, runs = children(store, s["sweep_dir"])
     assert set(same_states(runs, study).values()) == {"COMPLETE"}
     for t in study.trials:  # Optuna holds what MLflow logged, for both objectives
         logged = client.get_run(t.user_attrs["mlflow_run_id"]).data.metrics
-        assert t.values == [logged["eval_loss"], logged["trainable_params"]]
+        assert t.values == [logged["eval_perplexity"], logged["trainable_params"]]
     board = pd.read_csv(Path(s["sweep_dir"]) / "leaderboard.csv")
     assert set(board.loc[board["pareto"], "trial"]) == {t.number for t in study.best_trials}
     names = {a.path for a in client.list_artifacts(parent)}
     assert {"pareto.md", "pareto.csv", "pareto_front.png"} <= names
-    assert json.loads(client.get_run(parent).data.tags["objectives"]) == {"eval_loss": "min", "trainable_params": "min"}
-    path, _ = report.build(Path(s["sweep_dir"]).name, Path("reports"), log=False)
+    objectives = {"eval_perplexity": "min", "trainable_params": "min"}
+    assert json.loads(client.get_run(parent).data.tags["objectives"]) == objectives
+    path, sweep = report.build(Path(s["sweep_dir"]).name, Path("reports"), log=False)
+    assert (sweep.metric, sweep.mode) == ("eval_perplexity", "min")  # the first objective, with no sweep.metric set
     assert "## Pareto front" in (path / "README.md").read_text() and (path / "pareto_front.png").exists()
 
 

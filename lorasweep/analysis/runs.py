@@ -78,12 +78,14 @@ def find_sweep(ref: str, uri: str | None = None) -> Sweep:
         raise ConfigError("SWEEP", ref, f"a sweep id, sweep name or parent run id in {uri} (sweeps there: {shown})")
     p = hits[0]
     params = dict(p.data.params)
+    # a multi-objective sweep file may leave metric and mode out: its first objective is both
+    first = next(iter(json.loads(p.data.tags.get("objectives", "{}")).items()), ("eval_loss", "min"))
     return Sweep(
         sweep_id=p.data.tags.get("sweep_id", p.info.run_id),
         parent_run_id=p.info.run_id,
         experiment_id=p.info.experiment_id,
-        metric=params.get("sweep.metric", "eval_loss"),
-        mode=params.get("sweep.mode", "min"),
+        metric=params.get("sweep.metric", first[0]),
+        mode=params.get("sweep.mode", first[1]),
         params=params,
         uri=uri,
         tags=dict(p.data.tags),
