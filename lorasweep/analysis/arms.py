@@ -65,12 +65,12 @@ def arm_stats(trials: pd.DataFrame, metric: str, scale: float, unit: str, mode: 
         lr = pd.to_numeric(mine[LR], errors="coerce")
         at = mine[(lr == best["lr"]) & (mine["state"] == "COMPLETE") & mine[col].notna()]
         values = at[col] * scale
-        floor = tol if tol is not None else (1.0 if unit == "%" else 0.01 * abs(float(best["value"])))
-        near = done[sign * (float(best["value"]) - done["value"]) <= floor]["lr"]
+        near_tol = tol if tol is not None else verdicts.floor(unit, best["value"])
+        near = done[sign * (float(best["value"]) - done["value"]) <= near_tol]["lr"]
         gain = at["metrics.last_eval_gain"] * scale if "metrics.last_eval_gain" in at else pd.Series(dtype=float)
         std = float(values.std(ddof=1)) if len(values) > 1 else math.nan
-        floor_noise = 1.0 if unit == "%" else 0.01 * abs(float(values.mean()))
-        noise = floor_noise if math.isnan(std) else max(std, floor_noise)
+        least = verdicts.floor(unit, values.mean())
+        noise = least if math.isnan(std) else max(std, least)
         g = float(gain.mean()) if gain.notna().any() else math.nan
         out.append(
             {

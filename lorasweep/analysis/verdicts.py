@@ -21,10 +21,14 @@ TOP_SHARED = 0.5  # paper §7.2: r=8 and r=64 share a top direction "with normal
 LOW_RANK = 0.5  # "low intrinsic rank": 95 % of the update's energy within half its nominal rank
 
 
+def floor(unit: str, *means: float) -> float:
+    """The smallest difference a verdict calls real: 1 point for metrics in %, else 1 % of the larger |mean|."""
+    return 1.0 if unit == "%" else 0.01 * max(abs(float(m)) for m in means)
+
+
 def tolerance(a: pd.Series, b: pd.Series, unit: str) -> float:
     se2 = sum(float(x["std"]) ** 2 / int(x["n"]) for x in (a, b) if int(x["n"]) > 1 and not math.isnan(float(x["std"])))
-    floor = 1.0 if unit == "%" else 0.01 * max(abs(float(a["mean"])), abs(float(b["mean"])))
-    return max(floor, math.sqrt(se2))
+    return max(floor(unit, a["mean"], b["mean"]), math.sqrt(se2))
 
 
 def _row(
@@ -72,8 +76,8 @@ def with_plateau(
         key = tuple(row[k] for k in keys)
         gain = float(gains.get(key if len(keys) > 1 else key[0], math.nan)) if gains is not None else math.nan
         std = float(row["std"]) if int(row["n"]) > 1 and not math.isnan(float(row["std"])) else math.nan
-        floor = 1.0 if unit == "%" else 0.01 * abs(float(row["mean"]))
-        noise = floor if math.isnan(std) else max(std, floor)
+        least = floor(unit, row["mean"])
+        noise = least if math.isnan(std) else max(std, least)
         rows.append((gain, noise, None if math.isnan(gain) else gain <= noise))
     out["gain"], out["noise"], out["plateaued"] = zip(*rows) if rows else ((), (), ())
     out["label"] = [label(row) for _, row in out.iterrows()]
