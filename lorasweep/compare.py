@@ -47,6 +47,7 @@ class Compare:
     trials_per_arm: int
     seeds: tuple[int, ...]
     tolerance: float | None
+    labels: tuple[str, ...] = ()  # each arm by the fields it sets: an IA3 arm is not labelled with a rank it lacks
 
     @property
     def num_trials(self) -> int:
@@ -57,7 +58,7 @@ class Compare:
         return (*self.arms[0], LR_KEY, SEED_KEY)
 
     def label(self, i: int) -> str:
-        return " ".join(f"{k}={_show(v)}" for k, v in self.arms[i].items())
+        return self.labels[i] if self.labels else " ".join(f"{k}={_show(v)}" for k, v in self.arms[i].items())
 
 
 def parse(node: Any, cfg: DictConfig) -> tuple[Compare, dict]:
@@ -69,7 +70,7 @@ def parse(node: Any, cfg: DictConfig) -> tuple[Compare, dict]:
     for k in node:
         if k not in KEYS:
             raise ConfigError(f"{at}.{k}", node[k], f"unknown key; allowed: {', '.join(KEYS)}")
-    arms = _arms(node.get("arms"), cfg)
+    arms, labels = _arms(node.get("arms"), cfg)
     lr = node.get("lr")
     if not isinstance(lr, dict) or not ({"values"} <= set(lr) or {"low", "high"} <= set(lr)):
         raise ConfigError(f"{at}.lr", lr, "{values: [lr, ...]} (a grid) or {low: .., high: .., sampler: tpe}")
@@ -129,6 +130,7 @@ def parse(node: Any, cfg: DictConfig) -> tuple[Compare, dict]:
         trials_per_arm=per_arm,
         seeds=tuple(seeds),
         tolerance=None if tol is None else float(tol),
+        labels=labels,
     )
     space = {key: {"kind": "choice", "values": _unique([arm[key] for arm in arms])} for key in arms[0]}
     space[LR_KEY] = (
@@ -138,7 +140,7 @@ def parse(node: Any, cfg: DictConfig) -> tuple[Compare, dict]:
     return c, space
 
 
-def _arms(node: Any, cfg: DictConfig) -> tuple[dict, ...]:
+def _arms(node: Any, cfg: DictConfig) -> tuple[tuple[dict, ...], tuple[str, ...]]:
     at = "sweep.compare.arms"
     if isinstance(node, dict) and node:  # every combination of the values
         flat = dict(dotted_items(node))
@@ -156,14 +158,15 @@ def _arms(node: Any, cfg: DictConfig) -> tuple[dict, ...]:
             raise ConfigError(f"{at}.{key}", key, "a config field other than train.lr and seed (compare sets those)")
         if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
             raise ConfigError(f"{at}.{key}", key, "a config field (e.g. adapter.variant, adapter.r, quant.method)")
+    labels = tuple(" ".join(f"{k}={_show(v)}" for k, v in arm.items()) for arm in arms)
     # An arm that leaves a key out keeps the composed value: every arm sets every key, so each trial's overrides do.
     arms = [{k: arm[k] if k in arm else _value(cfg, k) for k in keys} for arm in arms]
-    labels = [" ".join(f"{k}={_show(v)}" for k, v in arm.items()) for arm in arms]
-    if len(set(labels)) != len(labels):
+    filled = [" ".join(f"{k}={_show(v)}" for k, v in arm.items()) for arm in arms]
+    if len(set(filled)) != len(filled):
         raise ConfigError(at, node, "distinct arms")
     if len(arms) < 2:
         raise ConfigError(at, node, "two or more arms to compare")
-    return tuple(arms)
+    return tuple(arms), labels
 
 
 def _value(cfg: DictConfig, key: str) -> Any:

@@ -40,6 +40,8 @@ COST_METRICS = [
     "tokens_per_s",
     "est_vram_mb",
 ]
+# The costs the estimator knows before a trial trains (lorasweep.estimate.predicted): what sweep.max_cost may bound.
+PREDICTED_COSTS = ["trainable_params", "trainable_pct", "est_vram_mb"]
 # The metrics each task reports at every eval, then those after training (any of them can be a sweep's metric).
 TASK_METRICS = {
     "seq_cls": ["eval_loss", "eval_accuracy", "eval_macro_f1", *SERVING_METRICS, *AFTER_METRICS["merge_check"]],

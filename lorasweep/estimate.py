@@ -319,7 +319,28 @@ def vram_mb(cfg: DictConfig) -> dict[str, float]:
     rule, which picks layers by their weights: the estimator counts one block and multiplies by the depth."""
     if any(spectrum_percent(t) is not None for t in cfg.adapter.targets):
         return {}
-    return {"est_vram_mb": estimate(cfg)["memory"]["peak_allocated"]["bytes"] / 2**20}
+    return {"est_vram_mb": predicted(cfg)["est_vram_mb"]}
+
+
+def predicted(cfg: DictConfig, est: dict | None = None) -> dict[str, float]:
+    """The costs known before training (config.PREDICTED_COSTS), as the trial will log them: what sweep.max_cost
+    bounds. `est` is this config's estimate() where the caller has it."""
+    est = est or estimate(cfg)
+    return {
+        "trainable_params": float(est["params"]["trainable"]),
+        "trainable_pct": float(est["params"]["trainable_pct"]),
+        "est_vram_mb": est["memory"]["peak_allocated"]["bytes"] / 2**20,
+    }
+
+
+def over_limits(costs: dict[str, float], limits: tuple[tuple[str, float], ...]) -> str | None:
+    """Why a config is not trained (`predicted est_vram_mb 9,120 > 8,000`), or None when every cost is in bounds."""
+
+    def show(v: float) -> str:
+        return f"{v:,.0f}" if v >= 100 else f"{v:.4g}"
+
+    over = [f"{c} {show(costs[c])} > {show(bound)}" for c, bound in limits if costs[c] > bound]
+    return f"not trained: predicted {', '.join(over)} (sweep.max_cost)" if over else None
 
 
 def estimate(

@@ -2,7 +2,7 @@
 
 The driver creates the child run before any work starts and writes the run id onto the Optuna trial, so each store
 can name the other's record of the trial before anything can fail. Every end state (COMPLETE, PRUNED, FAILED,
-KILLED, REUSED) is written here, once, to both.
+KILLED, REUSED, SKIPPED) is written here, once, to both.
 """
 
 from __future__ import annotations
@@ -27,11 +27,13 @@ OPTUNA_STATE = {
     "FAILED": TrialState.FAIL,
     "KILLED": TrialState.FAIL,
     "REUSED": TrialState.COMPLETE,
+    "SKIPPED": TrialState.PRUNED,  # infeasible (its constraints say why): no sampler takes it for a result
 }
 MLFLOW_STATUS = {
     "COMPLETE": "FINISHED",
     "PRUNED": "FINISHED",
     "REUSED": "FINISHED",
+    "SKIPPED": "FINISHED",
     "FAILED": "FAILED",
     "KILLED": "KILLED",
 }
@@ -102,10 +104,11 @@ def finish(
     tags: dict[str, str] | None = None,
 ) -> None:
     """Write a trial's end state to both stores. COMPLETE and REUSED carry the objective value; PRUNED takes the
-    last value the trial reported (Optuna's rule); FAILED and KILLED carry the reason."""
+    last value the trial reported (Optuna's rule); FAILED and KILLED carry the reason, SKIPPED (over
+    sweep.max_cost, never trained) why it was skipped."""
     extra = {"trial_state": state, **(tags or {})}
     if reason:
-        extra["failure_reason"] = reason[:4000]
+        extra["skip_reason" if state == "SKIPPED" else "failure_reason"] = reason[:4000]
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in extra.items()])
     client.set_terminated(run_id, MLFLOW_STATUS[state])
     try:

@@ -25,6 +25,8 @@ from lorasweep.errors import ConfigError
 #   num_trials: 12   max_concurrent: 2   time_limit_s: 600   max_failures: 0   description: "..."
 #   warm_start: <an earlier sweep's id or name>   warm_start_top_k: 3   (lorasweep/warmstart.py)
 #   objectives: {eval_accuracy: max, trainable_params: min}: a multi-objective study (its first objective is metric)
+#   max_cost: {est_vram_mb: 4096, trainable_params: 1.0e6}: upper bounds on costs the estimator predicts; a config
+#     over one is SKIPPED before it trains (an Optuna constraint, so the sampler learns to avoid it)
 #   compare: {arms, lr, trials_per_arm, seeds, tolerance}: LR-first comparisons (lorasweep/compare.py); it plans
 #     every trial, so the space then holds only fixed and derived dimensions
 #   space: nested (adapter: {r: ...}) or dotted (adapter.r: ...) config keys -> dimension:
@@ -69,6 +71,7 @@ SWEEP_KEYS = (
     "warm_start_top_k",
     "compare",
     "objectives",
+    "max_cost",
 )
 DIM_KEYS = {
     "choice": {"values"},
@@ -123,6 +126,7 @@ class SweepSpec:
     warm_start_top_k: int = 3
     compare: Compare | None = None  # LR-first arms: the plan decides every trial
     objectives: tuple[tuple[str, str], ...] = ()  # (metric, mode) of each objective; () = metric, mode alone
+    max_cost: tuple[tuple[str, float], ...] = ()  # (predicted cost, upper bound): checked before a trial trains
 
     @property
     def metrics(self) -> list[str]:
@@ -222,6 +226,7 @@ def parse_sweep(cfg: DictConfig) -> SweepSpec:
         warm_start_top_k=warm_start_top_k,
         compare=compare,
         objectives=objectives,
+        max_cost=_max_cost(raw, cfg, dims),
     )
     if objectives and sampler not in MULTI_OBJECTIVE_SAMPLERS:
         raise ConfigError(
@@ -266,6 +271,32 @@ def _objectives(raw: dict) -> tuple[tuple[str, str], ...]:
         if mode not in ("max", "min"):
             raise ConfigError(f"sweep.objectives.{metric}", mode, "max | min")
     return tuple(node.items())
+
+
+def _max_cost(raw: dict, cfg: DictConfig, dims: tuple[Dim, ...]) -> tuple[tuple[str, float], ...]:
+    """sweep.max_cost: {predicted cost: upper bound}. The estimator counts one block of a stack and multiplies by
+    its depth, so it cannot price `spectrum:` targets, which pick layers by their weights: they are refused."""
+    from lorasweep.config import PREDICTED_COSTS
+    from lorasweep.targets import spectrum_percent
+
+    node = raw.get("max_cost")
+    if node is None:
+        return ()
+    if not isinstance(node, dict) or not node:
+        raise ConfigError("sweep.max_cost", node, f"a mapping {{cost: upper bound}} of {', '.join(PREDICTED_COSTS)}")
+    for cost, bound in node.items():
+        if cost not in PREDICTED_COSTS:
+            allowed = f"a cost known before training: {', '.join(PREDICTED_COSTS)}"
+            raise ConfigError(f"sweep.max_cost.{cost}", bound, allowed)
+        if not _is_num(bound) or bound <= 0:
+            raise ConfigError(f"sweep.max_cost.{cost}", bound, "a number > 0")
+    searched = [v for d in dims if d.key == "adapter.targets" for v in (*d.values, d.value) if v is not None]
+    for targets in [cfg.adapter.targets, *searched]:
+        for t in [targets] if isinstance(targets, str) else targets:
+            if spectrum_percent(t) is not None:
+                why = f"absent with spectrum targets ({t}): the estimator cannot price them"
+                raise ConfigError("sweep.max_cost", node, why)
+    return tuple((cost, float(bound)) for cost, bound in node.items())
 
 
 def _compared(raw: dict, cfg: DictConfig) -> tuple[Compare, dict, int]:

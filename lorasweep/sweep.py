@@ -260,7 +260,7 @@ def loop(
 
     pruner = {"name": spec.pruner, **spec.pruner_options}
     in_flight: dict = {}  # Ray ObjectRef -> (trial number, MLflow run id)
-    counts = {s: 0 for s in ("COMPLETE", "PRUNED", "FAILED", "KILLED", "REUSED")}
+    counts = {s: 0 for s in ("COMPLETE", "PRUNED", "FAILED", "KILLED", "REUSED", "SKIPPED")}
     best: float | None = None
     launched, stop = 0, None
     deadline = started + spec.time_limit_s if spec.time_limit_s else None
@@ -273,6 +273,9 @@ def loop(
             tags["pruned_at_step"] = result["step"]
         if result.get("last_eval_gain") is not None:
             client.log_metric(run_id, "last_eval_gain", result["last_eval_gain"])
+        if result.get("costs"):  # a skipped trial's predicted costs: what it was skipped for
+            now = int(time.time() * 1000)
+            client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in result["costs"].items()])
         ledger.finish(
             client, study, number, run_id, s, value=result.get("value"), reason=result.get("reason"), tags=tags
         )
@@ -344,6 +347,7 @@ def loop(
                 tracking_uri=log_uri,
                 gpu_share=share,
                 threads=max(1, int(cpus)),
+                max_cost=spec.max_cost,
             )
             client.log_batch(run_id, tags=[RunTag("gpu_share", f"{share:g}"), RunTag("cpus", f"{cpus:g}")])
             ref = task.options(num_cpus=cpus, num_gpus=share).remote(job)
@@ -379,7 +383,7 @@ def loop(
 def dry_run(argv: list[str]) -> int:
     """`lorasweep sweep ... --dry-run`: the space, the budget, and each sampled config's estimate and GPU share.
     Nothing trains, nothing is tracked. Without results TPE samples at random: the real sweep adapts."""
-    from lorasweep.estimate import estimate
+    from lorasweep.estimate import estimate, over_limits, predicted
     from lorasweep.trial import check
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -391,6 +395,7 @@ def dry_run(argv: list[str]) -> int:
         f"sweep: {spec.num_trials} trials of {spec.metric} ({spec.mode}), {spec.max_concurrent} at a time, "
         f"sampler {spec.sampler}, pruner {spec.pruner}, time limit {spec.time_limit_s or '-'} s, "
         f"max failures {'-' if spec.max_failures is None else spec.max_failures}"
+        + (f", max cost {dict(spec.max_cost)}" if spec.max_cost else "")
     )
     for d in spec.dims:
         what = (
@@ -432,6 +437,8 @@ def dry_run(argv: list[str]) -> int:
                 f"trainable {est['params']['trainable']:>12,}  "
                 f"est. peak {est['memory']['total']['bytes'] / 2**30:6.2f} GiB  GPU share {share:g}"
             )
+            skip = over_limits(predicted(trial_cfg, est), spec.max_cost)
+            line += f"  SKIPPED, {skip}" if skip else ""
         except Exception as e:  # what the sweep would record as FAILED
             line = f"refused: {e}".splitlines()[0]
         print(f"t{trial.number:03d}  {shlex.join(overrides):<60}  {line}")

@@ -32,10 +32,12 @@ class Job:
     tracking_uri: str
     gpu_share: float
     threads: int
+    max_cost: tuple[tuple[str, float], ...] = ()  # sweep.max_cost: (predicted cost, upper bound)
 
 
 def run(job: Job) -> dict:
-    """Train one trial; returns {"state": COMPLETE | PRUNED | FAILED, "value", "step", "reason", "node", ...}."""
+    """Train one trial; returns {"state": COMPLETE | PRUNED | SKIPPED | FAILED, "value", "step", "reason", "node",
+    ...}."""
     import optuna
     import torch
     from omegaconf import OmegaConf
@@ -70,6 +72,9 @@ def run(job: Job) -> dict:
     try:
         cfg = OmegaConf.create(job.config)  # its fields and fit checked by the driver; run_trial checks data, targets
         OmegaConf.set_struct(cfg, True)  # as compose() leaves it: a misspelt key read is an error, not None
+        costs, skip = priced(trial, cfg, job.max_cost)
+        if skip:
+            return {"state": "SKIPPED", "reason": skip, "costs": costs, **node}
         summary = run_trial(cfg, listeners=(prune,), run_id=job.run_id)
     except optuna.TrialPruned as e:
         return {"state": "PRUNED", "value": last["value"], "step": last["step"], "reason": str(e), **node}
@@ -88,6 +93,21 @@ def run(job: Job) -> dict:
         "train_runtime_s": summary["train_runtime_s"],
         **node,
     }
+
+
+def priced(trial, cfg, limits: tuple[tuple[str, float], ...]) -> tuple[dict[str, float], str | None]:
+    """sweep.max_cost, before anything loads: the estimator's costs (a meta-device model, ~30 ms in a warm worker)
+    and why the config is not trained, if it is over a bound. Each bound becomes an Optuna constraint, the relative
+    excess (feasible at <= 0): TPE, NSGA-II and GP then steer away from what was skipped, and Optuna's best trials
+    are feasible ones."""
+    if not limits:
+        return {}, None
+    from lorasweep import estimate
+
+    costs = estimate.predicted(cfg)
+    for cost, bound in limits:
+        trial.set_constraint(cost, (costs[cost] - bound) / bound)
+    return costs, estimate.over_limits(costs, limits)
 
 
 def last_gain(last: dict, mode: str) -> float | None:

@@ -43,6 +43,18 @@ def test_dry_run_of_a_whole_grid_and_of_a_comparison(store, tmp_path, capsys):
         main(["sweep", "sweep=smoke", *grid, "+sweep.space={adapter:{r:{kind:grid,values:[2,4,8]}}}", "--dry-run"]) == 0
     )
     assert len([line for line in capsys.readouterr().out.splitlines() if line.startswith("t00")]) == 3
+    # With a bound on the predicted trainable params, the preview marks the configs a sweep would skip.
+    r = "+sweep.space={adapter:{r:{kind:grid,values:[2,64]}}}"
+    assert (
+        main(
+            ["sweep", "sweep=smoke", *grid, r, "sweep.num_trials=2", "+sweep.max_cost={trainable_params:5000}"]
+            + ["--dry-run"]
+        )
+        == 0
+    )
+    rows = sorted(line for line in capsys.readouterr().out.splitlines() if line.startswith("t00"))
+    skipped = [line for line in rows if "SKIPPED, not trained: predicted trainable_params" in line]
+    assert len(skipped) == 1 and "adapter.r=64" in skipped[0]
     arms = "+sweep.compare={arms:{adapter.variant:[lora,dora]},lr:{values:[1.0e-4,1.0e-3]},seeds:[0,1]}"
     assert main(["sweep", "sweep=smoke", "~sweep.space", "~sweep.sampler", "~sweep.num_trials", arms, "--dry-run"]) == 0
     out = capsys.readouterr().out

@@ -147,6 +147,22 @@ def test_compare_refuses_what_its_plan_would_contradict():
         assert e.value.field == field, overrides
 
 
+def test_arms_are_labelled_by_the_fields_they_set_and_trained_with_every_field():
+    """A list of arms: IA3 sets no rank, so its label has none, while its overrides still set the composed r for
+    every arm alike (one set of keys per trial)."""
+    arms_list = "+sweep.compare={arms:[{adapter.variant:lora},{adapter.variant:vera,adapter.r:256}],"
+    spec = spec_of(arms_list + "lr:{values:[1.0e-4,1.0e-3]}}")
+    assert [spec.compare.label(i) for i in range(2)] == ["adapter.variant=lora", "adapter.variant=vera adapter.r=256"]
+    assert [dict(a) for a in spec.compare.arms] == [
+        {"adapter.variant": "lora", "adapter.r": 8},
+        {"adapter.variant": "vera", "adapter.r": 256},
+    ]
+    study = optuna.create_study(direction="maximize")
+    trial = step(study, spec)
+    assert trial.user_attrs[compare.ARM] == "adapter.variant=lora"
+    assert "adapter.r=8" in to_overrides(trial.params, spec)
+
+
 # ---------------------------------------------------------------------------------------------- verdicts
 
 

@@ -77,3 +77,43 @@ def test_leaderboard_marks_only_finished_trials_on_the_front():
     )
     board = leaderboard(trials, [], "eval_accuracy", "max", {"eval_accuracy": "max", "trainable_params": "min"})
     assert dict(zip(board["trial"], board["pareto"])) == {"0": True, "1": True, "2": False, "3": False}
+
+
+# ------------------------------------------------------------------ sweep.max_cost: bounds on predicted costs
+
+
+@pytest.mark.parametrize(
+    "bounds,field",
+    [
+        ("{peak_memory_mb:4096}", "sweep.max_cost.peak_memory_mb"),  # measured while training: not known before
+        ("{est_vram_mb:-1}", "sweep.max_cost.est_vram_mb"),
+        ("{trainable_params:lots}", "sweep.max_cost.trainable_params"),
+        ("{}", "sweep.max_cost"),
+    ],
+)
+def test_bad_cost_bounds_name_the_field(bounds, field):
+    with pytest.raises(ConfigError) as e:
+        parse_sweep(compose(["sweep=smoke", f"+sweep.max_cost={bounds}"]))
+    assert e.value.field == field
+
+
+def test_cost_bounds_are_refused_where_the_estimator_cannot_price_the_targets():
+    """spectrum: targets pick layers by their weights; the estimator counts one block and multiplies by the depth."""
+    searched = "+sweep.space.adapter.targets={kind:choice,values:[[q_proj],['spectrum:50%']]}"
+    for extra in (["adapter.targets=[spectrum:50%]"], [searched]):
+        with pytest.raises(ConfigError) as e:
+            parse_sweep(compose(["sweep=smoke", "+sweep.max_cost={est_vram_mb:4096}", *extra]))
+        assert e.value.field == "sweep.max_cost" and "spectrum:50%" in str(e.value)
+    spec = parse_sweep(compose(["sweep=smoke", "+sweep.max_cost={est_vram_mb:4096,trainable_params:1.0e5}"]))
+    assert spec.max_cost == (("est_vram_mb", 4096.0), ("trainable_params", 1.0e5))
+
+
+def test_predicted_costs_name_each_bound_a_config_is_over():
+    from lorasweep.estimate import over_limits, predicted
+
+    costs = predicted(compose(["sweep=smoke", "adapter.r=8"]))
+    half = costs["trainable_params"] / 2
+    assert over_limits(costs, (("trainable_params", 2 * half),)) is None  # at the bound is within it
+    why = over_limits(costs, (("trainable_params", half), ("est_vram_mb", 10 * costs["est_vram_mb"])))
+    n = costs["trainable_params"]
+    assert why == f"not trained: predicted trainable_params {n:,.0f} > {half:,.0f} (sweep.max_cost)"

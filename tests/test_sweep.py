@@ -50,7 +50,14 @@ def same_states(runs, study) -> dict[int, str]:
     """Each Optuna trial has exactly one MLflow child, keyed by the trial number, in the matching state."""
     by_number = {int(r.data.tags["optuna_trial"]): r for r in runs}
     assert len(by_number) == len(runs) == len(study.trials)
-    optuna_of = {"COMPLETE": "COMPLETE", "REUSED": "COMPLETE", "PRUNED": "PRUNED", "FAILED": "FAIL", "KILLED": "FAIL"}
+    optuna_of = {
+        "COMPLETE": "COMPLETE",
+        "REUSED": "COMPLETE",
+        "PRUNED": "PRUNED",
+        "SKIPPED": "PRUNED",
+        "FAILED": "FAIL",
+        "KILLED": "FAIL",
+    }
     for t in study.trials:
         run = by_number[t.number]
         assert optuna_of[run.data.tags["trial_state"]] == t.state.name, (t.number, run.data.tags, t.state)
@@ -313,6 +320,46 @@ def test_a_multi_objective_sweep_marks_optunas_pareto_front(store):
     path, sweep = report.build(Path(s["sweep_dir"]).name, Path("reports"), log=False)
     assert (sweep.metric, sweep.mode) == ("eval_perplexity", "min")  # the first objective, with no sweep.metric set
     assert "## Pareto front" in (path / "README.md").read_text() and (path / "pareto_front.png").exists()
+
+
+def test_configs_over_max_cost_are_skipped_before_they_train_and_optuna_counts_them_infeasible(store):
+    """A grid r in {2, 8, 32} on a two-objective front with trainable params bounded between r=8's and r=32's: r=32
+    is SKIPPED before anything trains (its reason and predicted costs on its run, an infeasible PRUNED trial in
+    Optuna), the others train, log the params the estimator predicted, and make up Optuna's front."""
+    from lorasweep.analysis import report
+    from lorasweep.estimate import predicted
+
+    grid = ["~sweep.space", "~sweep.sampler", "+sweep.sampler={name:grid,seed:0}", "sweep.num_trials=3"]
+    s = run_sweep(
+        ["sweep=smoke", "~sweep.pruner", "~sweep.metric", "~sweep.mode", *grid]
+        + ["+sweep.space={adapter:{r:{kind:grid,values:[2,8,32]}}}", "+sweep.max_cost={trainable_params:8000}"]
+        + ["+sweep.objectives={eval_perplexity:min,trainable_params:min}"]
+    )
+    study = study_of(s["sweep_dir"])
+    client, _, runs = children(store, s["sweep_dir"])
+    states = same_states(runs, study)
+    by_r = {t.params["adapter.r"]: t for t in study.trials}
+    assert {r: states[t.number] for r, t in by_r.items()} == {2: "COMPLETE", 8: "COMPLETE", 32: "SKIPPED"}
+    for r, t in by_r.items():
+        want = predicted(compose(["sweep=smoke", f"adapter.r={r}"]))["trainable_params"]
+        run = client.get_run(t.user_attrs["mlflow_run_id"])
+        assert run.data.metrics["trainable_params"] == want  # the trained ones log what the skip was decided on
+        assert t.constraints == {"trainable_params": pytest.approx((want - 8000) / 8000)}
+        trained = client.get_metric_history(run.info.run_id, "train_loss")
+        if r == 32:
+            assert not trained and run.info.status == "FINISHED" and "failure_reason" not in run.data.tags
+            assert run.data.tags["skip_reason"] == (
+                "not trained: predicted trainable_params 14,336 > 8,000 (sweep.max_cost)"
+            )
+        else:
+            assert trained
+    assert {t.number for t in study.best_trials} == {by_r[2].number, by_r[8].number}
+    board = pd.read_csv(Path(s["sweep_dir"]) / "leaderboard.csv")
+    assert list(board["state"]) == ["COMPLETE", "COMPLETE", "SKIPPED"]
+    assert not board.loc[board["state"] == "SKIPPED", "pareto"].any()
+    path, _ = report.build(Path(s["sweep_dir"]).name, Path("reports"), log=False)
+    text = (path / "README.md").read_text()
+    assert "Skipped before training:\n\n- 1 × not trained: predicted trainable_params 14,336 > 8,000" in text
 
 
 def test_three_concurrent_trials_build_the_model_cache_once(store, tmp_path, monkeypatch):

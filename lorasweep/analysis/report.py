@@ -19,7 +19,7 @@ from lorasweep.errors import ConfigError
 
 USAGE = "usage: lorasweep report SWEEP [--out DIR] [--no-log]   (SWEEP: sweep id, sweep name or parent run id)"
 OWNED = (".md", ".tex", ".csv", ".png")  # what a report writes; cleared first, so no stale figure survives
-STATES = ("COMPLETE", "REUSED", "PRUNED", "FAILED", "KILLED")
+STATES = ("COMPLETE", "REUSED", "PRUNED", "SKIPPED", "FAILED", "KILLED")
 ARTIFACT_DIR = "report"
 
 
@@ -717,6 +717,10 @@ def _pruning(sweep: runs.Sweep, trials: pd.DataFrame, metric: str) -> str:
         lines.append(
             f"Pruned trials stopped at step {np.median(stopped):.0f} (median; {min(stopped)}–{max(stopped)}){saved}."
         )
+    skipped = trials[trials["state"] == "SKIPPED"]
+    if len(skipped) and "tags.skip_reason" in skipped:
+        reasons = skipped["tags.skip_reason"].fillna("unknown").str.slice(0, 160).value_counts()
+        lines.append("Skipped before training:\n\n" + "\n".join(f"- {n} × {r}" for r, n in reasons.items()))
     failed = trials[trials["state"] == "FAILED"]
     if len(failed) and "tags.failure_reason" in failed:
         reasons = failed["tags.failure_reason"].fillna("unknown").str.slice(0, 160).value_counts()

@@ -148,7 +148,7 @@ def table6(stats: pd.DataFrame, metric: str, unit: str) -> tuple[pd.DataFrame, p
 
 # ------------------------------------------------------------------------------------------ files
 
-STATE_ORDER = {"COMPLETE": 0, "REUSED": 1, "PRUNED": 2, "FAILED": 3, "KILLED": 4}
+STATE_ORDER = {"COMPLETE": 0, "REUSED": 1, "PRUNED": 2, "SKIPPED": 3, "FAILED": 4, "KILLED": 5}
 
 
 def leaderboard(
@@ -170,6 +170,7 @@ def leaderboard(
         "seed": "seed",
         "tags.overrides": "overrides",
         "tags.failure_reason": "failure_reason",
+        "tags.skip_reason": "skip_reason",
         "run_id": "run_id",
     }
     board = trials[[c for c in cols if c in trials]].rename(columns=cols)
