@@ -257,3 +257,19 @@ def test_a_verdict_on_arms_still_improving_says_so():
         )
     )
     assert "not plateaued" not in calm["the arms tie within tolerance once LR is tuned"]
+
+
+def test_a_verdict_on_a_best_lr_at_the_end_of_its_search_says_the_search_did_not_bracket_it():
+    frame = trials_frame(
+        {
+            "adapter.variant=lora": {1e-4: [0.5], 1e-3: [0.6], 1e-2: [0.70, 0.70]},  # still rising at the top
+            "adapter.variant=dora": {1e-4: [0.5], 1e-3: [0.71, 0.71], 1e-2: [0.6]},  # a peak inside the grid
+        }
+    )
+    line = verdict_lines(frame)[
+        "adapter.variant=lora ties with the best arm (adapter.variant=dora) at their own best LRs"
+    ]
+    assert "best LR at the end of the search, a wider one may do better: adapter.variant=lora (highest lr 0.01)" in line
+    assert "adapter.variant=dora (" not in line
+    two = trials_frame({"adapter.variant=lora": {1e-3: [0.6], 1e-2: [0.7, 0.7]}, "adapter.variant=dora": {1e-2: [0.7]}})
+    assert "end of the search" not in verdict_lines(two)["the arms tie within tolerance once LR is tuned"]

@@ -47,7 +47,7 @@ def points(trials: pd.DataFrame, metric: str, scale: float) -> pd.DataFrame:
 def arm_stats(trials: pd.DataFrame, metric: str, scale: float, unit: str, mode: str, tol: float | None) -> pd.DataFrame:
     """One row per arm, in plan order: its best LR (of its COMPLETE LR-search trials), the metric at that LR over
     every seed (mean, std, n), the LRs whose value is within tolerance of its best (lr_low..lr_high), the LR trials
-    by state, and whether the trials at the best LR had plateaued."""
+    by state, whether the trials at the best LR had plateaued, and whether the best LR is an end of the search."""
     sign = 1.0 if mode == "max" else -1.0
     col = f"metrics.{metric}"
     pts = points(trials, metric, scale)
@@ -84,6 +84,7 @@ def arm_stats(trials: pd.DataFrame, metric: str, scale: float, unit: str, mode: 
                 "gain": g,
                 "noise": noise,
                 "plateaued": None if math.isnan(g) else g <= noise,
+                "edge": _edge(float(best["lr"]), pd.to_numeric(search[LR], errors="coerce").dropna()),
                 "label": arm,
                 **_fields(mine),
             }
@@ -91,8 +92,26 @@ def arm_stats(trials: pd.DataFrame, metric: str, scale: float, unit: str, mode: 
     return pd.DataFrame(out)
 
 
+def _verdict(claim, paper, ours, diff, tol, agree, unit, how, groups) -> dict:
+    """A verdict row whose line also names the arms whose best LR is the end of their search: the search did not
+    bracket their optimum, so a wider one may move their best LR and the metric there."""
+    edges = [g for g in groups if isinstance(g.get("edge"), str)]
+    if edges:
+        how += "; best LR at the end of the search, a wider one may do better: " + ", ".join(
+            f"{g['label']} ({g['edge']}est lr {g['best_lr']:.3g})" for g in edges
+        )
+    return verdicts._row(claim, paper, ours, diff, tol, agree, unit, how, groups)
+
+
 def _states(search: pd.DataFrame) -> dict[str, int]:
     return {s.lower(): int((search["state"] == s).sum()) for s in ("COMPLETE", "PRUNED", "FAILED")}
+
+
+def _edge(best: float, searched: pd.Series) -> str | None:
+    """ "high" or "low" where the best LR is the highest or lowest the arm's search tried (of three or more)."""
+    if searched.nunique() < 3:
+        return None
+    return "high" if best >= searched.max() else "low" if best <= searched.min() else None
 
 
 def _fields(rows: pd.DataFrame) -> dict[str, str]:
@@ -128,7 +147,7 @@ def verdicts_of(stats: pd.DataFrame, unit: str, mode: str, tol: float | None) ->
         t = _tol(best, arm, unit, tol)
         ties.append(gap <= t)
         out.append(
-            verdicts._row(
+            _verdict(
                 f"{arm['arm']} ties with the best arm ({best['arm']}) at their own best LRs",
                 PAPERS["tie"],
                 f"{_ms(arm, unit)} vs {_ms(best, unit)}",
@@ -143,7 +162,7 @@ def verdicts_of(stats: pd.DataFrame, unit: str, mode: str, tol: float | None) ->
     missing = stats[stats["n"] == 0]["arm"].tolist()
     out.insert(
         0,
-        verdicts._row(
+        _verdict(
             TIE,
             PAPERS["tie"],
             f"best {best['arm']}; {sum(ties)} of {len(ties)} others tie with it"
@@ -180,7 +199,7 @@ def _rank_verdicts(ok: pd.DataFrame, unit: str) -> list[dict]:
             else f"no LR is near-best for every rank ({lo:.3g} > {hi:.3g})"
         )
         out.append(
-            verdicts._row(
+            _verdict(
                 f"{name}: the best LR is the same across ranks",
                 PAPERS["rank"],
                 ours,
@@ -208,7 +227,7 @@ def _full_verdict(ok: pd.DataFrame, unit: str) -> list[dict]:
         lo, hi = FULL_RATIO / FULL_FACTOR, FULL_RATIO * FULL_FACTOR
         agree = lo <= k <= hi
         out.append(
-            verdicts._row(
+            _verdict(
                 f"{arm['arm']}: best LoRA LR / best FullFT LR = {k:.3g}",
                 PAPERS["full"],
                 f"LoRA {arm['best_lr']:.3g} vs FullFT {f['best_lr']:.3g}",

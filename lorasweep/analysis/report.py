@@ -241,7 +241,10 @@ def _compare(
     shown = pd.DataFrame(
         {
             "arm": stats["arm"],
-            "best lr": [f"{x:.3g}" for x in stats["best_lr"]],
+            "best lr": [
+                f"{x:.3g}" + (f" ({e}est searched)" if isinstance(e, str) else "")
+                for x, e in zip(stats["best_lr"], stats.get("edge", [None] * len(stats)))
+            ],
             tables.ours_column(metric, unit).removeprefix("ours: ") + " at best lr": [
                 tables.fmt_ms(m, s, unit) if n else "–" for m, s, n in zip(stats["mean"], stats["std"], stats["n"])
             ],
@@ -259,7 +262,8 @@ def _compare(
     md = [
         "## Arms at their own best learning rate",
         "Every arm had the same budget of its own LR search (at the first seed), then more seeds at its best LR "
-        "(its best COMPLETE LR-search trial). Near-best lr: the LRs whose value is within tolerance of the arm's best. "
+        "(its best COMPLETE LR-search trial); a best LR that is the highest or lowest searched says so: the search did "
+        "not bracket that arm's optimum. Near-best lr: the LRs whose value is within tolerance of the arm's best. "
         "Files: [md](arms.md), [tex](arms.tex), [csv](arms.csv).",
         tables.to_markdown(shown),
     ]
