@@ -505,3 +505,25 @@ def test_a_verdict_on_cells_still_improving_says_so_and_one_without_gains_says_i
     lines = pd.read_csv(out / "verdicts.csv").set_index("claim")["verdict"]
     wq = next(v for claim, v in lines.items() if claim.startswith("Wq: r=1 is within"))
     assert wq.endswith("; plateau not measured: one eval per trial)")
+
+
+@pytest.mark.parametrize("n_trials,legend", [(3, ["Trial0", "Trial1", "Trial2", "pruned here"]), (20, ["pruned here"])])
+def test_learning_curves_keep_a_legend_per_trial_only_while_it_fits(n_trials, legend):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from lorasweep.analysis import figures
+
+    study = optuna.create_study(direction="maximize")
+    for i in range(n_trials - 1):
+        t = study.ask()
+        t.suggest_float("x", 0, 1)
+        t.report(i, 1)
+        t.report(i + 1, 2)
+        study.tell(t, i + 1)
+    t = study.ask()
+    t.suggest_float("x", 0, 1)
+    t.report(0.0, 1)
+    study.tell(t, state=optuna.trial.TrialState.PRUNED)
+    ax = figures.learning_curves(study, "eval_accuracy")
+    assert [x.get_text() for x in ax.get_legend().get_texts()] == legend

@@ -216,30 +216,41 @@ def objective(trials: pd.DataFrame, dims: list[str], metric: str, path: Path) ->
     return _save(fig, path)
 
 
+def learning_curves(study, metric: str):
+    """Optuna's intermediate-values view, each pruned trial marked where it stopped (the axes)."""
+    from optuna.trial import TrialState
+    from optuna.visualization import matplotlib as ov
+
+    ax = ov.plot_intermediate_values(study)
+    pruned = study.get_trials(False, states=(TrialState.PRUNED,))
+    stops = [max(t.intermediate_values.items()) for t in pruned if t.intermediate_values]
+    if stops:
+        ax.scatter(*zip(*stops), marker="x", s=70, color="black", zorder=3, label="pruned here")
+    ax.set_title(f"Learning curves: {metric} at each eval")
+    ax.set_ylabel(metric)
+    handles, labels = ax.get_legend_handles_labels()
+    if len(labels) > 13:  # one entry per trial squeezes the plot out: past a dozen, only the pruned marker
+        kept = [(h, lab) for h, lab in zip(handles, labels) if lab == "pruned here"]
+        handles, labels = zip(*kept) if kept else ((), ())
+    if labels:
+        ax.legend(handles, labels, bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=7)
+    elif ax.get_legend() is not None:
+        ax.get_legend().remove()
+    return ax
+
+
 def optuna_views(study, params: list[str], metric: str, out: Path) -> dict[str, Path | str]:
     """Optuna's own matplotlib views of a sweep's study, over the params that varied: learning curves (the evals the
     pruner judged, each pruned trial marked where it stopped), parallel coordinates, and fANOVA importances (of a
     multi-objective study, of its first objective). Each name maps to its PNG, or to why it could not be drawn."""
     import optuna
-    from optuna.trial import TrialState
     from optuna.visualization import matplotlib as ov
 
     multi = len(study.directions) > 1
     target = (lambda t: t.values[0]) if multi else None
 
-    def curves():
-        ax = ov.plot_intermediate_values(study)
-        pruned = study.get_trials(False, states=(TrialState.PRUNED,))
-        stops = [max(t.intermediate_values.items()) for t in pruned if t.intermediate_values]
-        if stops:
-            ax.scatter(*zip(*stops), marker="x", s=70, color="black", zorder=3, label="pruned here")
-        ax.set_title(f"Learning curves: {metric} at each eval")
-        ax.set_ylabel(metric)
-        ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=7)
-        return ax
-
     draws = {
-        "learning_curves": curves,
+        "learning_curves": lambda: learning_curves(study, metric),
         "parallel_coordinates": lambda: ov.plot_parallel_coordinate(
             study, params=params, target=target, target_name=metric
         ),
