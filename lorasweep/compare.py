@@ -47,7 +47,7 @@ class Compare:
     trials_per_arm: int
     seeds: tuple[int, ...]
     tolerance: float | None
-    labels: tuple[str, ...] = ()  # each arm by the fields it sets: an IA3 arm is not labelled with a rank it lacks
+    labels: tuple[str, ...]  # each arm by the fields it sets: an IA3 arm is not labelled with a rank it lacks
 
     @property
     def num_trials(self) -> int:
@@ -58,7 +58,7 @@ class Compare:
         return (*self.arms[0], LR_KEY, SEED_KEY)
 
     def label(self, i: int) -> str:
-        return self.labels[i] if self.labels else " ".join(f"{k}={_show(v)}" for k, v in self.arms[i].items())
+        return self.labels[i]
 
 
 def parse(node: Any, cfg: DictConfig) -> tuple[Compare, dict]:
@@ -158,15 +158,18 @@ def _arms(node: Any, cfg: DictConfig) -> tuple[tuple[dict, ...], tuple[str, ...]
             raise ConfigError(f"{at}.{key}", key, "a config field other than train.lr and seed (compare sets those)")
         if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
             raise ConfigError(f"{at}.{key}", key, "a config field (e.g. adapter.variant, adapter.r, quant.method)")
-    labels = tuple(" ".join(f"{k}={_show(v)}" for k, v in arm.items()) for arm in arms)
+    labels = tuple(_name(arm) for arm in arms)
     # An arm that leaves a key out keeps the composed value: every arm sets every key, so each trial's overrides do.
     arms = [{k: arm[k] if k in arm else _value(cfg, k) for k in keys} for arm in arms]
-    filled = [" ".join(f"{k}={_show(v)}" for k, v in arm.items()) for arm in arms]
-    if len(set(filled)) != len(filled):
+    if len({_name(arm) for arm in arms}) != len(arms):
         raise ConfigError(at, node, "distinct arms")
     if len(arms) < 2:
         raise ConfigError(at, node, "two or more arms to compare")
     return tuple(arms), labels
+
+
+def _name(arm: dict) -> str:
+    return " ".join(f"{k}={_show(v)}" for k, v in arm.items())
 
 
 def _value(cfg: DictConfig, key: str) -> Any:

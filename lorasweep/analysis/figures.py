@@ -229,7 +229,7 @@ def learning_curves(study, metric: str):
     ax.set_title(f"Learning curves: {metric} at each eval")
     ax.set_ylabel(metric)
     handles, labels = ax.get_legend_handles_labels()
-    if len(labels) > 13:  # one entry per trial squeezes the plot out: past a dozen, only the pruned marker
+    if sum(lab != "pruned here" for lab in labels) > 12:  # an entry per trial squeezes the plot out past a dozen
         kept = [(h, lab) for h, lab in zip(handles, labels) if lab == "pruned here"]
         handles, labels = zip(*kept) if kept else ((), ())
     if labels:

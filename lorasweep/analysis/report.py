@@ -721,14 +721,14 @@ def _pruning(sweep: runs.Sweep, trials: pd.DataFrame, metric: str) -> str:
         lines.append(
             f"Pruned trials stopped at step {np.median(stopped):.0f} (median; {min(stopped)}–{max(stopped)}){saved}."
         )
-    skipped = trials[trials["state"] == "SKIPPED"]
-    if len(skipped) and "tags.skip_reason" in skipped:
-        reasons = skipped["tags.skip_reason"].fillna("unknown").str.slice(0, 160).value_counts()
-        lines.append("Skipped before training:\n\n" + "\n".join(f"- {n} × {r}" for r, n in reasons.items()))
-    failed = trials[trials["state"] == "FAILED"]
-    if len(failed) and "tags.failure_reason" in failed:
-        reasons = failed["tags.failure_reason"].fillna("unknown").str.slice(0, 160).value_counts()
-        lines.append("Failures:\n\n" + "\n".join(f"- {n} × {r}" for r, n in reasons.items()))
+    for state, tag, title in (
+        ("SKIPPED", "skip_reason", "Skipped before training"),
+        ("FAILED", "failure_reason", "Failures"),
+    ):
+        rows = trials[trials["state"] == state]
+        if len(rows) and f"tags.{tag}" in rows:
+            reasons = rows[f"tags.{tag}"].fillna("unknown").str.slice(0, 160).value_counts()
+            lines.append(f"{title}:\n\n" + "\n".join(f"- {n} × {r}" for r, n in reasons.items()))
     return "\n\n".join(lines)
 
 
