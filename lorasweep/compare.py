@@ -217,11 +217,14 @@ def next_trial(study: optuna.Study, c: Compare, stored, killed: str) -> Next | s
     the remaining seeds at its best LR once its LR search has ended. WAIT when only trials still running decide what
     comes next; None when the plan is done. `stored(key, value)` is the value Optuna stores for a choice; trials
     flagged `killed` (the sweep stopped them) are planned again."""
-    trials = [t for t in study.get_trials(deepcopy=False) if ARM in t.user_attrs and not t.user_attrs.get(killed)]
+    by_arm: dict[str, list[optuna.trial.FrozenTrial]] = {}
+    for t in study.get_trials(deepcopy=False):  # one pass over the study, grouped by arm
+        if ARM in t.user_attrs and not t.user_attrs.get(killed):
+            by_arm.setdefault(t.user_attrs[ARM], []).append(t)
     options, waiting = [], False
     for i in range(len(c.arms)):
         label = c.label(i)
-        mine = [t for t in trials if t.user_attrs[ARM] == label]
+        mine = by_arm.get(label, [])
         search = [t for t in mine if t.user_attrs.get(PHASE) == "lr"]
         if len(search) < c.trials_per_arm:
             options.append((len(mine), i, "lr", search))

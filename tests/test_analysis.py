@@ -451,6 +451,10 @@ def test_any_sweep_gets_leaderboard_importances_and_pruning(store, tmp_path):
     assert "Pruned trials stopped at step 30 (median; 30–30), saving 30 of their 60 steps (50 %)" in readme
     imp = pd.read_csv(out / "importances.csv")
     assert set(imp["parameter"]) == {"adapter.r", "train.lr"} and imp.iloc[0]["parameter"] == "adapter.r"
+    fanova = optuna.importance.get_param_importances(  # the table is Optuna's seeded fANOVA, fitted once for both
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=["adapter.r", "train.lr"]
+    )
+    assert dict(zip(imp["parameter"], imp["importance"])) == pytest.approx({k: round(v, 4) for k, v in fanova.items()})
     board = pd.read_csv(out / "leaderboard.csv")
     assert board.iloc[0]["eval_accuracy"] == pytest.approx(0.58) and len(board) == 7
     summary = pd.read_csv(out / "summary.csv")

@@ -239,28 +239,38 @@ def learning_curves(study, metric: str):
     return ax
 
 
-def optuna_views(study, params: list[str], metric: str, out: Path) -> dict[str, Path | str]:
+def optuna_views(study, params: list[str], metric: str, out: Path) -> tuple[dict[str, Path | str], dict[str, float]]:
     """Optuna's own matplotlib views of a sweep's study, over the params that varied: learning curves (the evals the
     pruner judged, each pruned trial marked where it stopped), parallel coordinates, and fANOVA importances (of a
-    multi-objective study, of its first objective). Each name maps to its PNG, or to why it could not be drawn."""
+    multi-objective study, of its first objective). Each name maps to its PNG, or to why it could not be drawn; the
+    importances drawn come back too (empty when not drawn), for the report's table."""
     import optuna
     from optuna.visualization import matplotlib as ov
 
-    multi = len(study.directions) > 1
-    target = (lambda t: t.values[0]) if multi else None
+    target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
+    importances: dict[str, float] = {}
+
+    class Computed(optuna.importance.BaseImportanceEvaluator):
+        """Hands Optuna's plot the importances computed once (the plot takes an evaluator, not numbers)."""
+
+        def evaluate(self, study, params=None, *, target=None) -> dict[str, float]:
+            return dict(importances)
+
+    def draw_importances():
+        # fANOVA fits a random forest per call: fit it once, and draw the numbers the table shows.
+        importances.update(
+            optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), params=params, target=target
+            )
+        )
+        return ov.plot_param_importances(study, evaluator=Computed(), params=params, target=target, target_name=metric)
 
     draws = {
         "learning_curves": lambda: learning_curves(study, metric),
         "parallel_coordinates": lambda: ov.plot_parallel_coordinate(
             study, params=params, target=target, target_name=metric
         ),
-        "importances": lambda: ov.plot_param_importances(
-            study,
-            evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
-            params=params,
-            target=target,
-            target_name=metric,
-        ),
+        "importances": draw_importances,
     }
     views: dict[str, Path | str] = {}
     for name, draw in draws.items():
@@ -268,7 +278,7 @@ def optuna_views(study, params: list[str], metric: str, out: Path) -> dict[str, 
             views[name] = "no trial reported an intermediate value (a multi-objective study takes none)"
             continue
         views[name] = _optuna_png(draw, out / f"{name}.png")
-    return views
+    return views, importances if isinstance(views["importances"], Path) else {}
 
 
 def pareto_front(study, path: Path) -> Path | str:

@@ -651,7 +651,6 @@ def _study(sweep: runs.Sweep):
 def _optuna_sections(sweep: runs.Sweep, metric: str, out: Path) -> list[str]:
     """Optuna's learning curves, parallel coordinates and importances, over the dimensions that varied (a fixed
     seed, say, is left out), with the importances as a table too."""
-    import optuna
     from optuna.trial import TrialState
 
     study, note = _study(sweep)
@@ -660,7 +659,7 @@ def _optuna_sections(sweep: runs.Sweep, metric: str, out: Path) -> list[str]:
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
     names = sorted({p for t in finished for p in t.params})
     params = [p for p in names if len({json.dumps(t.params.get(p)) for t in finished}) > 1]
-    views = figures.optuna_views(study, params, metric, out)
+    views, importances = figures.optuna_views(study, params, metric, out)
     n = sum(t.state == TrialState.COMPLETE for t in finished)
     fixed = sorted(set(names) - set(params))
     md = [
@@ -683,14 +682,10 @@ def _optuna_sections(sweep: runs.Sweep, metric: str, out: Path) -> list[str]:
     for name, (heading, text) in titles.items():
         v = views[name]
         md += [f"### {heading}", text, f"![{name}]({name}.png)" if isinstance(v, Path) else f"_Not drawn: {v}_"]
-        if name == "importances" and isinstance(v, Path):
-            imp = optuna.importance.get_param_importances(
-                study,
-                evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
-                params=params,
-                target=(lambda t: t.values[0]) if len(study.directions) > 1 else None,
+        if name == "importances" and importances:
+            df = pd.DataFrame(
+                {"parameter": list(importances), "importance": [round(x, 4) for x in importances.values()]}
             )
-            df = pd.DataFrame({"parameter": list(imp), "importance": [round(x, 4) for x in imp.values()]})
             tables.write(df, df, out / "importances", "Optuna parameter importances.")
             md.append(tables.to_markdown(df))
     return md
