@@ -79,6 +79,24 @@ def test_leaderboard_marks_only_finished_trials_on_the_front():
     assert dict(zip(board["trial"], board["pareto"])) == {"0": True, "1": True, "2": False, "3": False}
 
 
+def test_a_searched_seed_is_one_leaderboard_column():
+    """paper_table6 grids over seed: params.seed and the derived `seed` column once made two columns of one name."""
+    trials = pd.DataFrame(
+        {
+            "tags.optuna_trial": ["0", "1"],
+            "state": ["COMPLETE", "COMPLETE"],
+            "metrics.eval_accuracy": [0.7, 0.8],
+            "params.adapter.r": ["1", "64"],
+            "params.seed": ["0", "1"],
+            "seed": pd.array([0, 1], dtype="Int64"),
+            "run_id": list("ab"),
+        }
+    )
+    board = leaderboard(trials, ["seed", "adapter.r"], "eval_accuracy", "max")
+    assert list(board.columns) == ["trial", "state", "eval_accuracy", "adapter.r", "seed", "run_id"]
+    assert board["seed"].tolist() == [1, 0]
+
+
 # ------------------------------------------------------------------ sweep.max_cost: bounds on predicted costs
 
 

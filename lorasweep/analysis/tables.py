@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from lorasweep.analysis import paper
+from lorasweep.analysis.runs import SEED_KEYS
 
 
 def group_stats(trials: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
@@ -166,7 +167,7 @@ def leaderboard(
         col: metric,
         **others,
         **{c: c.removeprefix("metrics.") for c in sorted(trials) if c.startswith("metrics.eval_") and c != col},
-        **{f"params.{d}": d for d in dims},
+        **{f"params.{d}": d for d in dims if d not in SEED_KEYS},  # a searched seed is the `seed` column
         "seed": "seed",
         "tags.overrides": "overrides",
         "tags.failure_reason": "failure_reason",
