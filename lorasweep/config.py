@@ -82,7 +82,8 @@ def _check_overrides(overrides) -> None:
         raise ConfigError("override", " ".join(overrides), f"Hydra rejected it: {str(e).strip().splitlines()[0]}")
     for o in parsed:
         value = None if o.is_delete() else o.value()
-        if o.key_or_group in schema.FIELDS and not o.is_delete() and "${" not in str(value):
+        group = (CONF_DIR / o.key_or_group).is_dir()  # sweep=<name> picks a file of the group, not a value
+        if o.key_or_group in schema.FIELDS and not group and not o.is_delete() and "${" not in str(value):
             schema.check_value(o.key_or_group, value)
 
 
@@ -98,9 +99,14 @@ def _refusal(e: Exception, overrides) -> ConfigError:
     return ConfigError("override", " ".join(overrides), f"Hydra rejected it: {first}")
 
 
-def _given(key: str, overrides) -> str | None:
-    """The value an override gave `key` (for the message), or None when a preset set it."""
-    return next((o.partition("=")[2] for o in overrides if o.lstrip("+~").partition("=")[0] == key), None)
+def _given(key: str, overrides):
+    """The value an override gave `key`, as Hydra parses it (for the message), or None when a preset set it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for o in OverridesParser.create().parse_overrides(list(overrides)):
+        if o.key_or_group == key and not o.is_delete():
+            return o.value()
+    return None
 
 
 def _check_keys(cfg: DictConfig, prefix: str = "") -> None:

@@ -32,7 +32,7 @@ BAD = [
     (["data.source=hub", "data.path=nobody/not-cached-dataset"], "data.path='nobody/not-cached-dataset'"),
     (["data.eval_size=0"], "data.eval_size=0"),
     (["data.train_size=100000"], "data.train_size=100000"),
-    (["adapter.r=8", "adapter.nope=1"], "override="),
+    (["adapter.r=8", "adapter.nope=1"], "adapter.nope=1 is not allowed: not a config field"),
     (["adapter.r=[1,2"], "override="),
     (["model=nonexistent"], "override="),
     (["adapter.targets=[spectrum:0%]"], "adapter.targets='spectrum:0%'"),
