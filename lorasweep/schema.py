@@ -345,16 +345,26 @@ def store() -> None:
     ConfigStore.instance().store(name="lorasweep_schema", node=Root)
 
 
-def markdown() -> str:
-    """The field reference as a Markdown table: field, type or allowed values, default, help."""
-    rows = ["| field | allowed | default | help |", "|---|---|---|---|"]
+def _rows() -> Iterator[tuple[str, str, str, str]]:
+    """(path, allowed, default, help) of every field, the sweep file's keys last."""
     for path, fl in [*leaves(), *leaves(SweepCfg, "sweep.")]:
         if path == "sweep":
             continue
         default = fl.default_factory() if fl.default is dataclasses.MISSING else fl.default
-        default = "null" if default is None else str(default).lower() if isinstance(default, bool) else default
-        allowed = fl.metadata["check"].allowed.replace("|", "\\|")
-        help = fl.metadata["help"].replace("|", "\\|")
+        default = "null" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
+        yield path, fl.metadata["check"].allowed, default, fl.metadata["help"]
+
+
+def listing() -> str:
+    """The field reference for a terminal: each field, its default, then what it takes and what it does."""
+    return "".join(f"{p} = {d}\n    {a}; {h}\n" for p, a, d, h in _rows())
+
+
+def markdown() -> str:
+    """The field reference as a Markdown table: field, type or allowed values, default, help."""
+    rows = ["| field | allowed | default | help |", "|---|---|---|---|"]
+    for path, allowed, default, help in _rows():
+        allowed, help = allowed.replace("|", "\\|"), help.replace("|", "\\|")
         rows.append(f"| `{path}` | {allowed} | `{default}` | {help} |")
     return "\n".join(rows) + "\n"
 
