@@ -89,7 +89,9 @@ def _check_overrides(overrides) -> None:
 
 def _refusal(e: Exception, overrides) -> ConfigError:
     """Hydra's or OmegaConf's error as the one-line ConfigError of the field it names."""
-    cause = e if isinstance(e, OmegaConfBaseException) else e.__cause__
+    cause = e
+    while cause is not None and not isinstance(cause, OmegaConfBaseException):
+        cause = cause.__cause__ or cause.__context__  # Hydra wraps OmegaConf's error, once per config it was composing
     key = getattr(cause, "full_key", None)
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and key:
         return _unknown(key, _given(key, overrides))
