@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 from hydra import compose as hydra_compose
@@ -98,6 +99,10 @@ def _refusal(e: Exception, overrides) -> ConfigError:
     if isinstance(cause, OmegaConfBaseException) and key in schema.FIELDS:
         return ConfigError(key, _given(key, overrides), schema.FIELDS[key].metadata["check"].allowed)
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    missing = re.search(r"Could not find '(\w+)/([^']+)'", first)
+    if missing and (CONF_DIR / missing[1]).is_dir():  # a preset that does not exist: list those that do
+        presets = sorted(p.stem for p in (CONF_DIR / missing[1]).glob("*.yaml"))
+        return ConfigError(missing[1], missing[2], f"one of {presets}")
     return ConfigError("override", " ".join(overrides), f"Hydra rejected it: {first}")
 
 

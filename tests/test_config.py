@@ -34,7 +34,7 @@ BAD = [
     (["data.train_size=100000"], "data.train_size=100000"),
     (["adapter.r=8", "adapter.nope=1"], "adapter.nope=1 is not allowed: not a config field"),
     (["adapter.r=[1,2"], "override="),
-    (["model=nonexistent"], "override="),
+    (["model=nonexistent"], "model='nonexistent' is not allowed: one of ['big_vocab_random'"),
     (["adapter.targets=[spectrum:0%]"], "adapter.targets='spectrum:0%'"),
     (["adapter.targets=[spectrum:150%]"], "adapter.targets='spectrum:150%'"),
     (["adapter.targets=[q,spectrum:lots]"], "adapter.targets='spectrum:lots'"),
