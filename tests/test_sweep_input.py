@@ -56,7 +56,7 @@ def test_bad_sweep_input_is_one_line_exit_2_and_nothing_created(argv, starts, me
     "argv,starts",
     [
         (["model=llama2_7b", "adapter.r=0", "--json"], "adapter.r=0"),
-        (["model=nosuch"], "override="),
+        (["model=nosuch"], "model='nosuch' is not allowed: one of "),
     ],
 )
 def test_bad_estimate_input_is_one_line_exit_2(argv, starts, capsys):
