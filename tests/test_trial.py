@@ -105,11 +105,23 @@ def test_tiny_llama_trial_per_variant(variant, store):
 @pytest.mark.slow
 @pytest.mark.parametrize("variant,quant", [("adalora", "nf4"), ("dora", "fp4"), ("vera", "int8"), ("ia3", "nf4")])
 def test_other_variants_on_quantized_bases(variant, quant, store):
-    summary = run_trial(
-        compose(
-            [*TINY, f"quant={quant}", f"adapter.variant={variant}", "train.max_steps=2", "tracking.save_adapter=false"]
-        )
+    """The variant's own modules wrap bitsandbytes' quantized layers (not full-precision ones), and it trains."""
+    import bitsandbytes as bnb
+
+    from lorasweep import model
+
+    cfg = compose(
+        [*TINY, f"quant={quant}", f"adapter.variant={variant}", "train.max_steps=2", "tracking.save_adapter=false"]
     )
+    tuned, _ = model.load(cfg, model.targets(cfg, None)[0], 4, None)
+    quantized = bnb.nn.Linear8bitLt if quant == "int8" else bnb.nn.Linear4bit
+    own = {"adalora": "lora_E", "dora": "lora_magnitude_vector", "vera": "vera_lambda_b", "ia3": "ia3_l"}[variant]
+    adapted = [m for m in tuned.modules() if hasattr(m, "get_base_layer") and hasattr(m, own)]
+    assert adapted and all(isinstance(m.get_base_layer(), quantized) for m in adapted), [type(m) for m in adapted]
+    assert any(p.requires_grad for m in adapted for n, p in m.named_parameters() if own in n)
+    if quant != "int8":
+        assert all(m.get_base_layer().weight.quant_type == quant for m in adapted)
+    summary = run_trial(cfg)
     assert summary["steps"] == 2 and summary["eval_loss"] > 0
 
 
