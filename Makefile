@@ -43,9 +43,12 @@ bench: setup
 	for b in bench_spectra.py bench_trial_overhead.py bench_sweep.py bench_vs_script.py calibrate_estimate.py; do \
 		echo "== $$b"; $(OFFLINE) $(PY) benchmarks/$$b || exit 1; done
 
-# The MLflow UI over the default local store, on loopback only.
+# The MLflow UI over a store (the default local one, or STORE=... as a sweep's last lines print it), on loopback
+# only, served the lean way the sweep's own log server is: one process, no job runner or task consumers.
+STORE ?= $(or $(MLFLOW_TRACKING_URI),sqlite:///mlflow.db)
+PORT  ?= 5000
 ui: setup
-	$(VENV)/bin/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} --host 127.0.0.1 --port 5000
+	$(PY) -m lorasweep.logserver ui $(STORE) $(PORT)
 
 clean:
 	rm -rf $(VENV) mlruns mlflow.db

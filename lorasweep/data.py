@@ -198,8 +198,11 @@ def _splits(cfg: DictConfig) -> dict[str, pd.DataFrame]:
         if count < 1:
             raise ConfigError(field, size, f"a size giving at least 1 row ({len(table) - start} rows remain for it)")
         if start + count > len(table):
+            instead = "null takes the rest" if name == "train" else "0.1 takes a tenth"
             raise ConfigError(
-                field, size, f"at most {len(table) - start} rows remain for it ({len(table)} usable rows)"
+                field,
+                size,
+                f"at most {len(table) - start} rows remain for it ({len(table)} usable rows); {field}={instead}",
             )
         out[name] = table.iloc[start : start + count]
         start += count

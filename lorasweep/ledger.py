@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shlex
 
 import mlflow
@@ -17,6 +18,11 @@ from mlflow.entities import Param, RunTag
 from optuna.trial import TrialState
 
 from lorasweep import compare, warmstart
+
+# Imported by a sweep's driver and workers only. MLflow prints "View run ... at <server>" for each run it ends on a
+# tracking server; a sweep's server is gone when the sweep ends, so these are dead links. The sweep's last lines say
+# once how to open it afterwards (tracking.how_to_open).
+os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
 RUN_ID = "mlflow_run_id"  # Optuna user attribute: the trial's MLflow child run
 KILLED = "killed"  # Optuna user attribute: FAIL because the sweep stopped it, not because of its config

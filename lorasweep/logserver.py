@@ -5,6 +5,9 @@ sqlite takes one writer at a time; a single server process serialises every tria
 ~2.3 GB here); a sweep needs only the tracking API, so this runs MLflow's own app in one uvicorn process with job
 execution off. It exits when its driver dies, however the driver dies: PR_SET_PDEATHSIG, and a watchdog on the
 parent pid for where that signal is not delivered.
+
+`make ui` serves a store the same lean way, in the foreground (`python -m lorasweep.logserver ui STORE`), on
+127.0.0.1 only: the dashboard of sweeps that have ended.
 """
 
 from __future__ import annotations
@@ -106,7 +109,8 @@ def serving(backend_uri: str, artifact_root: Path, sweep_dir: Path, host: str = 
         stop(proc)
 
 
-def _serve(backend_uri: str, artifact_root: str, host: str, port: int, parent: int) -> None:
+def _serve(backend_uri: str, artifact_root: str, host: str, port: int, parent: int | None) -> None:
+    """MLflow's app in this one process; with parent, only as long as that process lives."""
     from mlflow.server.constants import ARTIFACT_ROOT_ENV_VAR, BACKEND_STORE_URI_ENV_VAR
 
     # What `mlflow server` hands its workers, set before MLflow's app reads it.
@@ -119,13 +123,24 @@ def _serve(backend_uri: str, artifact_root: str, host: str, port: int, parent: i
             time.sleep(0.5)
         os._exit(0)
 
-    threading.Thread(target=watchdog, daemon=True).start()
+    if parent is not None:
+        threading.Thread(target=watchdog, daemon=True).start()
     import uvicorn
     from mlflow.server.fastapi_app import app
 
     uvicorn.run(app, host=host, port=port, workers=1, log_level="warning", access_log=False)
 
 
+def ui(backend_uri: str, port: int = 5000) -> None:
+    """The MLflow UI over a store, lean, on loopback, until Ctrl-C. New artifacts would go under ./mlruns, as the
+    sweep's own server puts them; runs already logged keep their own artifact location."""
+    print(f"MLflow UI over {backend_uri}: http://127.0.0.1:{port}/#/experiments (Ctrl-C stops it)", flush=True)
+    _serve(backend_uri, str(Path("mlruns").resolve()), "127.0.0.1", port, None)
+
+
 if __name__ == "__main__":
-    uri, root, h, p, ppid = sys.argv[1:6]
-    _serve(uri, root, h, int(p), int(ppid))
+    if sys.argv[1] == "ui":  # python -m lorasweep.logserver ui STORE [PORT]
+        ui(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 5000)
+    else:
+        uri, root, h, p, ppid = sys.argv[1:6]
+        _serve(uri, root, h, int(p), int(ppid))

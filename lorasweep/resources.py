@@ -2,6 +2,7 @@
 
 from omegaconf import DictConfig
 
+from lorasweep import storage
 from lorasweep.errors import ConfigError
 
 SHARES = (0.125, 0.25, 0.5, 1.0)  # GPU shares gpus_per_trial=auto picks from
@@ -48,6 +49,7 @@ def share_of(cfg: DictConfig) -> float:
 def check_engine(cfg: DictConfig) -> None:
     """Engine fields, before the sweep's MLflow run exists (auto shares need the GPU's size up front)."""
     e = cfg.engine
+    storage.check(e.storage)
     c = e.cpus_per_trial
     if c != "auto" and (isinstance(c, bool) or not isinstance(c, (int, float)) or c <= 0):
         raise ConfigError("engine.cpus_per_trial", c, "auto, or a number > 0")

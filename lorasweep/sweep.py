@@ -175,6 +175,7 @@ def run_sweep(argv: list[str]) -> dict:
         if "mlflow" in sys.modules:  # the server is gone: later calls in this process use the store itself
             sys.modules["mlflow"].set_tracking_uri(direct)
     summary["sweep_dir"] = str(out)
+    summary["open"] = tracking.how_to_open(direct, state["parent_run_id"], state["storage"])
     summary["wall_s"] = time.time() - started
     return summary
 
@@ -557,5 +558,5 @@ def cli(argv: list[str]) -> int:
     if "best_command" in s:
         print(f"best: {s['best_value']:.4f}  rerun: {s['best_command']}")
         print(f"best adapter: {s['best_adapter']}")
-    print(f"leaderboard: {s['sweep_dir']}/leaderboard.md")
+    print(f"leaderboard: {s['sweep_dir']}/leaderboard.md", *s["open"], sep="\n")
     return 0

@@ -131,3 +131,27 @@ def log_generations(rows: dict[str, list]) -> None:
         mlflow.log_table(rows, artifact_file="generations.json")
     finally:
         os.environ.pop(bar) if before is None else os.environ.update({bar: before})
+
+
+def how_to_open(store: str, parent_run_id: str, optuna_storage: str) -> list[str]:
+    """The commands that open a sweep in the MLflow UI and in optuna-dashboard once the sweep (and its log server)
+    has ended. The URL opens the Model-training view (the UI's GenAI switch follows workflowType, not the experiment's
+    kind tag) on this sweep's parent run with its trials nested under it; checked in a real browser by
+    tests/test_dashboard.py."""
+    from urllib.parse import quote
+
+    run = mlflow.MlflowClient(store).get_run(parent_run_id)
+    sweep_id = run.data.tags["sweep_id"]
+    search = quote(f"tags.sweep_id = '{sweep_id}'", safe="")
+    page = f"#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning&searchFilter={search}"
+    if store.startswith(("http://", "https://")):  # a tracking server of the user's own: it outlives the sweep
+        mlflow_line = f"  mlflow: {store.rstrip('/')}/{page}"
+    else:
+        if store.startswith("sqlite:///") and not store.startswith("sqlite:////"):  # relative: make it absolute
+            store = f"sqlite:///{Path(store[len('sqlite:///') :]).resolve()}"
+        mlflow_line = f"  mlflow: make ui STORE={store}   then open http://127.0.0.1:5000/{page}"
+    return [
+        "open this sweep (after it has ended too):",
+        mlflow_line,
+        f"  optuna: optuna-dashboard {optuna_storage} --host 127.0.0.1   (pip install -e '.[dashboard]')",
+    ]

@@ -285,7 +285,35 @@ def test_low_rank_verdict():
     assert v["ΔWv:"]["verdict"].startswith("disagree")
 
 
+def test_a_single_seed_has_no_std_and_shows_a_dash_not_nan():
+    t = pd.DataFrame({"r": [64], "metrics.energy_rank95_q_mean": [19.5]})
+    (v,) = verdicts.spectra_verdicts(t)
+    assert v["ours"] == "k = 19.5 ± – of r = 64 (n=1)"
+    two = verdicts.spectra_verdicts(pd.DataFrame({"r": [64, 64], "metrics.energy_rank95_q_mean": [19.0, 20.0]}))
+    assert two[0]["ours"] == f"k = 19.5 ± {math.sqrt(0.5):.1f} of r = 64 (n=2)"  # sample std of 19 and 20 by hand
+
+
 # ----------------------------------------------------------------------------------------- reports end to end
+
+
+def test_report_imports_no_bitsandbytes_and_prints_no_kernel_failure(store, tmp_path):
+    """`lorasweep report` on a sweep with adapters (the subspace figures read them) in a fresh process, offline:
+    bitsandbytes is never imported, so nothing about its hub kernel is printed."""
+    import subprocess
+    import sys
+
+    sweep_id, _ = make_sweep(tmp_path, "paper_table6", TABLE6_CELLS, adapters=True)
+    code = (
+        "import sys; from lorasweep.cli import main; rc = main(['report', sys.argv[1], '--no-log']); "
+        "print('bitsandbytes imported:', 'bitsandbytes' in sys.modules); sys.exit(rc)"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code, sweep_id], capture_output=True, text=True, timeout=900, cwd=tmp_path
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "bitsandbytes imported: False" in p.stdout
+    assert "kernels-community" not in p.stdout + p.stderr and "gemm_4bit" not in p.stdout + p.stderr
+    assert (tmp_path / "reports" / sweep_id / "subspace.csv").exists()  # the adapters were read
 
 
 def test_table6_report_from_mlflow(store, tmp_path):

@@ -41,12 +41,14 @@ def test_bad_objectives_name_the_field(overrides, field):
     assert e.value.field == field
 
 
-def test_an_objective_no_trial_logs_is_refused_before_anything_starts(capsys):
+def test_an_objective_no_trial_logs_is_refused_before_anything_starts(store, tmp_path, capsys):
     from lorasweep.cli import main
+    from tests.conftest import all_runs
 
-    assert main(["sweep", *BASE, "+sweep.objectives={eval_loss:min,vram_gb:min}"]) == 2
+    assert main(["sweep", *BASE, "+sweep.objectives={eval_loss:min,vram_gb:min}"]) == 2  # run in tmp_path (store)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "sweep.objectives.vram_gb" in err[0] and "peak_memory_mb" in err[0]
+    assert all_runs(store) == [] and not (tmp_path / "sweeps_out").exists()
 
 
 def test_pareto_set_on_known_points():

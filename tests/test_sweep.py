@@ -104,6 +104,7 @@ def test_best_trial_and_its_rerun_command(mode, store, capsys):
         "{name:asha,time_attr:step,grace_period:2,reduction_factor:2,max_t:6}",
         "{name:successive_halving,min_resource:2,reduction_factor:2}",
         "{name:hyperband,min_resource:2,max_resource:6,reduction_factor:2}",
+        "{name:percentile,percentile:25,n_startup_trials:1,n_warmup_steps:0}",
     ],
 )
 def test_pruned_trials_are_the_same_in_optuna_and_mlflow(pruner, store):
@@ -517,7 +518,10 @@ def postgres():
 
     initdb, pg_ctl = _server_bin("initdb"), _server_bin("pg_ctl")
     if not (initdb and pg_ctl):
-        pytest.skip("no PostgreSQL server binary here (initdb, pg_ctl): apt-get install postgresql")
+        why = "no PostgreSQL server binary here (initdb, pg_ctl): apt-get install postgresql"
+        if os.environ.get("CI") or os.environ.get("LORASWEEP_CI"):  # CI installs it (.ci/run): missing is a failure
+            pytest.fail(why)
+        pytest.skip(why)
     import shutil
     import tempfile
 
@@ -589,3 +593,26 @@ def test_resume_records_a_trial_asked_for_but_never_opened(store, tmp_path):
     assert run.data.tags["mlflow.parentRunId"] == parent and run.data.params == {
         "adapter.r": str(trial.params["adapter.r"])
     }
+
+
+@pytest.mark.parametrize("sampler,attr", [("nsga2", "NSGAIISampler:generation"), ("cmaes", "cma:")])
+def test_nsga2_and_cmaes_sweeps_sample_with_their_sampler_and_resume_by_sweep_id(sampler, attr, store):
+    """Each sampler leaves its own bookkeeping on the trials it sampled (NSGA-II its generation, CMA-ES its
+    state, from the second trial on: the first is its random start-up); resume=<sweep id> continues that study
+    and parent run to the larger budget without rerunning a trial."""
+    lr, dropout = "{kind:logfloat,low:1.0e-3,high:1.0e-2}", "{kind:float,low:0.0,high:0.1}"  # CMA-ES: 2+ floats
+    space = f"+sweep.space={{train:{{lr:{lr}}},adapter:{{dropout:{dropout}}}}}"
+    argv = ["sweep=smoke", "~sweep.space", space, "~sweep.sampler", f"+sweep.sampler={{name:{sampler},seed:0}}"]
+    argv += ["sweep.pruner.name=none", "train.max_steps=2", "sweep.num_trials=2"]
+    first = run_sweep(argv)
+    sweep_id = Path(first["sweep_dir"]).name
+    parent = json.loads((Path(first["sweep_dir"]) / "state.json").read_text())["parent_run_id"]
+    before = {t.number: t.params for t in study_of(first["sweep_dir"]).trials}
+    again = run_sweep([*argv[:-1], "sweep.num_trials=3", f"resume={sweep_id}"])
+    assert again["sweep_dir"] == first["sweep_dir"] and again["counts"] == {"COMPLETE": 3}
+    study = study_of(first["sweep_dir"])
+    client, parent_again, runs = children(store, first["sweep_dir"])
+    assert parent_again == parent and same_states(runs, study) == {0: "COMPLETE", 1: "COMPLETE", 2: "COMPLETE"}
+    assert {t.number: t.params for t in study.trials[:2]} == before
+    sampled_by_it = [t.number for t in study.trials if any(k.startswith(attr) for k in t.system_attrs)]
+    assert sampled_by_it == ([0, 1, 2] if sampler == "nsga2" else [1, 2]), [t.system_attrs for t in study.trials]

@@ -20,7 +20,7 @@ BAD = [
     (
         ["sweep=rank_alpha", "data.source=file", "data.format=csv", "data.encoding=utf-8", "CSV"],
         "data.train_size=4800",
-        "rows remain",
+        "rows remain for it (2225 usable rows); data.train_size=null takes the rest",
     ),
     (["sweep=smoke", "+adapter.bogus=1"], "adapter.bogus=1", "not a config field"),
     (["sweep=smoke", "+train.max_step=9"], "train.max_step=9", "did you mean train.max_steps?"),
@@ -38,6 +38,9 @@ BAD = [
     (["sweep=smoke", "adapter.targets=[nonsense]"], "adapter.targets='nonsense'", ""),
     (["sweep=smoke", "data.chat_template=true"], "data.chat_template=True", "has no chat template"),
     (["sweep=smoke", "+sweep.warm_start=nosuch"], "sweep.warm_start='nosuch'", "a sweep id or name"),
+    (["sweep=rank_alpha", "engine.storage=notaurl://x"], "engine.storage='notaurl://x'", "SQLAlchemy database URL"),
+    (["sweep=smoke", "engine.storage=not a url"], "engine.storage='not a url'", "Could not parse"),
+    (["sweep=smoke", "engine.storage='mysql+nosuchdriver://u@h/d'"], "engine.storage=", "SQLAlchemy database URL"),
 ]
 
 
@@ -50,6 +53,12 @@ def test_bad_sweep_input_is_one_line_exit_2_and_nothing_created(argv, starts, me
     assert err.startswith(f"lorasweep: error: {starts}") and "is not allowed" in err and mentions in err, err
     assert all_runs(store) == []
     assert not (tmp_path / "sweeps_out").exists()
+
+
+def test_bad_storage_url_is_refused_by_the_dry_run_too(store, tmp_path, capsys):
+    assert main(["sweep", "sweep=smoke", "engine.storage=notaurl://x", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lorasweep: error: engine.storage='notaurl://x' is not allowed") and "\n" not in err, err
 
 
 @pytest.mark.parametrize(

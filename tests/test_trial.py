@@ -105,11 +105,23 @@ def test_tiny_llama_trial_per_variant(variant, store):
 @pytest.mark.slow
 @pytest.mark.parametrize("variant,quant", [("adalora", "nf4"), ("dora", "fp4"), ("vera", "int8"), ("ia3", "nf4")])
 def test_other_variants_on_quantized_bases(variant, quant, store):
-    summary = run_trial(
-        compose(
-            [*TINY, f"quant={quant}", f"adapter.variant={variant}", "train.max_steps=2", "tracking.save_adapter=false"]
-        )
+    """The variant's own modules wrap bitsandbytes' quantized layers (not full-precision ones), and it trains."""
+    import bitsandbytes as bnb
+
+    from lorasweep import model
+
+    cfg = compose(
+        [*TINY, f"quant={quant}", f"adapter.variant={variant}", "train.max_steps=2", "tracking.save_adapter=false"]
     )
+    tuned, _ = model.load(cfg, model.targets(cfg, None)[0], 4, None)
+    quantized = bnb.nn.Linear8bitLt if quant == "int8" else bnb.nn.Linear4bit
+    own = {"adalora": "lora_E", "dora": "lora_magnitude_vector", "vera": "vera_lambda_b", "ia3": "ia3_l"}[variant]
+    adapted = [m for m in tuned.modules() if hasattr(m, "get_base_layer") and hasattr(m, own)]
+    assert adapted and all(isinstance(m.get_base_layer(), quantized) for m in adapted), [type(m) for m in adapted]
+    assert any(p.requires_grad for m in adapted for n, p in m.named_parameters() if own in n)
+    if quant != "int8":
+        assert all(m.get_base_layer().weight.quant_type == quant for m in adapted)
+    summary = run_trial(cfg)
     assert summary["steps"] == 2 and summary["eval_loss"] > 0
 
 
@@ -304,3 +316,63 @@ def test_a_trial_on_a_warm_worker_matches_the_same_trial_in_a_fresh_process(stor
     assert len(loads) == 1  # the second trial reused the base model
     for k in ("eval_loss", "eval_accuracy", "eval_macro_f1", "test_loss", "train_loss_final"):
         assert warm[k] == pytest.approx(fresh.data.metrics[k], rel=1e-5, abs=1e-6), k
+
+
+def test_epochs_grad_accum_max_train_samples_checkpointing_and_length_grouping_reach_the_training(store):
+    """Through the trial's own Trainer, on tiny_llama: data.max_train_samples=10 rows, train.batch_size=2 and
+    train.grad_accum=2 (4 rows an optimizer step), train.epochs=2 (max_steps=0). By hand: ceil(10 / 4) = 3 steps an
+    epoch, 6 steps for 20 rows; without grad_accum it would take 10 steps, without max_train_samples 24, without
+    epochs 3. Gradient checkpointing is on in every training step; group_by_length picks transformers' length-grouped
+    sampler."""
+    from transformers import TrainerCallback
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from lorasweep import data, model, train
+    from lorasweep.trial import check
+
+    cfg = compose(
+        [
+            *TINY,
+            "train.max_steps=0",
+            "train.epochs=2",
+            "train.batch_size=2",
+            "train.grad_accum=2",
+            "data.max_train_samples=10",
+            "train.gradient_checkpointing=true",
+            "train.sampling=group_by_length",
+            "train.eval_every=100",
+        ]
+    )
+    parts, labels, targets, _ = check(cfg)
+    assert len(parts["train"]) == 10
+    tuned, tok = model.load(cfg, targets, train.total_steps(cfg, 10), labels)
+    datasets = data.tokenize(cfg, parts, tok, labels)
+    seen = {"rows": 0, "checkpointing": set()}
+
+    class Probe(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kw):
+            seen["checkpointing"].add(model.base_model.model.is_gradient_checkpointing)
+
+    tr = train.trainer(cfg, tuned, tok, datasets, [], (Probe(),))
+    collate = tr.data_collator
+
+    def counting(rows):  # every batch passes here; the ones taken while the model is in training mode are trained on
+        seen["rows"] += len(rows) if tuned.training else 0
+        return collate(rows)
+
+    tr.data_collator = counting
+    assert isinstance(tr._get_train_sampler(), LengthGroupedSampler)
+    tr.train()
+    assert tr.state.global_step == 6 and seen["rows"] == 20 and tr.state.epoch == 2
+    assert seen["checkpointing"] == {True}
+
+
+def test_system_metrics_are_logged_when_asked(store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")  # a tiny trial ends in seconds
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
+    on = run_trial(compose([*TINY, "tracking.system_metrics=true", "tracking.save_adapter=false"]))
+    off = run_trial(compose([*TINY, "tracking.system_metrics=false", "tracking.save_adapter=false"]))
+    client = mlflow.MlflowClient(store)
+    logged = {k for k in client.get_run(on["run_id"]).data.metrics if k.startswith("system/")}
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= logged, logged
+    assert not any(k.startswith("system/") for k in client.get_run(off["run_id"]).data.metrics)

@@ -303,7 +303,7 @@ def _effective_rank_table(complete: pd.DataFrame, out: Path) -> str:
                     "module type": mtype,
                     "weight type": w,
                     "r": int(r),
-                    "energy rank 95 %": f"{vals.mean():.2f} ± {std:.2f}",
+                    "energy rank 95 %": tables.pm(vals.mean(), std, 2),
                     "n": len(vals),
                     "k / r": f"{vals.mean() / int(r):.2f}",
                 }

@@ -46,8 +46,9 @@ def phi(a1: torch.Tensor, a2: torch.Tensor, i: int, j: int) -> float:
 
 def load_lora_a(run_id: str, uri: str, dst: Path) -> dict[str, torch.Tensor]:
     """The lora_A weight of every adapted module of a trial, by module name, read from its logged adapter
-    through PEFT's loader. Raises FileNotFoundError when the trial saved no adapter."""
-    from peft.utils import load_peft_weights
+    (safetensors, which is what PEFT's loader reads it with; importing PEFT would import bitsandbytes, which a report
+    does not need). Raises FileNotFoundError when the trial saved no adapter."""
+    from safetensors.torch import load_file
 
     try:
         path = Path(
@@ -57,9 +58,9 @@ def load_lora_a(run_id: str, uri: str, dst: Path) -> dict[str, torch.Tensor]:
         )
     except (mlflow.exceptions.MlflowException, OSError) as e:
         raise FileNotFoundError(f"run {run_id} has no adapter artifact: {e}") from None
-    if not (path / ADAPTER_FILE).exists():  # else PEFT would look on the Hub
+    if not (path / ADAPTER_FILE).exists():
         raise FileNotFoundError(f"run {run_id} has no adapter/{ADAPTER_FILE}")
-    weights = load_peft_weights(str(path), device="cpu")
+    weights = load_file(str(path / ADAPTER_FILE), device="cpu")
     return {module_name(k): v for k, v in weights.items() if k.endswith("lora_A.weight")}
 
 

@@ -39,6 +39,11 @@ def fmt_ms(mean: float, std: float, unit: str) -> str:
     return f"{mean:.{d}f} ± {std:.{d}f}"
 
 
+def pm(mean: float, std: float, decimals: int) -> str:
+    """'19.5 ± 1.2' at fixed decimals; a single seed (std nan) shows ± –, as fmt_ms does."""
+    return f"{mean:.{decimals}f} ± " + ("–" if std is None or not math.isfinite(std) else f"{std:.{decimals}f}")
+
+
 def weights_order(labels: list[str]) -> list[str]:
     """The paper's rows first (Table 5 order), then any other weight sets alphabetically."""
     known = [paper.label(t) for t in paper.TABLE5]

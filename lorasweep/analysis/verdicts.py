@@ -14,7 +14,7 @@ import math
 import pandas as pd
 
 from lorasweep.analysis import paper
-from lorasweep.analysis.tables import fmt_ms
+from lorasweep.analysis.tables import fmt_ms, pm
 
 CHI2_1_99 = 6.635  # 99th percentile of chi-square(1): a random unit vector's cos² with a fixed one is below 6.635/k
 TOP_SHARED = 0.5  # paper §7.2: r=8 and r=64 share a top direction "with normalized similarity > 0.5"
@@ -289,7 +289,7 @@ def spectra_verdicts(trials: pd.DataFrame) -> list[dict]:
         if r < 4:
             out.append(_row(claim, paper_says, f"k = {k:.1f}", None, None, None, "", "needs r ≥ 4"))
             continue
-        ours = f"k = {k:.1f} ± {vals.std(ddof=1) if len(vals) > 1 else float('nan'):.1f} of r = {r} (n={len(vals)})"
+        ours = f"k = {pm(k, vals.std(ddof=1) if len(vals) > 1 else math.nan, 1)} of r = {r} (n={len(vals)})"
         out.append(
             _row(
                 claim,
