@@ -120,9 +120,12 @@ def test_full_and_ia3_counts_equal_the_loaded_model(model: str, variant: str) ->
         assert est["trainable"] == est["total"] and est["trainable_pct"] == 100
 
 
-def closed_form(s: dict, alias: str, r: int) -> int:
-    """LoRA params per alias from the architecture alone: r x (in + out) per adapted Linear, times the depth."""
-    h, i, hq, kv = s["h"], s["i"], s["heads"] * s["head_dim"], s["kv_heads"] * s["head_dim"]
+def closed_form(c, alias: str, r: int) -> int:
+    """LoRA params per alias from the preset's own architecture block (the published config.json fields), not the
+    estimator's reading of it: r x (in + out) per adapted Linear, times the depth."""
+    head_dim = c.get("head_dim") or c.hidden_size // c.num_attention_heads  # Gemma-3 states its own (256)
+    h, i = c.hidden_size, c.intermediate_size
+    hq, kv = c.num_attention_heads * head_dim, c.num_key_value_heads * head_dim
     shapes = {"q": (h, hq), "k": (h, kv), "v": (h, kv), "o": (hq, h), "gate": (h, i), "up": (h, i), "down": (i, h)}
     groups = {
         "q": ["q"],
@@ -132,16 +135,15 @@ def closed_form(s: dict, alias: str, r: int) -> int:
         "mlp": ["gate", "up", "down"],
         "all-linear": list(shapes),
     }
-    return s["layers"] * sum(r * sum(shapes[m]) for m in groups[alias])
+    return c.num_hidden_layers * sum(r * sum(shapes[m]) for m in groups[alias])
 
 
 @pytest.mark.parametrize("model", BIG)
 def test_counts_on_big_architectures_match_closed_form(model: str) -> None:
     for alias in ALIASES:
-        est = E.estimate(
-            cfg_for(model, "adapter.r=16", f"adapter.targets=[{','.join(ALIASES[alias])}]"), batch_size=1, seq_len=8
-        )
-        assert est["params"]["trainable"] == closed_form(est["architecture"], alias, 16), alias
+        cfg = cfg_for(model, "adapter.r=16", f"adapter.targets=[{','.join(ALIASES[alias])}]")
+        est = E.estimate(cfg, batch_size=1, seq_len=8)
+        assert est["params"]["trainable"] == closed_form(cfg.model.config, alias, 16), alias
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
