@@ -5,6 +5,7 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from peft import AdaLoraConfig, IA3Config, LoraConfig, VeraConfig, get_peft_model
@@ -47,7 +48,9 @@ def test_singular_values_formed_matrix_and_tuple() -> None:
     m = torch.randn(20, 30, dtype=torch.float64)
     torch.testing.assert_close(measure.singular_values(m), torch.linalg.svdvals(m))
     b, a = torch.randn(20, 4), torch.randn(4, 30)
-    torch.testing.assert_close(measure.singular_values((b, a, 3.0)), measure.singular_values(b, a, 3.0))
+    torch.testing.assert_close(  # the (B, A, s) tuple: the spectrum of s·B·A formed, which has rank 4
+        measure.singular_values((b, a, 3.0)).double(), torch.linalg.svdvals(3.0 * b.double() @ a.double())[:4]
+    )
 
 
 def test_rank_stats_hand_checked() -> None:
@@ -213,8 +216,21 @@ def test_spectra_aggregate_and_files(method_model, tmp_path) -> None:
         expected |= {f"effective_rank_{t}_mean", f"energy_rank95_{t}_mean"}
     assert set(agg) == expected
     assert all(math.isfinite(v) for v in agg.values())
-    q = [r["effective_rank"] for r in rows if r["module_type"] == "q"]
-    assert agg["effective_rank_q_mean"] == pytest.approx(sum(q) / len(q))
+    layers = dict(adapted(model))
+
+    def effective_rank(name: str) -> float:
+        """Roy & Vetterli's exp(entropy of σ/Σσ), from numpy's SVD of the update the layer applies: its output on
+        the identity less its base layer's, so neither the module's factors nor its SVD are used."""
+        mod = layers[name]
+        eye = torch.eye(mod.get_base_layer().in_features, dtype=torch.float64)
+        with torch.no_grad():
+            dw = (mod(eye) - mod.get_base_layer()(eye)).numpy()
+        sv = np.linalg.svd(dw, compute_uv=False)
+        p = sv[sv > 0] / sv.sum()
+        return float(np.exp(-(p * np.log(p)).sum()))
+
+    q = [effective_rank(r["name"]) for r in rows if r["module_type"] == "q"]
+    assert agg["effective_rank_q_mean"] == pytest.approx(sum(q) / len(q), rel=1e-6)
 
     paths = measure.write_spectra(rows, tmp_path / "out")
     assert {p.name for p in paths} == {"spectra.csv", "spectra.json", "spectra.png"}
