@@ -364,7 +364,8 @@ def test_configs_over_max_cost_are_skipped_before_they_train_and_optuna_counts_t
 
 
 def test_three_concurrent_trials_build_the_model_cache_once(store, tmp_path, monkeypatch):
-    """An empty model cache and 3 trials at once that all need the config-built model: all train."""
+    """An empty model cache and 3 workers at once that all need the config-built model (each warms up on it, then
+    serves one trial): it is built once, and the 3 trials ran at the same time, shown by what they recorded."""
     monkeypatch.setenv("LORASWEEP_CACHE", str(tmp_path / "empty-cache"))  # the workers' cache, not the session's
     s = run_sweep(
         [
@@ -374,11 +375,20 @@ def test_three_concurrent_trials_build_the_model_cache_once(store, tmp_path, mon
             "sweep.pruner.name=none",
             *GRID_LR,
             "sweep.num_trials=3",
+            "train.max_steps=16",  # trials long beside the driver's launching one after another
         ]
     )
     assert s["counts"] == {"COMPLETE": 3}
-    built = [p.name for p in (tmp_path / "empty-cache" / "models").iterdir() if p.is_dir()]
-    assert len(built) == 1 and built[0].startswith("tiny_llama-")
+    # Built once: one folder beside its lock; a second build would have left its .tmp-<pid> folder (its rename onto
+    # the built folder fails).
+    built = sorted(p.name for p in (tmp_path / "empty-cache" / "models").iterdir())
+    assert len(built) == 2 and built[0].startswith("tiny_llama-") and built[1] == built[0] + ".lock", built
+    # At once: three worker processes, and each trial had loaded its model (its trainable_params, logged by its worker
+    # after the load) before any other trial ended. Recorded times in order, no margin.
+    client, _, runs = children(store, s["sweep_dir"])
+    assert len({r.data.tags["pid"] for r in runs}) == 3
+    loaded = [client.get_metric_history(r.info.run_id, "trainable_params")[0].timestamp for r in runs]
+    assert max(loaded) < min(r.info.end_time for r in runs), (loaded, [r.info.end_time for r in runs])
 
 
 def _leftovers(tmp_path: Path) -> list:
