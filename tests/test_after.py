@@ -18,6 +18,7 @@ from lorasweep.trial import run_trial
 from tests.test_trial import RANKED, TINY
 
 FORGET = ["tracking.forgetting=true", "tracking.forgetting_tokens=512", "tracking.forgetting_window=64"]
+MERGE_TOL = 1e-4  # max |logit difference| of a correct fp32 merge: float rounding only
 
 
 def _run(summary: dict) -> mlflow.entities.Run:
@@ -54,7 +55,7 @@ def test_fp32_merge_matches_unmerged_for_every_variant(variant, store):
     m = run.data.metrics
     _trained(m)
     assert not [k for k in run.data.tags if k.endswith("_check")]  # every variant merges on a float base
-    assert m["merge_max_abs_logit_diff"] <= 1e-4, m["merge_max_abs_logit_diff"]
+    assert m["merge_max_abs_logit_diff"] <= MERGE_TOL, m["merge_max_abs_logit_diff"]
     assert abs(m["merge_metric_delta"]) <= 1e-5 * summary["eval_perplexity"]
     assert "merge_requant_max_abs_logit_diff" not in m  # nothing to re-quantize
     # size: the saved safetensors; rank: against the limit
@@ -81,7 +82,7 @@ def test_quantized_merge_reports_dequantized_and_requantized(variant, quant, sto
     run = _run(summary)
     m, tags = run.data.metrics, run.data.tags
     # dequantized base + merged ΔW reproduces the 4-bit model: the layers compute with the dequantized weight
-    assert m["merge_max_abs_logit_diff"] <= 1e-4, m["merge_max_abs_logit_diff"]
+    assert m["merge_max_abs_logit_diff"] <= MERGE_TOL, m["merge_max_abs_logit_diff"]
     assert abs(m["merge_metric_delta"]) <= 1e-5 * summary["eval_perplexity"]
     if variant == "adalora":  # PEFT's AdaLoRA 4-bit layers have no merge: one line says so, no metrics
         why = tags["merge_requant_check"]
@@ -90,6 +91,63 @@ def test_quantized_merge_reports_dequantized_and_requantized(variant, quant, sto
     else:
         assert math.isfinite(m["merge_requant_max_abs_logit_diff"]) and m["merge_requant_max_abs_logit_diff"] > 0
         assert math.isfinite(m["merge_requant_metric_delta"])
+
+
+def _b_doubled(dup: nn.Module) -> None:  # every B scaled on its way into the merge
+    for mod in dup.modules():
+        if "default" in getattr(mod, "lora_B", {}):
+            mod.lora_B["default"].weight.data.mul_(2)
+
+
+def _wrong_scaling(dup: nn.Module) -> None:  # rsLoRA's α/√r where the adapter was trained with α/r
+    for mod in dup.modules():
+        if hasattr(mod, "scaling") and "default" in getattr(mod, "lora_A", {}):
+            mod.scaling["default"] = mod.lora_alpha["default"] / math.sqrt(mod.r["default"])
+
+
+def _one_module_left_out(dup: nn.Module) -> None:  # the last adapted layer's ΔW never reaches the merged weights
+    last = [mod for mod in dup.modules() if "default" in getattr(mod, "lora_B", {})][-1]
+    torch.nn.init.zeros_(last.lora_B["default"].weight)
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        _b_doubled,
+        _wrong_scaling,
+        _one_module_left_out,
+    ],
+    ids=["B_doubled", "rslora_scaling", "one_module_left_out"],
+)
+def test_merge_check_catches_a_wrong_merge_and_passes_the_right_one(wrong, tmp_path, monkeypatch):
+    """Negative control: merge_check, unchanged but for a merge broken on purpose (B scaled, the wrong scaling, a
+    module left out), reports a logit difference above the tolerance a correct merge stays under."""
+    import copy
+
+    cfg = compose([*TINY, "adapter.r=8", "tracking.merge_check=true"])  # r=8: α/√r is not α/r doubled
+    tuned, _ = model.load(cfg, model.targets(cfg, None)[0], 4, None)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # B starts at zero: give the adapter an update to merge, as training would
+        for name, p in tuned.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    ids = torch.randint(0, tuned.config.vocab_size, (2, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0  # padding: left out of the comparison
+    batches = [{"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}]
+
+    right, _ = after.merge_check(cfg, tuned, batches, tmp_path)
+    assert right["merge_max_abs_logit_diff"] <= MERGE_TOL, right
+
+    def wrong_merge(peft_model, quantized, adapter_dir):
+        dup = copy.deepcopy(peft_model)
+        wrong(dup)
+        return dup.merge_and_unload()
+
+    monkeypatch.setattr(after, "_merged_float", wrong_merge)
+    caught, _ = after.merge_check(cfg, tuned, batches, tmp_path)
+    assert caught["merge_max_abs_logit_diff"] > MERGE_TOL, caught
+    assert caught["merge_metric_delta"] != 0
 
 
 def test_merge_check_off_by_default_logs_size_only(store):
