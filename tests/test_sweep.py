@@ -521,17 +521,35 @@ def _server_bin(name: str) -> str | None:
     return found if isinstance(found, str) else (found[-1] if found else None)
 
 
+def _server_bins(*names: str) -> list[str]:
+    """The server's binaries. One missing fails the test in CI, which installs them (.ci/run sets LORASWEEP_CI; other
+    CIs set CI), and skips it elsewhere."""
+    found = [_server_bin(n) for n in names]
+    if not all(found):
+        why = f"no PostgreSQL server binary here ({', '.join(names)}): apt-get install postgresql"
+        if os.environ.get("CI") or os.environ.get("LORASWEEP_CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    return found
+
+
+@pytest.mark.parametrize("env,outcome", [({"LORASWEEP_CI": "1"}, "fail"), ({"CI": "true"}, "fail"), ({}, "skip")])
+def test_a_missing_postgres_server_fails_the_test_in_ci_and_skips_it_elsewhere(env, outcome, monkeypatch):
+    for key in ("CI", "LORASWEEP_CI"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    # the real finder (PATH, then Debian's /usr/lib/postgresql/*/bin), for a binary no install has
+    with pytest.raises(getattr(pytest, outcome).Exception, match=r"no PostgreSQL server binary here \(initdb, no-"):
+        _server_bins("initdb", "no-such-postgres-binary")
+
+
 @pytest.fixture
 def postgres():
     """A real PostgreSQL server on 127.0.0.1, started for this test (as the postgres user when run as root)."""
     import socket
 
-    initdb, pg_ctl = _server_bin("initdb"), _server_bin("pg_ctl")
-    if not (initdb and pg_ctl):
-        why = "no PostgreSQL server binary here (initdb, pg_ctl): apt-get install postgresql"
-        if os.environ.get("CI") or os.environ.get("LORASWEEP_CI"):  # CI installs it (.ci/run): missing is a failure
-            pytest.fail(why)
-        pytest.skip(why)
+    initdb, pg_ctl = _server_bins("initdb", "pg_ctl")
     import shutil
     import tempfile
 
