@@ -51,9 +51,19 @@ def _check_run(store: str, summary: dict, metric: str) -> mlflow.entities.Run:
     ]:
         assert name in m, name
     assert m["trainable_params"] > 0 and 0 < m["trainable_pct"] < 100
-    # the estimator's VRAM for this config, a cost a multi-objective sweep can minimise
+    # Trainable params counted twice: by PEFT on the trial's loaded model (logged), by the estimator on a meta-device
+    # model one block deep, times the depth.
     cfg = OmegaConf.create(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/config.yaml"))
-    assert m["est_vram_mb"] == pytest.approx(estimate.vram_mb(cfg)["est_vram_mb"])
+    est = estimate.estimate(cfg)
+    assert m["trainable_params"] == est["params"]["trainable"]
+    # est_vram_mb, a cost a multi-objective sweep can minimise: its exact part recounted by hand from the trial's own
+    # counts (4 B a param of fp32 weights and adapter; 12 B a trainable param: fp32 gradient, AdamW's two moments),
+    # its modelled part (activations, cuBLAS workspace) as the estimator models it. NF4 packs its weights and VeRA
+    # keeps shared buffers besides: their bytes are tested in tests/test_estimate.py.
+    if cfg.quant.method == "none" and cfg.adapter.variant != "vera" and cfg.train.optim == "adamw_torch":
+        total = round(m["trainable_params"] * 100 / m["trainable_pct"])
+        modelled = est["memory"]["activations"]["bytes"] + est["memory"]["workspace"]["bytes"]
+        assert m["est_vram_mb"] * 2**20 == pytest.approx(4 * total + 12 * m["trainable_params"] + modelled)
     assert [h.step for h in client.get_metric_history(run.info.run_id, "eval_loss")] == [
         2,
         4,
