@@ -72,11 +72,19 @@ def _print_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fields(args: argparse.Namespace) -> int:
+    """Every config field with its allowed values, default and help: the schema's own words."""
+    from lorasweep import schema
+
+    print(schema.markdown() if args.markdown else schema.listing(), end="")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="lorasweep", description="Hyperparameter sweeps and experiment tracking for LoRA and QLoRA fine-tuning."
     )
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{trial,sweep,estimate,report}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{trial,sweep,estimate,report,fields}")
 
     def command(name: str, run, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
@@ -106,6 +114,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "args", nargs=argparse.REMAINDER, help="a sweep name (its latest run), a sweep id or a parent run id"
     )
+    p = command("fields", _fields, "Every config field: its allowed values, default and help.")
+    p.add_argument("--markdown", action="store_true", help="a Markdown table (the README's field reference)")
     return ap
 
 

@@ -1,21 +1,22 @@
 """Config: compose conf/ with Hydra overrides, then validate every field before anything loads."""
 
+import dataclasses
 import os
+import re
 from pathlib import Path
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from lorasweep import schema
 from lorasweep.errors import ConfigError
+from lorasweep.schema import DTYPE_NAMES, OPTIMS, QUANTS, SCHEDULERS, SPLITS, TASKS, VARIANTS  # noqa: F401
 
 CONF_DIR = Path(os.environ.get("LORASWEEP_CONF", Path(__file__).resolve().parent.parent / "conf"))
 
-
-# Sections whose keys are the user's own: an architecture dict, a sweep file. Elsewhere `+key=` must name a field.
-FREE_FORM = ("model.config", "sweep")
 # Logged once after training (lorasweep/after.py), the last two groups only when their tracking flag is on: a
 # sweep can rank by them, though no pruner sees them (they do not exist before the end).
 SERVING_METRICS = ["adapter_size_mb", "adapter_max_rank"]
@@ -57,72 +58,91 @@ TASK_METRICS = {
 
 
 def compose(overrides: list[str] = (), config_name: str = "config") -> DictConfig:
-    """Compose conf/<config_name>.yaml with Hydra overrides; a bad override is a ConfigError."""
+    """Compose conf/<config_name>.yaml over the schema with Hydra overrides, then check every field: a bad override,
+    an unknown key or a value a field does not take is a ConfigError naming the field."""
+    schema.store()
+    _check_overrides(overrides)
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name="lorasweep"):
             cfg = hydra_compose(config_name, overrides=list(overrides))
-            added = [o for o in overrides if o.startswith("+") and not o.lstrip("+").startswith(FREE_FORM)]
-            if added:  # Hydra adds any `+key`: a typo in a field name would be silently ignored
-                known = hydra_compose(config_name, overrides=[o for o in overrides if not o.startswith(("+", "~"))])
-                _check_added(added, known)
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError("override", " ".join(overrides), f"Hydra rejected it: {first}") from None
+        raise _refusal(e, overrides) from None
+    _check_keys(cfg)  # Hydra force-adds `+key` even into typed sections: a typo would be silently ignored
+    schema.check_fields(cfg)
     return cfg
 
 
-def _check_added(added: list[str], known: DictConfig) -> None:
+def _check_overrides(overrides) -> None:
+    """A field's value as typed, before OmegaConf converts it: a typed node would take 3 or "no" for true/false."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as e:
+        raise ConfigError("override", " ".join(overrides), f"Hydra rejected it: {str(e).strip().splitlines()[0]}")
+    for o in parsed:
+        value = None if o.is_delete() else o.value()
+        group = (CONF_DIR / o.key_or_group).is_dir()  # sweep=<name> picks a file of the group, not a value
+        if o.key_or_group in schema.FIELDS and not group and not o.is_delete() and "${" not in str(value):
+            schema.check_value(o.key_or_group, value)
+
+
+def _refusal(e: Exception, overrides) -> ConfigError:
+    """Hydra's or OmegaConf's error as the one-line ConfigError of the field it names."""
+    cause = e
+    while cause is not None and not isinstance(cause, OmegaConfBaseException):
+        cause = cause.__cause__ or cause.__context__  # Hydra wraps OmegaConf's error, once per config it was composing
+    key = getattr(cause, "full_key", None)
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and key:
+        return _unknown(key, _given(key, overrides))
+    if isinstance(cause, OmegaConfBaseException) and key in schema.FIELDS:
+        return ConfigError(key, _given(key, overrides), schema.FIELDS[key].metadata["check"].allowed)
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    missing = re.search(r"Could not find '(\w+)/([^']+)'", first)
+    if missing and (CONF_DIR / missing[1]).is_dir():  # a preset that does not exist: list those that do
+        presets = sorted(p.stem for p in (CONF_DIR / missing[1]).glob("*.yaml"))
+        return ConfigError(missing[1], missing[2], f"one of {presets}")
+    return ConfigError("override", " ".join(overrides), f"Hydra rejected it: {first}")
+
+
+def _given(key: str, overrides):
+    """The value an override gave `key`, as Hydra parses it (for the message), or None when a preset set it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for o in OverridesParser.create().parse_overrides(list(overrides)):
+        if o.key_or_group == key and not o.is_delete():
+            return o.value()
+    return None
+
+
+def _check_keys(cfg: DictConfig, prefix: str = "") -> None:
+    for k in cfg.keys():
+        path = f"{prefix}{k}"
+        if path in schema.FREE_FORM:
+            continue
+        if schema.section(path) is not None:
+            _check_keys(cfg[k], path + ".")
+        elif path not in schema.FIELDS:
+            raise _unknown(path, _plain(cfg[k]))
+
+
+def _unknown(key: str, value) -> ConfigError:
     import difflib
 
-    for o in added:
-        key, _, value = o.lstrip("+").partition("=")
-        if OmegaConf.select(known, key, default=_MISSING) is not _MISSING:
-            continue
-        parent, _, leaf = key.rpartition(".")
-        node = OmegaConf.select(known, parent, default=None) if parent else known
-        fields = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
-        close = difflib.get_close_matches(leaf, fields, n=3)
-        hint = (
-            f"did you mean {', '.join(f'{parent}.{c}'.lstrip('.') for c in close)}?"
-            if close
-            else f"one of {', '.join(f'{parent}.{c}'.lstrip('.') for c in fields)}"
-        )
-        raise ConfigError(key, value, f"not a config field; {hint}")
+    parent, _, leaf = key.rpartition(".")
+    cls = schema.section(parent)
+    names = [fl.name for fl in dataclasses.fields(cls)] if cls else []
+    close = difflib.get_close_matches(leaf, names, n=3)
+    hint = (
+        f"did you mean {', '.join(f'{parent}.{c}'.lstrip('.') for c in close)}?"
+        if close
+        else f"one of {', '.join(f'{parent}.{c}'.lstrip('.') for c in names)}"
+    )
+    return ConfigError(key, value, f"not a config field; {hint}")
 
 
-_MISSING = object()
-
-
-# The PEFT methods, then the baseline they are compared with: full fine-tuning (every weight trained, no adapter).
-VARIANTS = ["lora", "rslora", "dora", "pissa", "vera", "adalora", "ia3", "full"]
 LORAPLUS_VARIANTS = ["lora", "rslora", "dora", "pissa"]  # those whose trained B is lora_B
-QUANTS = ["none", "nf4", "fp4", "int8"]
-TASKS = ["seq_cls", "causal_lm"]
-DTYPE_NAMES = ["float32", "bfloat16", "float16"]
-OPTIMS = {
-    "adamw_torch": False,
-    "adamw_8bit": True,
-    "paged_adamw_8bit": True,
-    "paged_adamw_32bit": True,
-}  # name: needs CUDA
-# transformers' SchedulerType values, listed here because importing transformers.trainer_utils costs ~3.5 s (torch,
-# peft) and the sweep driver never needs torch; tests/test_config.py holds the two equal.
-SCHEDULERS = (
-    "linear",
-    "cosine",
-    "cosine_with_restarts",
-    "polynomial",
-    "constant",
-    "constant_with_warmup",
-    "inverse_sqrt",
-    "reduce_lr_on_plateau",
-    "cosine_with_min_lr",
-    "cosine_warmup_with_min_lr",
-    "warmup_stable_decay",
-    "greedy",
-)
-SPLITS = ("train", "eval", "test")
 # Combinations PEFT refuses (or that cannot train), with the reason.
 UNSUPPORTED = {
     ("pissa", "nf4"): "PiSSA initialises from an SVD of float weights, not quantized ones",
@@ -146,101 +166,46 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _num(field: str, value, ok: bool, allowed: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok:
-        raise ConfigError(field, value, allowed)
-
-
-def _one_of(field: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ConfigError(field, value, f"one of {list(allowed)}")
-
-
 def validate(cfg: DictConfig, has_cuda: bool | None = None) -> DictConfig:
-    """Check every field that can be checked without loading a model or data; raise the first ConfigError."""
-    m, a, q, t = cfg.model, cfg.adapter, cfg.quant, cfg.train
-    _one_of("model.task", m.task, TASKS)
-    _one_of("model.dtype", m.dtype, DTYPE_NAMES)
-    _one_of("adapter.variant", a.variant, VARIANTS)
-    _num("adapter.r", a.r, isinstance(a.r, int) and a.r >= 1, "an integer >= 1")
-    if a.alpha_over_r is not None:
-        _num("adapter.alpha_over_r", a.alpha_over_r, a.alpha_over_r > 0, "a number > 0, or null to use adapter.alpha")
-    else:
-        _num("adapter.alpha", a.alpha, a.alpha > 0, "a number > 0")
-    _num("adapter.dropout", a.dropout, 0 <= a.dropout < 1, "a number in [0, 1)")
-    if isinstance(a.targets, str) or not a.targets:
-        raise ConfigError("adapter.targets", a.targets, "a non-empty list, e.g. [q,v] or [all-linear]")
-    _num("adapter.loraplus_ratio", a.loraplus_ratio, a.loraplus_ratio > 0, "a number > 0 (1 = plain LoRA)")
+    """Every field's own check (lorasweep/schema.py), then the rules between fields that need no model or data;
+    raise the first ConfigError."""
+    schema.check_fields(cfg)
+    a, q, t = cfg.adapter, cfg.quant, cfg.train
     if a.loraplus_ratio != 1 and a.variant not in LORAPLUS_VARIANTS:
         raise ConfigError(
             "adapter.loraplus_ratio",
             a.loraplus_ratio,
             f"1 with variant {a.variant!r}; LoRA+ needs a trained lora_B: {LORAPLUS_VARIANTS}",
         )
-    _one_of("quant.method", q.method, QUANTS)
-    _one_of("quant.compute_dtype", q.compute_dtype, DTYPE_NAMES)
     if (a.variant, q.method) in UNSUPPORTED:
         raise ConfigError(
             "quant.method", q.method, f"none with variant {a.variant!r}: {UNSUPPORTED[a.variant, q.method]}"
         )
-    _num(
-        "train.max_steps",
-        t.max_steps,
-        isinstance(t.max_steps, int) and t.max_steps >= 0,
-        "an integer >= 0 (0 = use train.epochs)",
-    )
-    if t.max_steps == 0:
-        _num("train.epochs", t.epochs, t.epochs > 0, "a number > 0 when train.max_steps is 0")
-    _num("train.batch_size", t.batch_size, isinstance(t.batch_size, int) and t.batch_size >= 1, "an integer >= 1")
-    _num("train.grad_accum", t.grad_accum, isinstance(t.grad_accum, int) and t.grad_accum >= 1, "an integer >= 1")
-    _num("train.lr", t.lr, t.lr > 0, "a number > 0")
-    _num("train.warmup_ratio", t.warmup_ratio, 0 <= t.warmup_ratio < 1, "a number in [0, 1)")
-    _num("train.weight_decay", t.weight_decay, t.weight_decay >= 0, "a number >= 0")
-    _num(
-        "train.eval_every", t.eval_every, isinstance(t.eval_every, int) and t.eval_every >= 1, "an integer >= 1 (steps)"
-    )
-    _one_of("train.sampling", t.sampling, ("group_by_length", "random"))
-    _one_of("train.optim", t.optim, OPTIMS)
+    if t.max_steps == 0 and not t.epochs > 0:
+        raise ConfigError("train.epochs", t.epochs, "a number > 0 when train.max_steps is 0")
     if OPTIMS[t.optim] and not (_has_cuda() if has_cuda is None else has_cuda):
         raise ConfigError(
             "train.optim", t.optim, "adamw_torch on this machine (no CUDA); 8-bit and paged optimizers need a GPU"
         )
-    _one_of("train.lr_scheduler", t.lr_scheduler, SCHEDULERS)
     _data(cfg)
     _after(cfg)
     return cfg
 
 
 def _data(cfg: DictConfig) -> None:
-    """The data fields and the generation eval; what needs the files is checked as they are read (data.py)."""
+    """The data rules and the generation eval; what needs the files is checked as they are read (data.py)."""
     d, t = cfg.data, cfg.train
-    _one_of("data.source", d.source, ["package", "file", "hub"])
     for key in ("files", "splits"):
         given = d[key]
-        if given is None:
-            continue
-        if key == "files" and d.source == "hub" or key == "splits" and d.source != "hub":
+        if given is not None and (key == "files" and d.source == "hub" or key == "splits" and d.source != "hub"):
             want = "data.splits (split names)" if key == "files" else "data.files (file names)"
             raise ConfigError(f"data.{key}", _plain(given), f"null for data.source={d.source}; it takes {want}")
-        if not isinstance(given, DictConfig) or "train" not in given or not set(given) <= set(SPLITS):
-            raise ConfigError(f"data.{key}", _plain(given), f"a mapping of {list(SPLITS)} to names, with train")
     if d.source != "hub" and d.files is None and d.path is None:
         raise ConfigError("data.path", None, "a file (or data.files={train: ..., test: ...})")
-    for name in ("train_size", "eval_size", "test_size"):
-        v = d[name]
-        ok = v is None or isinstance(v, int) and v >= 1 or isinstance(v, float) and 0 < v < 1
-        if isinstance(v, bool) or not ok:
-            raise ConfigError(f"data.{name}", v, "a count >= 1, a fraction in (0, 1), or null for all the rows left")
-    _num("data.max_length", d.max_length, isinstance(d.max_length, int) and d.max_length >= 2, "an integer >= 2")
-    for flag in ("data.chat_template", "data.group_references", "train.generate_eval"):
-        if not isinstance(OmegaConf.select(cfg, flag), bool):
-            raise ConfigError(flag, OmegaConf.select(cfg, flag), "true or false")
     if t.generate_eval and cfg.model.task != "causal_lm":
         raise ConfigError(
             "train.generate_eval", True, f"false for model.task={cfg.model.task}: generation needs a causal LM"
         )
-    for key in ("generate_samples", "max_new_tokens"):
-        _num(f"train.{key}", t[key], isinstance(t[key], int) and t[key] >= 1, "an integer >= 1")
     metric = OmegaConf.select(cfg, "sweep.metric", default=None)
     if metric in GENERATE_METRICS and cfg.model.task == "causal_lm" and not t.generate_eval:
         raise ConfigError("sweep.metric", metric, f"a metric the trials log: {metric} needs train.generate_eval=true")
@@ -257,9 +222,6 @@ def _after(cfg: DictConfig) -> None:
     for target in cfg.adapter.targets:
         spectrum_percent(target)
     tr = cfg.tracking
-    for flag in ("merge_check", "forgetting"):
-        if not isinstance(tr[flag], bool):
-            raise ConfigError(f"tracking.{flag}", tr[flag], "true or false")
     metric = OmegaConf.select(cfg, "sweep.metric", default=None)  # a sweep that ranks by a metric nobody logs
     for flag, names in AFTER_METRICS.items():
         if metric in names and metric in TASK_METRICS[cfg.model.task] and not tr[flag]:
@@ -270,22 +232,18 @@ def _after(cfg: DictConfig) -> None:
             metric,
             "a metric the trials log: merge_requant_* needs a quantized base (quant=nf4, fp4, int8)",
         )
-    rank = tr.max_serving_rank
-    _num("tracking.max_serving_rank", rank, isinstance(rank, int) and rank >= 1, "an integer >= 1")
     if not tr.forgetting:
         return
     if cfg.model.task != "causal_lm":
         raise ConfigError(
             "tracking.forgetting", True, "false for model.task=seq_cls: forgetting is a causal LM's perplexity"
         )
-    window = tr.forgetting_window
-    _num("tracking.forgetting_window", window, isinstance(window, int) and window >= 2, "an integer >= 2 (tokens)")
-    _num(
-        "tracking.forgetting_tokens",
-        tr.forgetting_tokens,
-        isinstance(tr.forgetting_tokens, int) and tr.forgetting_tokens >= tr.forgetting_window,
-        f"an integer >= tracking.forgetting_window ({tr.forgetting_window})",
-    )
+    if tr.forgetting_tokens < tr.forgetting_window:
+        raise ConfigError(
+            "tracking.forgetting_tokens",
+            tr.forgetting_tokens,
+            f"an integer >= tracking.forgetting_window ({tr.forgetting_window})",
+        )
     from lorasweep.after import text_source
 
     text_source(tr)

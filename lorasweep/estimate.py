@@ -308,9 +308,11 @@ def _settings(cfg: DictConfig, batch_size, seq_len, gradient_checkpointing, opti
         "num_labels": int(est.get("num_labels") or 2),
     }
     if out["optim"] not in OPTIM_STATE:
-        raise ConfigError("train.optim", out["optim"], f"one the estimator knows: {sorted(OPTIM_STATE)}")
-    if out["batch_size"] < 1 or out["seq_len"] < 1:
-        raise ConfigError("estimate.batch_size/seq_len", (out["batch_size"], out["seq_len"]), "positive integers")
+        field = "estimate.optim" if optim is None and est.get("optim") is not None else "train.optim"
+        raise ConfigError(field, out["optim"], f"one the estimator knows: {sorted(OPTIM_STATE)}")
+    for key in ("batch_size", "seq_len"):
+        if out[key] < 1:
+            raise ConfigError(f"estimate.{key}", out[key], "an integer >= 1")
     return out
 
 

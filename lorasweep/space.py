@@ -18,6 +18,7 @@ from lorasweep import compare as compare_arms
 from lorasweep.compare import Compare
 from lorasweep.errors import ConfigError
 from lorasweep.samplers import MULTI_OBJECTIVE_SAMPLERS, NEEDS, PRUNERS, SAMPLERS, asha, build, build_pruner
+from lorasweep.schema import FIELDS, SWEEP_FIELDS, check_value
 
 # cfg.sweep schema (a sweeps/<name>.yaml under `# @package _global_`, next to base fields like train.max_steps):
 #   metric: eval_loss          mode: max | min
@@ -39,23 +40,7 @@ from lorasweep.samplers import MULTI_OBJECTIVE_SAMPLERS, NEEDS, PRUNERS, SAMPLER
 
 KINDS = ("choice", "int", "float", "logfloat", "grid", "fixed")
 OPS = ("mul", "add", "first")  # first: the first operand set in this trial (per-branch values)
-SWEEP_KEYS = (
-    "description",
-    "metric",
-    "mode",
-    "sampler",
-    "pruner",
-    "num_trials",
-    "max_concurrent",
-    "time_limit_s",
-    "max_failures",
-    "space",
-    "warm_start",
-    "warm_start_top_k",
-    "compare",
-    "objectives",
-    "max_cost",
-)
+SWEEP_KEYS = tuple(k.removeprefix("sweep.") for k in SWEEP_FIELDS)  # their defaults and help: schema.SweepCfg
 DIM_KEYS = {
     "choice": {"values"},
     "grid": {"values"},
@@ -165,8 +150,8 @@ def parse_sweep(cfg: DictConfig) -> SweepSpec:
     mode = raw.get("mode")
     if mode not in ("max", "min"):
         raise ConfigError("sweep.mode", mode, "max | min")
-    num_trials = _int(raw.get("num_trials", 10), "sweep.num_trials", 1)
-    max_concurrent = _int(raw.get("max_concurrent", 1), "sweep.max_concurrent", 1)
+    num_trials = _int(raw.get("num_trials", _default("num_trials")), "sweep.num_trials", 1)
+    max_concurrent = _int(raw.get("max_concurrent", _default("max_concurrent")), "sweep.max_concurrent", 1)
     # Failed trials tolerated before the sweep stops launching new ones; null = no limit.
     max_failures = raw.get("max_failures")
     max_failures = None if max_failures is None else _int(max_failures, "sweep.max_failures", 0)
@@ -180,7 +165,7 @@ def parse_sweep(cfg: DictConfig) -> SweepSpec:
     warm_start = raw.get("warm_start")
     if warm_start is not None and (not isinstance(warm_start, str) or not warm_start):
         raise ConfigError("sweep.warm_start", warm_start, "an earlier sweep's id or name, or null")
-    warm_start_top_k = _int(raw.get("warm_start_top_k", 3), "sweep.warm_start_top_k", 1)
+    warm_start_top_k = _int(raw.get("warm_start_top_k", _default("warm_start_top_k")), "sweep.warm_start_top_k", 1)
 
     sampler, seed, sampler_options = _named(raw.get("sampler", {"name": "tpe"}), "sweep.sampler", SAMPLERS)
     pruner, _, pruner_options = _named(raw.get("pruner", {"name": "median"}), "sweep.pruner", PRUNERS, seeded=False)
@@ -365,6 +350,8 @@ def _parse_space(node: Any, cfg: DictConfig) -> tuple[tuple[Dim, ...], dict[str,
             target = ref(k, where)
             possible = _possible(target, base.get(k))
             for v in allowed:
+                if k in FIELDS:
+                    check_value(k, v, where)
                 if possible is not None and v not in possible:
                     raise ConfigError(where, v, f"{k} never takes it; possible: {_show(possible)}")
         for o in d.of:
@@ -459,10 +446,14 @@ def _parse_dim(key: str, d: dict, cfg: DictConfig) -> Dim:
         labels = [_label(v) for v in values]
         if len(set(labels)) != len(labels):
             raise ConfigError(f"{at}.values", values, "distinct values")
+        for v in values if key in FIELDS else ():
+            check_value(key, v, f"{at}.values")
         return Dim(key, kind, values=tuple(values), when=when, helper=helper)
     if kind == "fixed":
         if "value" not in d or not _is_value(d["value"]):
             raise ConfigError(f"{at}.value", d.get("value"), "a scalar or a flat list of scalars")
+        if key in FIELDS:
+            check_value(key, d["value"], f"{at}.value")
         return Dim(key, kind, value=d["value"], when=when, helper=helper)
 
     low, high = d.get("low"), d.get("high")
@@ -474,6 +465,8 @@ def _parse_dim(key: str, d: dict, cfg: DictConfig) -> Dim:
         raise ConfigError(f"{at}.low", low, f"less than high ({high})")
     if kind == "logfloat" and low <= 0:
         raise ConfigError(f"{at}.low", low, "> 0 for logfloat")
+    for name, v in (("low", low), ("high", high)) if key in FIELDS else ():  # both ends: every value between is
+        check_value(key, v, f"{at}.{name}")  # allowed too, since every number check is an interval
     if kind != "int":
         return Dim(key, kind, low=float(low), high=float(high), log=kind == "logfloat", when=when, helper=helper)
     step, log = d.get("step", 1), d.get("log", False)
@@ -706,6 +699,10 @@ def _is_value(v: Any) -> bool:
 
 def _is_leaf_list(v: list) -> bool:
     return all(not isinstance(x, (dict, list)) for x in v)
+
+
+def _default(key: str) -> Any:
+    return SWEEP_FIELDS[f"sweep.{key}"].default
 
 
 def _int(v: Any, where: str, minimum: int) -> int:

@@ -22,8 +22,8 @@ BAD = [
         "data.train_size=4800",
         "rows remain",
     ),
-    (["sweep=smoke", "+adapter.bogus=1"], "adapter.bogus='1'", "not a config field"),
-    (["sweep=smoke", "+train.max_step=9"], "train.max_step='9'", "did you mean train.max_steps?"),
+    (["sweep=smoke", "+adapter.bogus=1"], "adapter.bogus=1", "not a config field"),
+    (["sweep=smoke", "+train.max_step=9"], "train.max_step=9", "did you mean train.max_steps?"),
     (["sweep=smoke", "engine.address=127.0.0.1:6379"], "tracking.uri=", "engine.log_server_host"),
     (["sweep=smoke", "sweep.num_trials=0"], "sweep.num_trials=0", ""),
     (["sweep=smoke", "sweep.max_concurrent=0"], "sweep.max_concurrent=0", ""),
@@ -56,7 +56,7 @@ def test_bad_sweep_input_is_one_line_exit_2_and_nothing_created(argv, starts, me
     "argv,starts",
     [
         (["model=llama2_7b", "adapter.r=0", "--json"], "adapter.r=0"),
-        (["model=nosuch"], "override="),
+        (["model=nosuch"], "model='nosuch' is not allowed: one of "),
     ],
 )
 def test_bad_estimate_input_is_one_line_exit_2(argv, starts, capsys):
