@@ -224,7 +224,7 @@ def perplexity(model: nn.Module, rows: torch.Tensor, batch_size: int = 8) -> flo
 
 
 def _before_key(cfg: DictConfig) -> str:
-    from lorasweep.model import weights_key
+    from lorasweep.base import weights_key
 
     t, q, src = cfg.tracking, cfg.quant, text_source(cfg.tracking)
     parts = [
@@ -251,7 +251,7 @@ def forgetting_before(cfg: DictConfig, peft_model: nn.Module, tok) -> float | No
     base."""
     if not cfg.tracking.forgetting:
         return None
-    from lorasweep.model import CACHE
+    from lorasweep.base import CACHE
 
     path = CACHE / "forgetting" / f"{cfg.model.name}-{_before_key(cfg)}.json"
     if path.exists():

@@ -11,8 +11,9 @@ import torch.nn as nn
 from omegaconf import DictConfig
 from transformers import PretrainedConfig
 
+from lorasweep.base import arch_config, meta_model
 from lorasweep.errors import ConfigError
-from lorasweep.model import arch_config, meta_model, peft_config
+from lorasweep.model import peft_config
 from lorasweep.targets import GROUPS, HEADS, family, module_type, resolve_targets, spectrum_percent
 
 MIB, GIB = 2**20, 2**30

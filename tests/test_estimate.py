@@ -14,9 +14,9 @@ from omegaconf import OmegaConf
 from peft import AdaLoraConfig, IA3Config, LoraConfig, TaskType, VeraConfig, get_peft_model
 
 from lorasweep import estimate as E
+from lorasweep.base import arch_config, meta_model
 from lorasweep.config import VARIANTS, compose
 from lorasweep.errors import ConfigError
-from lorasweep.model import arch_config, meta_model
 from lorasweep.targets import resolve_targets
 
 REPO = Path(__file__).resolve().parent.parent
