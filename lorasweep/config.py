@@ -10,6 +10,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lorasweep.errors import ConfigError
+from lorasweep.tasks import TASKS as TASKS_BY_NAME
+from lorasweep.variants import METHODS
 
 CONF_DIR = Path(os.environ.get("LORASWEEP_CONF", Path(__file__).resolve().parent.parent / "conf"))
 
@@ -44,15 +46,13 @@ COST_METRICS = [
 PREDICTED_COSTS = ["trainable_params", "trainable_pct", "est_vram_mb"]
 # The metrics each task reports at every eval, then those after training (any of them can be a sweep's metric).
 TASK_METRICS = {
-    "seq_cls": ["eval_loss", "eval_accuracy", "eval_macro_f1", *SERVING_METRICS, *AFTER_METRICS["merge_check"]],
-    "causal_lm": [
-        "eval_loss",
-        "eval_perplexity",
-        *GENERATE_METRICS,
+    name: [
+        *t.eval_metrics,
         *SERVING_METRICS,
         *AFTER_METRICS["merge_check"],
-        *AFTER_METRICS["forgetting"],
-    ],
+        *(AFTER_METRICS["forgetting"] if t.perplexity else []),
+    ]
+    for name, t in TASKS_BY_NAME.items()
 }
 
 
@@ -95,10 +95,10 @@ _MISSING = object()
 
 
 # The PEFT methods, then the baseline they are compared with: full fine-tuning (every weight trained, no adapter).
-VARIANTS = ["lora", "rslora", "dora", "pissa", "vera", "adalora", "ia3", "full"]
-LORAPLUS_VARIANTS = ["lora", "rslora", "dora", "pissa"]  # those whose trained B is lora_B
+VARIANTS = list(METHODS)
+LORAPLUS_VARIANTS = [name for name, m in METHODS.items() if m.loraplus]  # those whose trained B is lora_B
 QUANTS = ["none", "nf4", "fp4", "int8"]
-TASKS = ["seq_cls", "causal_lm"]
+TASKS = list(TASKS_BY_NAME)
 DTYPE_NAMES = ["float32", "bfloat16", "float16"]
 OPTIMS = {
     "adamw_torch": False,
@@ -124,15 +124,7 @@ SCHEDULERS = (
 )
 SPLITS = ("train", "eval", "test")
 # Combinations PEFT refuses (or that cannot train), with the reason.
-UNSUPPORTED = {
-    ("pissa", "nf4"): "PiSSA initialises from an SVD of float weights, not quantized ones",
-    ("pissa", "fp4"): "PiSSA initialises from an SVD of float weights, not quantized ones",
-    ("pissa", "int8"): "PiSSA initialises from an SVD of float weights, not quantized ones",
-    ("dora", "int8"): "PEFT's DoRA cannot take the weight norm of LLM.int8() weights (use nf4 or fp4)",
-    ("full", "nf4"): "full fine-tuning trains every weight, and 4-bit weights cannot be trained",
-    ("full", "fp4"): "full fine-tuning trains every weight, and 4-bit weights cannot be trained",
-    ("full", "int8"): "full fine-tuning trains every weight, and 8-bit weights cannot be trained",
-}
+UNSUPPORTED = {(name, q): why for name, m in METHODS.items() for q, why in m.quant_refused.items()}
 
 
 def tracking_uri(cfg: DictConfig) -> str:
