@@ -8,9 +8,14 @@ level: the sweep driver reads the registry and never imports torch; `build` and 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from lorasweep.checks import f, integer, number
 
 # The adapter fields every method reads (the resolved targets are its modules; full fine-tuning spectra only).
 TARGETS = ("targets",)
@@ -126,6 +131,71 @@ def _no_adapter(a, targets: list[str], ctx: Ctx) -> None:
     return None
 
 
+def _galore_args(a, targets: list[str]) -> dict:
+    """transformers' GaLore optimizer: every weight trains, the targets' gradients are projected to rank r, their
+    Adam moments kept at that rank, the projection renewed every galore_update_gap steps."""
+    return {
+        "optim": "galore_adamw",
+        "optim_target_modules": "|".join(map(re.escape, targets)),  # a full match: exactly these modules
+        "optim_args": f"rank={a.r},update_proj_gap={a.galore_update_gap},scale={a.galore_scale}",
+    }
+
+
+def _galore_state(base, names: list[str], a, param_bytes: int) -> dict:
+    """GaLoreAdamW's state: a projected m x n weight keeps its projection (k x min(m, n)) and two moments of the
+    projected gradient (k x max(m, n)), k = min(r, m, n); every other parameter two full moments. All in the
+    parameter's dtype (zeros_like of the gradient)."""
+    mods = dict(base.named_modules())
+    projected = {id(mods[n].weight): mods[n].weight.shape for n in names}
+    count = 0
+    for p in base.parameters():
+        if id(p) in projected:
+            m, n = projected[id(p)]
+            k = min(int(a.r), m, n)
+            count += 2 * k * max(m, n) + k * min(m, n)
+        else:
+            count += 2 * p.numel()
+    note = f"galore_adamw: rank-{a.r} moments and projection for {len(names)} matrices, full moments elsewhere"
+    return {"bytes": count * param_bytes, "note": note}
+
+
+def _loftq_init(peft_model, base_folder: str, a) -> None:
+    """LoftQ (Li et al., 2023), one alternation on the loaded 4-bit base: B·A is the rank-r SVD of W - dequant(W_q),
+    divided by the LoRA scaling, so that W_q + scaling·B·A is the best rank-r correction of the quantized weight.
+    Written here because PEFT's loftq_init and replace_lora_weights_loftq move the weights to a hard-coded CUDA (or
+    XPU) device; the same arithmetic runs here on the device the weights are on."""
+    import bitsandbytes as bnb
+    import torch
+    from peft.tuners.lora.bnb import Linear4bit
+    from safetensors import safe_open
+
+    folder = Path(base_folder)
+    if not folder.is_dir():  # a hub id: its cached snapshot (the weights were loaded from there)
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(base_folder, local_files_only=True))
+    where = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as h:
+            where.update(dict.fromkeys(h.keys(), file))
+    prefix = peft_model.get_base_model().base_model_prefix
+    name = peft_model.active_adapter
+    for path, module in peft_model.named_modules():
+        if not isinstance(module, Linear4bit):
+            continue
+        key = path.removeprefix("base_model.model.") + ".weight"
+        # a checkpoint of the bare model names its weights without the task model's prefix (bert.), or the reverse
+        found = next(k for k in (key, key.removeprefix(prefix + "."), f"{prefix}.{key}") if k in where)
+        with safe_open(str(where[found]), "pt") as h:
+            w = h.get_tensor(found).to(module.weight.device, torch.float32)
+        q = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state).to(torch.float32)
+        u, sv, vh = torch.linalg.svd(w - q, full_matrices=False)
+        r, lora_a, lora_b = module.r[name], module.lora_A[name].weight, module.lora_B[name].weight
+        root = sv[:r].sqrt() / math.sqrt(module.scaling[name])
+        lora_b.data = (u[:, :r] * root).to(lora_b.dtype)
+        lora_a.data = (root[:, None] * vh[:r]).to(lora_a.dtype)
+
+
 _SVD_OF_FLOATS = "PiSSA initialises from an SVD of float weights, not quantized ones"
 _TRAINS_4BIT = "full-parameter training trains every weight, and 4-bit weights cannot be trained"
 _TRAINS_8BIT = "full-parameter training trains every weight, and 8-bit weights cannot be trained"
@@ -191,6 +261,38 @@ METHODS: dict[str, Method] = {
         trains_base=True,
         est_inputs="trained",
         baseline=True,
+    ),
+    "galore": Method(
+        "GaLore: full-parameter training whose optimizer projects the targets' gradients to rank r (galore-torch)",
+        _no_adapter,
+        ("r", "galore_update_gap", "galore_scale", *TARGETS),
+        fields={
+            "galore_update_gap": (
+                int,
+                f(200, "GaLore: steps between two SVDs of the gradient (new projection)", integer(1)),
+            ),
+            "galore_scale": (
+                float,
+                f(0.25, "GaLore: scale of the projected-back update (its alpha)", number(0, low_open=True)),
+            ),
+        },
+        quant_refused=_FLOAT_ONLY,
+        mergeable=False,
+        trains_base=True,
+        est_inputs="trained",
+        est_optimizer=_galore_state,
+        training_args=_galore_args,
+    ),
+    "loftq": Method(
+        "LoftQ: LoRA on a 4-bit base, initialised so that W_q + B·A approximates the float weight W",
+        _lora(),
+        LORA_FIELDS,
+        loraplus=True,
+        quant_refused={
+            "none": "LoftQ fits B·A to a 4-bit base's quantization error: use quant=nf4 or fp4",
+            "int8": "LoftQ here reads bitsandbytes 4-bit weights: use quant=nf4 or fp4",
+        },
+        init=_loftq_init,
     ),
 }
 
