@@ -11,18 +11,14 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import transformers
 from omegaconf import DictConfig, OmegaConf
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    PretrainedConfig,
-)
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
 from lorasweep.errors import ConfigError
+from lorasweep.tasks import TASKS
 
-AUTO = {"seq_cls": AutoModelForSequenceClassification, "causal_lm": AutoModelForCausalLM}
+AUTO = {name: getattr(transformers, t.auto_model) for name, t in TASKS.items()}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CACHE = Path(os.environ.get("LORASWEEP_CACHE", Path.home() / ".cache" / "lorasweep"))
 

@@ -8,16 +8,16 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer, BitsAndBytesConfig
 
 from lorasweep.base import AUTO, DTYPES, arch_config, check_source, folder, meta_model
-from lorasweep.targets import family, feedforward, linear_names, resolve_targets, spectrum_percent
-
-HEAD_MODULES = ["classifier", "pooler", "score"]  # new or task heads stay full precision
+from lorasweep.targets import linear_names, resolve_targets, spectrum_percent
+from lorasweep.tasks import TASKS
+from lorasweep.variants import METHODS, Ctx
 
 
 def quant_config(cfg: DictConfig) -> BitsAndBytesConfig | None:
     q = cfg.quant
     if q.method == "none":
         return None
-    skip = HEAD_MODULES if cfg.model.task == "seq_cls" else None
+    skip = list(TASKS[cfg.model.task].unquantized_heads) or None  # new or task heads stay full precision
     if q.method == "int8":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     return BitsAndBytesConfig(
@@ -30,63 +30,24 @@ def quant_config(cfg: DictConfig) -> BitsAndBytesConfig | None:
 
 
 def peft_config(cfg: DictConfig, targets: list[str], total_steps: int | None = None):
-    """One place per method: the PEFT config each adapter variant maps to; None for full fine-tuning, which trains
-    the base model itself."""
-    from peft import AdaLoraConfig, IA3Config, LoraConfig, TaskType, VeraConfig
-
-    a = cfg.adapter
-    if a.variant == "full":
-        return None
-    task = TaskType.SEQ_CLS if cfg.model.task == "seq_cls" else TaskType.CAUSAL_LM
-    alpha = alpha_of(a)
-    total_steps = total_steps or max(1, int(cfg.train.max_steps or 1))
-    common = dict(task_type=task, target_modules=targets)
-    if a.variant == "vera":
-        return VeraConfig(r=a.r, vera_dropout=a.dropout, projection_prng_key=cfg.seed, **common)
-    if a.variant == "ia3":
-        # (IA)³ learns one vector per module: it scales the outputs of attention modules and the inputs of MLP ones
-        # (the paper's feed-forward scaling), which PEFT must be told by name. No rank, alpha or dropout.
-        fam = family(arch_config(cfg.model).model_type)
-        return IA3Config(feedforward_modules=feedforward(targets, fam), **common)
-    if a.variant == "adalora":
-        # The rank budget starts at r and is pruned to r/2 between 10% and 70% of training
-        # (AdaLoRA needs tinit < total_step - tfinal, so very short runs start pruning at once).
-        tinit, tfinal = total_steps // 10, total_steps * 3 // 10
-        return AdaLoraConfig(
-            init_r=a.r,
-            target_r=max(1, a.r // 2),
-            lora_alpha=alpha,
-            lora_dropout=a.dropout,
-            total_step=total_steps,
-            tinit=tinit,
-            tfinal=tfinal,
-            deltaT=max(1, total_steps // 20),
-            **common,
-        )
-    return LoraConfig(
-        r=a.r,
-        lora_alpha=alpha,
-        lora_dropout=a.dropout,
-        use_rslora=a.variant == "rslora",
-        use_dora=a.variant == "dora",
-        init_lora_weights="pissa_niter_4" if a.variant == "pissa" else True,
-        **common,
+    """The PEFT config of the adapter variant (lorasweep.variants); None when the base model itself trains."""
+    ctx = Ctx(
+        task_type=TASKS[cfg.model.task].peft_task_type,
+        total_steps=total_steps or max(1, int(cfg.train.max_steps or 1)),
+        seed=cfg.seed,
+        model_type=lambda: arch_config(cfg.model).model_type,
     )
-
-
-def alpha_of(a: DictConfig) -> float:
-    return float(a.alpha_over_r * a.r) if a.get("alpha_over_r") is not None else float(a.alpha)
+    return METHODS[cfg.adapter.variant].build(cfg.adapter, targets, ctx)
 
 
 # A worker keeps one base model between trials (warm workers). Only where unloading the adapter gives back the
-# base exactly as loaded: not PiSSA (it rewrites base weights), not full fine-tuning (it trains them), not quantized
-# bases (prepare_model_for_kbit_training changes them in place), not VeRA, AdaLoRA or IA3 (not checked).
-REUSABLE_VARIANTS = ("lora", "rslora", "dora")
+# base exactly as loaded (Method.reusable_base), and not on quantized bases (prepare_model_for_kbit_training changes
+# them in place).
 _warm: dict[str, tuple[nn.Module, object]] = {}
 
 
 def _reuse_key(cfg: DictConfig, labels: list[str] | None) -> str | None:
-    if cfg.adapter.variant not in REUSABLE_VARIANTS or cfg.quant.method != "none":
+    if not METHODS[cfg.adapter.variant].reusable_base or cfg.quant.method != "none":
         return None
     # The seed is part of the key: it initialises a new classification head.
     parts = [OmegaConf.to_container(cfg.model, resolve=True), labels, cfg.seed, bool(cfg.train.gradient_checkpointing)]
@@ -133,7 +94,13 @@ def load(cfg: DictConfig, targets: list[str], total_steps: int, labels: list[str
     _warm.clear()  # one base model per worker: a trial on another base frees the old one
     torch.manual_seed(cfg.seed)  # the adapter's init, the same whether the base is fresh or reused
     pc = peft_config(cfg, targets, total_steps)
-    return (get_peft_model(model, pc) if pc is not None else model.requires_grad_(True)), tok
+    if pc is None:
+        return model.requires_grad_(True), tok
+    tuned = get_peft_model(model, pc)
+    init = METHODS[cfg.adapter.variant].init
+    if init is not None:
+        init(tuned, folder(cfg.model), cfg.adapter)
+    return tuned, tok
 
 
 def sizes(tuned: nn.Module, targets: list[str]) -> dict[str, float]:

@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
 from lorasweep.checks import BOOL, Check, either, f, integer, number, one_of, text
+from lorasweep.tasks import TASKS as TASK_REGISTRY
+from lorasweep.variants import METHODS
 
 # The choices. SCHEDULERS are transformers' SchedulerType values, listed because importing transformers.trainer_utils
 # costs ~3.5 s (torch, peft) and the sweep driver never needs torch; tests/test_config.py holds the two equal.
-VARIANTS = ["lora", "rslora", "dora", "pissa", "vera", "adalora", "ia3", "full"]
-TASKS = ["seq_cls", "causal_lm"]
+VARIANTS = list(METHODS)
+TASKS = list(TASK_REGISTRY)
 QUANTS = ["none", "nf4", "fp4", "int8"]
 DTYPE_NAMES = ["float32", "bfloat16", "float16"]
 OPTIMS = {"adamw_torch": False, "adamw_8bit": True, "paged_adamw_8bit": True, "paged_adamw_32bit": True}  # needs CUDA
@@ -112,7 +114,7 @@ class DataCfg:
 
 
 @dataclass
-class AdapterCfg:
+class _AdapterFields:
     variant: str = f("lora", "PEFT method, or full (full fine-tuning, the baseline)", one_of(VARIANTS))
     r: int = f(8, "rank", integer(1))
     alpha: Any = f(16, "absolute alpha; ignored when alpha_over_r is set", number(0, low_open=True))
@@ -127,6 +129,18 @@ class AdapterCfg:
         ),
     )
     loraplus_ratio: Any = f(1.0, "LR of B / LR of A (LoRA+); 1 = plain", number(0, low_open=True))
+
+
+# The adapter section: the fields every method shares, then those a method's registry entry declares as its own
+# (lorasweep/variants.py), so a method with new knobs touches only its entry. A float field is typed Any, as above.
+AdapterCfg = dataclasses.make_dataclass(
+    "AdapterCfg",
+    [
+        (name, Any if kind is float else kind, fl)
+        for name, (kind, fl) in {k: v for m in METHODS.values() for k, v in m.fields.items()}.items()
+    ],
+    bases=(_AdapterFields,),
+)
 
 
 @dataclass
