@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
 from lorasweep.checks import BOOL, Check, either, f, integer, number, one_of, text
+from lorasweep.tasks import DEFAULT as DEFAULT_TASK
 from lorasweep.tasks import TASKS as TASK_REGISTRY
-from lorasweep.variants import METHODS
+from lorasweep.variants import LORA, METHODS
 
 # The choices. SCHEDULERS are transformers' SchedulerType values, listed because importing transformers.trainer_utils
 # costs ~3.5 s (torch, peft) and the sweep driver never needs torch; tests/test_config.py holds the two equal.
@@ -68,7 +69,7 @@ class ModelCfg:
         "pretrained", "pretrained (hub id or folder) | package (a PyPI package) | config | gguf", one_of(MODEL_SOURCES)
     )
     path: Optional[str] = f(None, "hub id, folder or package name; null for source=config", text(null="source=config"))
-    task: str = f("causal_lm", "what the model is trained for", one_of(TASKS))
+    task: str = f(DEFAULT_TASK, "what the model is trained for", one_of(TASKS))
     dtype: str = f("float32", "weights' dtype when loaded", one_of(DTYPE_NAMES))
     tokenizer: Optional[str] = f(None, "a tokenizer source other than model.path", text(null="model.path"))
     config: Any = f(
@@ -115,7 +116,7 @@ class DataCfg:
 
 @dataclass
 class _AdapterFields:
-    variant: str = f("lora", "PEFT method, or full (full fine-tuning, the baseline)", one_of(VARIANTS))
+    variant: str = f(LORA, "PEFT method, or full (full fine-tuning, the baseline)", one_of(VARIANTS))
     r: int = f(8, "rank", integer(1))
     alpha: Any = f(16, "absolute alpha; ignored when alpha_over_r is set", number(0, low_open=True))
     alpha_over_r: Any = f(None, "alpha = alpha_over_r * r", number(0, low_open=True, null="use adapter.alpha"))

@@ -82,6 +82,9 @@ TASKS: dict[str, Task] = {
 }
 
 
+DEFAULT = "causal_lm"  # model.task of a preset that names none: most presets are causal LMs
+
+
 def component(path: str):
     """The object a dotted path names (`package.module.name`), imported on first use."""
     module, _, name = path.rpartition(".")
