@@ -163,8 +163,10 @@ def _provenance(sweep: runs.Sweep, trials: pd.DataFrame) -> str:
     )
     versions = ", ".join(f"{k} {t[f'{k}_version']}" for k in ("torch", "peft", "transformers") if f"{k}_version" in t)
     command = f"`{t['command']}` " if "command" in t else ""
+    commit = t.get("git_commit", "?")
+    commit = commit[:7] + ("+dirty" if commit.endswith("+dirty") else "")
     return (
-        f"- ran {command}on {t.get('device', '?')} ({versions}), lorasweep commit `{t.get('git_commit', '?')[:7]}`; "
+        f"- ran {command}on {t.get('device', '?')} ({versions}), lorasweep commit `{commit}`; "
         f"started {start}, {wall}"
     )
 
