@@ -27,13 +27,13 @@ TOKENIZER = os.environ.get("BENCH_TOKENIZER", "/tmp/tok")  # the MiniLM tokenize
 def materialize(names: list[str]) -> None:
     from omegaconf import OmegaConf
 
-    from lorasweep import model
+    from lorasweep import base
 
     for name in names:
         m = OmegaConf.load(REPO / "conf" / "model" / f"{name}.yaml")
         m.tokenizer = TOKENIZER
         t = time.perf_counter()
-        path = model._materialize_config(m)
+        path = base._materialize_config(m)
         print(f"materialized {name} -> {path} in {time.perf_counter() - t:.1f}s", flush=True)
 
 
@@ -139,13 +139,13 @@ def bare(name: str, out: str, overrides: list[str]) -> None:
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lorasweep import data, model
+    from lorasweep import base, data, model
     from lorasweep.config import compose
 
     cfg = compose(overrides)
     t0 = time.perf_counter()
     parts = data.splits(cfg)
-    path = model.folder(cfg.model)
+    path = base.folder(cfg.model)
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.sep_token
@@ -153,7 +153,7 @@ def bare(name: str, out: str, overrides: list[str]) -> None:
     targets, _ = model.targets(cfg, None)
     qc = model.quant_config(cfg)
     net = AutoModelForCausalLM.from_pretrained(
-        path, dtype=model.DTYPES[cfg.model.dtype], quantization_config=qc, device_map={"": 0}
+        path, dtype=base.DTYPES[cfg.model.dtype], quantization_config=qc, device_map={"": 0}
     )
     net.config.use_cache = False
     if qc is not None:

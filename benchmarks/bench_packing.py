@@ -21,7 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-SWEEPS = Path(os.environ.get("LORASWEEP_SWEEPS_DIR", "sweeps_out"))
+from lorasweep import sweepdir
+
+SWEEPS = sweepdir.SWEEPS_DIR
 URI = os.environ.get("BENCH_MLFLOW_URI", "sqlite:///mlflow.db")
 
 
@@ -79,12 +81,12 @@ def run(name: str, out: Path, overrides: list[str]) -> dict:
         smi.terminate()
         smi.wait()
     new = sorted(
-        (p for p in SWEEPS.glob("*") if p.name not in before and (p / "state.json").exists()),
+        (p for p in SWEEPS.glob("*") if p.name not in before and (p / sweepdir.STATE).exists()),
         key=lambda p: p.stat().st_mtime,
     )
     res = {"name": name, "command": shlex.join(cmd), "rc": rc, "wall_s": round(wall, 1), "started": t0}
     if new:
-        state = json.loads((new[-1] / "state.json").read_text())
+        state = sweepdir.read_state(new[-1])
         res["sweep_id"] = state["sweep_id"]
         kids = children(state["parent_run_id"])
         res["trials"] = kids

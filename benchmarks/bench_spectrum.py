@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from lorasweep import model, spectrum
+from lorasweep import base, model, spectrum
 from lorasweep.config import compose
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -38,7 +38,7 @@ def main() -> None:
             over.append("data=tweets_sft")
         cfg = compose(over)
         labels = 3 if cfg.model.task == "seq_cls" else None
-        model.folder(cfg.model)  # a GGUF model converts once to a folder: not part of the rule's cost
+        base.folder(cfg.model)  # a GGUF model converts once to a folder: not part of the rule's cost
         lists, cold, parts = [], [], []
         for _ in range(args.cold):
             spectrum.cache_file(cfg).unlink(missing_ok=True)

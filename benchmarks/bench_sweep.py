@@ -13,6 +13,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import mlflow
 
+from lorasweep import sweepdir
 from lorasweep.sweep import run_sweep
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -33,7 +34,7 @@ def sweep_in(tmp: Path, argv: list[str]) -> tuple[dict, list]:
     start = time.perf_counter()
     s = run_sweep(argv)
     s["wall_s"] = time.perf_counter() - start
-    parent = json.loads((Path(s["sweep_dir"]) / "state.json").read_text())["parent_run_id"]
+    parent = sweepdir.read_state(Path(s["sweep_dir"]))["parent_run_id"]
     return s, children(parent)[1]
 
 

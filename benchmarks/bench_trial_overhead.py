@@ -32,7 +32,7 @@ from bare import batch  # noqa: E402  (benchmarks/ is on sys.path when run as a 
 from peft import get_peft_model  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from lorasweep import data, model  # noqa: E402
+from lorasweep import base, data, model  # noqa: E402
 from lorasweep.config import compose  # noqa: E402
 from lorasweep.trial import run_trial  # noqa: E402
 
@@ -59,14 +59,14 @@ def bare(ov: list[str]) -> dict:
     cfg = compose(ov)
     torch.manual_seed(cfg.seed)
     parts = data.splits(cfg)
-    path = model.folder(cfg.model)
+    path = base.folder(cfg.model)
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.sep_token
     train = data.tokenize(cfg, parts, tok, None)["train"]
     targets, _ = model.targets(cfg, None)
     steps, bs = int(cfg.train.max_steps), int(cfg.train.batch_size)
-    net = AutoModelForCausalLM.from_pretrained(path, dtype=model.DTYPES[cfg.model.dtype])
+    net = AutoModelForCausalLM.from_pretrained(path, dtype=base.DTYPES[cfg.model.dtype])
     net = get_peft_model(net, model.peft_config(cfg, targets, steps))
     opt = torch.optim.AdamW(
         [p for p in net.parameters() if p.requires_grad], lr=cfg.train.lr, weight_decay=cfg.train.weight_decay

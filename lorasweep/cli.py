@@ -44,7 +44,8 @@ def _trial(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from lorasweep.sweep import cli, dry_run
+    from lorasweep.dryrun import dry_run
+    from lorasweep.sweep import cli
 
     return dry_run(args.overrides) if args.dry_run else cli(args.overrides)
 

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from lorasweep.errors import ConfigError
+from lorasweep.samplers import SAMPLERS
 
 ARM = "compare_arm"  # Optuna user attribute and child tag: the arm's label, e.g. "adapter.variant=dora"
 PHASE = "compare_phase"  # "lr" (the arm's LR search) or "seeds" (more seeds at its best LR)
@@ -282,8 +283,6 @@ def _next_lr(c: Compare, search: list[optuna.trial.FrozenTrial], direction, arm:
 def _lr_sampler(node: Mapping[str, Any], arm: int, per_arm: int, asked: int = 0) -> optuna.samplers.BaseSampler:
     """The 1-D sampler: seeded per arm and per draw, so arms do not replay one another's LRs. TPE starts modelling
     after half the arm's budget (its default of 10 random trials is more than most arms get)."""
-    from lorasweep.space import SAMPLERS
-
     opts = {k: v for k, v in node.items() if k not in ("name", "seed")}
     base = node.get("seed", 0) or 0
     if node["name"] == "tpe":

@@ -14,6 +14,8 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from lorasweep import schema
 from lorasweep.errors import ConfigError
 from lorasweep.schema import DTYPE_NAMES, OPTIMS, QUANTS, SCHEDULERS, SPLITS, TASKS, VARIANTS  # noqa: F401
+from lorasweep.tasks import TASKS as TASKS_BY_NAME
+from lorasweep.variants import METHODS
 
 CONF_DIR = Path(os.environ.get("LORASWEEP_CONF", Path(__file__).resolve().parent.parent / "conf"))
 
@@ -45,15 +47,13 @@ COST_METRICS = [
 PREDICTED_COSTS = ["trainable_params", "trainable_pct", "est_vram_mb"]
 # The metrics each task reports at every eval, then those after training (any of them can be a sweep's metric).
 TASK_METRICS = {
-    "seq_cls": ["eval_loss", "eval_accuracy", "eval_macro_f1", *SERVING_METRICS, *AFTER_METRICS["merge_check"]],
-    "causal_lm": [
-        "eval_loss",
-        "eval_perplexity",
-        *GENERATE_METRICS,
+    name: [
+        *t.eval_metrics,
         *SERVING_METRICS,
         *AFTER_METRICS["merge_check"],
-        *AFTER_METRICS["forgetting"],
-    ],
+        *(AFTER_METRICS["forgetting"] if t.perplexity else []),
+    ]
+    for name, t in TASKS_BY_NAME.items()
 }
 
 
@@ -142,17 +142,9 @@ def _unknown(key: str, value) -> ConfigError:
     return ConfigError(key, value, f"not a config field; {hint}")
 
 
-LORAPLUS_VARIANTS = ["lora", "rslora", "dora", "pissa"]  # those whose trained B is lora_B
+LORAPLUS_VARIANTS = [name for name, m in METHODS.items() if m.loraplus]  # those whose trained B is lora_B
 # Combinations PEFT refuses (or that cannot train), with the reason.
-UNSUPPORTED = {
-    ("pissa", "nf4"): "PiSSA initialises from an SVD of float weights, not quantized ones",
-    ("pissa", "fp4"): "PiSSA initialises from an SVD of float weights, not quantized ones",
-    ("pissa", "int8"): "PiSSA initialises from an SVD of float weights, not quantized ones",
-    ("dora", "int8"): "PEFT's DoRA cannot take the weight norm of LLM.int8() weights (use nf4 or fp4)",
-    ("full", "nf4"): "full fine-tuning trains every weight, and 4-bit weights cannot be trained",
-    ("full", "fp4"): "full fine-tuning trains every weight, and 4-bit weights cannot be trained",
-    ("full", "int8"): "full fine-tuning trains every weight, and 8-bit weights cannot be trained",
-}
+UNSUPPORTED = {(name, q): why for name, m in METHODS.items() for q, why in m.quant_refused.items()}
 
 
 def tracking_uri(cfg: DictConfig) -> str:
@@ -202,12 +194,13 @@ def _data(cfg: DictConfig) -> None:
             raise ConfigError(f"data.{key}", _plain(given), f"null for data.source={d.source}; it takes {want}")
     if d.source != "hub" and d.files is None and d.path is None:
         raise ConfigError("data.path", None, "a file (or data.files={train: ..., test: ...})")
-    if t.generate_eval and cfg.model.task != "causal_lm":
+    task = TASKS_BY_NAME[cfg.model.task]
+    if t.generate_eval and not task.generation:
         raise ConfigError(
-            "train.generate_eval", True, f"false for model.task={cfg.model.task}: generation needs a causal LM"
+            "train.generate_eval", True, f"false for model.task={cfg.model.task}: its models do not generate"
         )
     metric = OmegaConf.select(cfg, "sweep.metric", default=None)
-    if metric in GENERATE_METRICS and cfg.model.task == "causal_lm" and not t.generate_eval:
+    if metric in GENERATE_METRICS and task.generation and not t.generate_eval:
         raise ConfigError("sweep.metric", metric, f"a metric the trials log: {metric} needs train.generate_eval=true")
 
 
@@ -234,9 +227,11 @@ def _after(cfg: DictConfig) -> None:
         )
     if not tr.forgetting:
         return
-    if cfg.model.task != "causal_lm":
+    if not TASKS_BY_NAME[cfg.model.task].perplexity:
         raise ConfigError(
-            "tracking.forgetting", True, "false for model.task=seq_cls: forgetting is a causal LM's perplexity"
+            "tracking.forgetting",
+            True,
+            f"false for model.task={cfg.model.task}: forgetting is a causal LM's perplexity",
         )
     if tr.forgetting_tokens < tr.forgetting_window:
         raise ConfigError(

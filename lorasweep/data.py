@@ -10,6 +10,7 @@ from datasets import Dataset
 from omegaconf import DictConfig, OmegaConf
 
 from lorasweep.errors import ConfigError
+from lorasweep.tasks import TASKS, component
 
 
 def _chatterbot(folder: Path, encoding: str) -> pd.DataFrame:
@@ -127,7 +128,7 @@ def sources(d: DictConfig) -> dict[str, str | None]:
 
 def columns(cfg: DictConfig) -> list[str]:
     d = cfg.data
-    return [d.text_column, d.label_column] if cfg.model.task == "seq_cls" else [d.prompt_column, d.response_column]
+    return [d[role] for role in TASKS[cfg.model.task].roles]
 
 
 # Warm workers: the splits and their tokenized form, kept per process for the next trial with the same data config
@@ -173,8 +174,7 @@ def _stamp(d: DictConfig) -> list | None:
 def _splits(cfg: DictConfig) -> dict[str, pd.DataFrame]:
     d = cfg.data
     given = tables(d)
-    roles = ("text_column", "label_column") if cfg.model.task == "seq_cls" else ("prompt_column", "response_column")
-    for role, col in zip(roles, columns(cfg)):
+    for role, col in zip(TASKS[cfg.model.task].roles, columns(cfg)):
         if col is None or col not in given["train"].columns:
             raise ConfigError(f"data.{role}", col, f"a column of {named(d)['train']}: {list(given['train'].columns)}")
         for split, table in given.items():
@@ -208,7 +208,7 @@ def _splits(cfg: DictConfig) -> dict[str, pd.DataFrame]:
         start += count
     if d.max_train_samples:
         out["train"] = out["train"].iloc[: int(d.max_train_samples)]
-    if cfg.model.task == "seq_cls" and out["train"][d.label_column].nunique() < 2:
+    if TASKS[cfg.model.task].labels and out["train"][d.label_column].nunique() < 2:
         raise ConfigError("data.label_column", d.label_column, "a column with at least 2 classes in the train split")
     return out
 
@@ -222,7 +222,7 @@ def label_name(value) -> str:
 
 def labels(cfg: DictConfig, parts: dict[str, pd.DataFrame]) -> list[str] | None:
     """The label set of the train split, numbers in numeric order."""
-    if cfg.model.task != "seq_cls":
+    if not TASKS[cfg.model.task].labels:
         return None
     names = {label_name(v) for v in parts["train"][cfg.data.label_column]}
 
@@ -277,43 +277,41 @@ def _tokenized(cfg, parts, tok, label_names):
 def _tokenize(
     cfg: DictConfig, parts: dict[str, pd.DataFrame], tok, label_names: list[str] | None
 ) -> tuple[dict[str, Dataset], dict[str, int]]:
-    d = cfg.data
-    if cfg.model.task == "seq_cls":
-        index = {l: i for i, l in enumerate(label_names)}
-
-        def encode(df: pd.DataFrame) -> tuple[dict, int]:
-            enc = tok(df[d.text_column].astype(str).tolist(), truncation=True, max_length=d.max_length)
-            enc["labels"] = [index.get(label_name(l), -1) for l in df[d.label_column]]
-            return dict(enc), sum(l < 0 for l in enc["labels"])
-
-        count = "unseen_label_rows_{}"
-    else:
-
-        def encode(df: pd.DataFrame) -> tuple[dict, int]:
-            # SFT: the prompt is context only; the loss sees the response tokens. A long prompt is cut from the left
-            # so that the response fits; only a response longer than max_length itself is cut (from the right).
-            rows, cut = {"input_ids": [], "attention_mask": [], "labels": []}, 0
-            for p, r in zip(df[d.prompt_column], df[d.response_column]):
-                head, answer = sft_text(d, tok, p, r)
-                answer = tok(answer, add_special_tokens=False)["input_ids"]
-                prompt = prompt_ids(d, tok, head, d.max_length - len(answer))
-                ids = (prompt + answer)[: d.max_length]
-                cut += len(prompt) + len(answer) > d.max_length
-                rows["input_ids"].append(ids)
-                rows["attention_mask"].append([1] * len(ids))
-                rows["labels"].append(([-100] * len(prompt) + answer)[: d.max_length])
-            return rows, cut
-
-        count = "response_cut_rows_{}"
+    task = TASKS[cfg.model.task]
+    encode = component(task.encode)
     out, counts = {}, {}
     for name, df in parts.items():
-        rows, lost = encode(df)
+        rows, lost = encode(cfg.data, tok, df, label_names)
         # Rows with nothing to score are left out: a label train never saw (counted), an SFT row with no response
         # token left (max_length too small for any).
         keep = [max(lab) >= 0 if isinstance(lab, list) else lab >= 0 for lab in rows["labels"]]
         out[name] = Dataset.from_dict({k: [v for v, ok in zip(col, keep) if ok] for k, col in rows.items()})
-        counts[count.format(name)] = int(lost)
+        counts[f"{task.dropped}_{name}"] = int(lost)
     return out, counts
+
+
+def encode_classes(d: DictConfig, tok, df: pd.DataFrame, label_names: list[str]) -> tuple[dict, int]:
+    """Classification rows: the text's tokens and the label's index (-1 for a label train never saw, counted)."""
+    index = {l: i for i, l in enumerate(label_names)}
+    enc = tok(df[d.text_column].astype(str).tolist(), truncation=True, max_length=d.max_length)
+    enc["labels"] = [index.get(label_name(l), -1) for l in df[d.label_column]]
+    return dict(enc), sum(l < 0 for l in enc["labels"])
+
+
+def encode_sft(d: DictConfig, tok, df: pd.DataFrame, label_names: None = None) -> tuple[dict, int]:
+    """SFT rows: the prompt is context only; the loss sees the response tokens. A long prompt is cut from the left
+    so that the response fits; only a response longer than max_length itself is cut (from the right, counted)."""
+    rows, cut = {"input_ids": [], "attention_mask": [], "labels": []}, 0
+    for p, r in zip(df[d.prompt_column], df[d.response_column]):
+        head, answer = sft_text(d, tok, p, r)
+        answer = tok(answer, add_special_tokens=False)["input_ids"]
+        prompt = prompt_ids(d, tok, head, d.max_length - len(answer))
+        ids = (prompt + answer)[: d.max_length]
+        cut += len(prompt) + len(answer) > d.max_length
+        rows["input_ids"].append(ids)
+        rows["attention_mask"].append([1] * len(ids))
+        rows["labels"].append(([-100] * len(prompt) + answer)[: d.max_length])
+    return rows, cut
 
 
 WHY = {

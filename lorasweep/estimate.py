@@ -11,9 +11,12 @@ import torch.nn as nn
 from omegaconf import DictConfig
 from transformers import PretrainedConfig
 
+from lorasweep.base import arch_config, meta_model
 from lorasweep.errors import ConfigError
-from lorasweep.model import arch_config, meta_model, peft_config
+from lorasweep.model import peft_config
 from lorasweep.targets import GROUPS, HEADS, family, module_type, resolve_targets, spectrum_percent
+from lorasweep.tasks import TASKS
+from lorasweep.variants import METHODS
 
 MIB, GIB = 2**20, 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -45,8 +48,6 @@ BLOCK, NESTED_BLOCK = 64, 256  # bitsandbytes 4-bit blocksize and double-quant b
 WORKSPACE = 64 * MIB  # cuBLAS + cuBLASLt workspaces, allocated through PyTorch's allocator (seen on H100)
 CUDA_CONTEXT = 512 * MIB  # driver context and kernels: outside the allocator, never in max_memory_allocated
 SLACK = 0.10  # caching-allocator fragmentation: reserved/allocated was 1.05-1.30 on the measured rows
-LOGIT_COPIES = 12  # bytes per vocab entry per token at the loss peak: fp32 log-softmax out, its grad, the logits grad
-UNQUANTIZED_SEQ_CLS = {"classifier", "pooler", "score"}  # bnb skips these task heads (as lorasweep.model does)
 
 
 def block_list(model: nn.Module, layers: int) -> str | None:
@@ -113,7 +114,7 @@ def param_counts(cfg: DictConfig, config: PretrainedConfig, base: nn.Module, num
 
 def quantizable(base: nn.Module, task: str) -> dict[str, nn.Linear]:
     """The Linear layers bitsandbytes would quantize: all but the task heads (lm_head, classifier, pooler, score)."""
-    skip = HEADS | (UNQUANTIZED_SEQ_CLS if task == "seq_cls" else set())
+    skip = HEADS | set(TASKS[task].unquantized_heads)  # as lorasweep.model tells bitsandbytes
     return {n: m for n, m in base.named_modules() if isinstance(m, nn.Linear) and not (set(n.split(".")) & skip)}
 
 
@@ -190,11 +191,11 @@ def adapter_inputs(
     dt: dict,
     autocast: bool,
     dropout: float,
-    variant: str,
+    output: str | None,
     r: int,
 ) -> float:
     """Bytes per token the adapters save over all layers: each adapted Linear keeps its (cast) input for lora_A's
-    grad."""
+    grad, lora_A's output, and (Method.est_output) a full output copy in the adapter's or the output's dtype."""
     mods = dict(base.named_modules())
     shared: dict[str, int] = {}
     total = 0.0
@@ -212,9 +213,7 @@ def adapter_inputs(
             key = _input_group(n, fam)
             shared[key] = max(shared.get(key, 0), 4 * fin)
         small = 2 if autocast else 4
-        total += small * (r + (fout if variant == "vera" else 0))  # lora_A's output; VeRA also scales a full output
-        if variant == "dora":  # DoRA recomputes the adapted output and its norm scale: about one more output
-            total += dt["O"] * fout
+        total += small * r + {"adapter": small, "base": dt["O"], None: 0}[output] * fout
     return total + sum(shared.values())
 
 
@@ -280,7 +279,7 @@ def activation_bytes(
     tokens = batch * seq
     layer = layer_bytes(s, fam, dt, seq)
     per_layer = layer["saved"] + lora_in / s["layers"]
-    head = LOGIT_COPIES * s["vocab"] if task == "causal_lm" else 0.0
+    head = TASKS[task].logit_copies * s["vocab"]
     if checkpointing:  # only block inputs stay; one block is recomputed at a time during backward
         kept = s["layers"] * dt["R"] * s["h"]
         peak = kept + max(head, per_layer + layer["transient"] + 2 * dt["R"] * s["h"])
@@ -360,7 +359,7 @@ def estimate(
         raise ConfigError("quant.method", q.method, f"one of {QUANTS}")
     if m.dtype not in DTYPE_BYTES:
         raise ConfigError("model.dtype", m.dtype, f"one of {sorted(DTYPE_BYTES)}")
-    num_labels = st["num_labels"] if m.task == "seq_cls" else None
+    num_labels = st["num_labels"] if TASKS[m.task].labels else None
     config = arch_config(m, num_labels)
     base = meta_model(config, m.task)
     fam = family(config.model_type)
@@ -368,13 +367,14 @@ def estimate(
     sizes = arch_sizes(config)
     weights = weight_memory(base, m.task, q, m.dtype)
     dt = dtypes(q.method, m.dtype, st["autocast"])
-    if a.variant == "full":  # every Linear of the blocks is trained, whatever the targets
+    method = METHODS[a.variant]
+    if method.est_inputs == "trained":  # every Linear of the blocks is trained, whatever the targets
         every = resolve_targets(base, config.model_type, ["all-linear"])
         lora_in = trained_inputs(base, fam, every, dt, st["autocast"])
-    elif a.variant == "ia3":
+    elif method.est_inputs == "vectors":
         lora_in = ia3_inputs(base, fam, names, dt)
     else:
-        lora_in = adapter_inputs(base, fam, names, dt, st["autocast"], float(a.dropout), a.variant, int(a.r))
+        lora_in = adapter_inputs(base, fam, names, dt, st["autocast"], float(a.dropout), method.est_output, int(a.r))
     acts = {
         ck: activation_bytes(sizes, fam, m.task, dt, lora_in, st["batch_size"], st["seq_len"], ck)
         for ck in (False, True)
@@ -383,11 +383,14 @@ def estimate(
 
     trainable = params["trainable"]
     # An adapter is fp32 (PEFT upcasts 16-bit adapters); a fully fine-tuned model trains in model.dtype.
-    full = a.variant == "full"
+    full = method.trains_base
     grad_bytes = DTYPE_BYTES[m.dtype] if full else 4
     state = OPTIM_STATE[st["optim"]]
     if full and st["optim"] in TORCH_STATE:
         state = state * DTYPE_BYTES[m.dtype] // 4
+    optim = {"bytes": state * trainable, "note": f"{st['optim']}: {state} B per trainable param"}
+    if method.est_optimizer is not None:  # a method with its own optimizer state (GaLore's low-rank moments)
+        optim = method.est_optimizer(base, names, a, grad_bytes)
     mem = {
         "weights": _part(
             weights["bytes"],
@@ -405,7 +408,7 @@ def estimate(
         "gradients": _part(
             grad_bytes * trainable, True, f"{'fp32' if grad_bytes == 4 else m.dtype} gradient per trainable param"
         ),
-        "optimizer": _part(state * trainable, True, f"{st['optim']}: {state} B per trainable param"),
+        "optimizer": _part(optim["bytes"], True, optim["note"]),
         "activations": _part(
             acts[st["gradient_checkpointing"]]["bytes"],
             False,
@@ -461,8 +464,11 @@ def table(est: dict) -> str:
     """The estimate as a plain-text table."""
     p = est["params"]
     dq = " dq" if est["quant"]["double_quant"] and est["quant"]["method"] in ("nf4", "fp4") else ""
-    rank = "" if est["variant"] in ("ia3", "full") else f" r={est['r']}"  # neither has a rank
-    targets = " (no adapter: every weight)" if est["variant"] == "full" else f" targets={est['targets']}"
+    method = METHODS[est["variant"]]
+    rank = f" r={est['r']}" if method.has_rank else ""
+    targets = f" targets={est['targets']}"  # an adapter's modules, or those GaLore projects
+    if method.trains_base:
+        targets = " (no adapter: every weight)" + (targets if method.has_rank else "")
     head = (
         f"{est['model']} ({est['model_type']}, {est['task']}) {est['variant']}{rank}{targets} "
         f"quant={est['quant']['method']}{dq} "

@@ -12,7 +12,6 @@ from transformers import GenerationConfig, TrainerCallback
 from lorasweep.data import prompt_ids, sft_text
 
 TABLE_ROWS = 16  # prompt / reference / generation rows logged per eval: enough to read, small in the UI
-NAMES = ("exact_match", "rougeL", "bleu", "chrf")
 
 
 def references(d: DictConfig, df: pd.DataFrame, n: int) -> tuple[list[str], list[list[str]]]:

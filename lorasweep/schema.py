@@ -20,11 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
 from lorasweep.checks import BOOL, Check, either, f, integer, number, one_of, text
+from lorasweep.tasks import DEFAULT as DEFAULT_TASK
+from lorasweep.tasks import TASKS as TASK_REGISTRY
+from lorasweep.variants import LORA, METHODS
 
 # The choices. SCHEDULERS are transformers' SchedulerType values, listed because importing transformers.trainer_utils
 # costs ~3.5 s (torch, peft) and the sweep driver never needs torch; tests/test_config.py holds the two equal.
-VARIANTS = ["lora", "rslora", "dora", "pissa", "vera", "adalora", "ia3", "full"]
-TASKS = ["seq_cls", "causal_lm"]
+VARIANTS = list(METHODS)
+TASKS = list(TASK_REGISTRY)
 QUANTS = ["none", "nf4", "fp4", "int8"]
 DTYPE_NAMES = ["float32", "bfloat16", "float16"]
 OPTIMS = {"adamw_torch": False, "adamw_8bit": True, "paged_adamw_8bit": True, "paged_adamw_32bit": True}  # needs CUDA
@@ -66,7 +69,7 @@ class ModelCfg:
         "pretrained", "pretrained (hub id or folder) | package (a PyPI package) | config | gguf", one_of(MODEL_SOURCES)
     )
     path: Optional[str] = f(None, "hub id, folder or package name; null for source=config", text(null="source=config"))
-    task: str = f("causal_lm", "what the model is trained for", one_of(TASKS))
+    task: str = f(DEFAULT_TASK, "what the model is trained for", one_of(TASKS))
     dtype: str = f("float32", "weights' dtype when loaded", one_of(DTYPE_NAMES))
     tokenizer: Optional[str] = f(None, "a tokenizer source other than model.path", text(null="model.path"))
     config: Any = f(
@@ -112,8 +115,8 @@ class DataCfg:
 
 
 @dataclass
-class AdapterCfg:
-    variant: str = f("lora", "PEFT method, or full (full fine-tuning, the baseline)", one_of(VARIANTS))
+class _AdapterFields:
+    variant: str = f(LORA, "PEFT method, or full (full fine-tuning, the baseline)", one_of(VARIANTS))
     r: int = f(8, "rank", integer(1))
     alpha: Any = f(16, "absolute alpha; ignored when alpha_over_r is set", number(0, low_open=True))
     alpha_over_r: Any = f(None, "alpha = alpha_over_r * r", number(0, low_open=True, null="use adapter.alpha"))
@@ -127,6 +130,18 @@ class AdapterCfg:
         ),
     )
     loraplus_ratio: Any = f(1.0, "LR of B / LR of A (LoRA+); 1 = plain", number(0, low_open=True))
+
+
+# The adapter section: the fields every method shares, then those a method's registry entry declares as its own
+# (lorasweep/variants.py), so a method with new knobs touches only its entry. A float field is typed Any, as above.
+AdapterCfg = dataclasses.make_dataclass(
+    "AdapterCfg",
+    [
+        (name, Any if kind is float else kind, fl)
+        for name, (kind, fl) in {k: v for m in METHODS.values() for k, v in m.fields.items()}.items()
+    ],
+    bases=(_AdapterFields,),
+)
 
 
 @dataclass

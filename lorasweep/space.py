@@ -17,6 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from lorasweep import compare as compare_arms
 from lorasweep.compare import Compare
 from lorasweep.errors import ConfigError
+from lorasweep.samplers import MULTI_OBJECTIVE_SAMPLERS, NEEDS, PRUNERS, SAMPLERS, asha, build, build_pruner
 from lorasweep.schema import FIELDS, SWEEP_FIELDS, check_value
 
 # cfg.sweep schema (a sweeps/<name>.yaml under `# @package _global_`, next to base fields like train.max_steps):
@@ -39,24 +40,6 @@ from lorasweep.schema import FIELDS, SWEEP_FIELDS, check_value
 
 KINDS = ("choice", "int", "float", "logfloat", "grid", "fixed")
 OPS = ("mul", "add", "first")  # first: the first operand set in this trial (per-branch values)
-SAMPLERS = {
-    "tpe": optuna.samplers.TPESampler,
-    "random": optuna.samplers.RandomSampler,
-    "grid": optuna.samplers.GridSampler,
-    "cmaes": optuna.samplers.CmaEsSampler,
-    "gp": optuna.samplers.GPSampler,
-    "nsga2": optuna.samplers.NSGAIISampler,
-}
-MULTI_OBJECTIVE_SAMPLERS = ("tpe", "random", "grid", "gp", "nsga2")  # CMA-ES optimises one objective
-NEEDS = {"cmaes": ["cmaes"], "gp": ["torch", "scipy"]}  # Optuna imports these only when it first samples
-PRUNERS = {
-    "median": optuna.pruners.MedianPruner,
-    "percentile": optuna.pruners.PercentilePruner,
-    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-    "hyperband": optuna.pruners.HyperbandPruner,
-    "none": optuna.pruners.NopPruner,
-    "asha": None,  # Ray ASHA's argument names for Optuna's successive halving: see asha()
-}
 SWEEP_KEYS = tuple(k.removeprefix("sweep.") for k in SWEEP_FIELDS)  # their defaults and help: schema.SweepCfg
 DIM_KEYS = {
     "choice": {"values"},
@@ -634,52 +617,11 @@ def make_sampler(spec: SweepSpec, resumed_after: int = 0) -> optuna.samplers.Bas
     args = {"seed": None if spec.seed is None else spec.seed + offset, **spec.sampler_options}
     if spec.sampler == "grid":
         args["search_space"] = grid_space(spec)
-    return _build(cls, args, "sweep.sampler", spec.sampler)
+    return build(cls, args, "sweep.sampler", spec.sampler)
 
 
 def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
     return build_pruner({"name": spec.pruner, **spec.pruner_options})
-
-
-def build_pruner(node: Mapping[str, Any]) -> optuna.pruners.BasePruner:
-    """The Optuna pruner for {"name": ..., **options}: the same in the driver and in every worker."""
-    opts = dict(node)
-    name = opts.pop("name")
-    return _build(asha if name == "asha" else PRUNERS[name], opts, "sweep.pruner", name)
-
-
-def asha(
-    grace_period: int = 1,
-    reduction_factor: int = 4,
-    time_attr: str = "step",
-    max_t: int | None = None,
-    brackets: int = 1,
-) -> optuna.pruners.SuccessiveHalvingPruner:
-    """`asha` takes Ray ASHAScheduler's names for what is Optuna's SuccessiveHalvingPruner (asynchronous successive
-    halving, the same algorithm): rungs at grace_period × reduction_factor^k steps. max_t is the trial's own
-    length here (train.max_steps), so it only has to be at least grace_period."""
-    if time_attr != "step":
-        raise ValueError(f"time_attr={time_attr!r}: trials report by training step, so only 'step'")
-    if brackets != 1:
-        raise ValueError(f"brackets={brackets}: one bracket (use hyperband for several)")
-    if max_t is not None and max_t < grace_period:
-        raise ValueError(f"max_t={max_t} must be >= grace_period={grace_period}")
-    return optuna.pruners.SuccessiveHalvingPruner(
-        min_resource=grace_period, reduction_factor=reduction_factor, min_early_stopping_rate=0
-    )
-
-
-def _build(cls: type, args: dict, where: str, name: str) -> Any:
-    try:
-        return cls(**args)
-    except ImportError as e:
-        raise ConfigError(f"{where}.name", name, f"needs an optional package: {e}") from None
-    except (TypeError, ValueError) as e:
-        raise ConfigError(
-            where,
-            {"name": name, **{k: v for k, v in args.items() if k != "search_space"}},
-            str(e).strip().splitlines()[0],
-        ) from None
 
 
 # --- overrides -----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from lorasweep.base import AUTO, CACHE, folder, weights_key
 from lorasweep.targets import linear_names
 
 
@@ -66,13 +67,11 @@ def scores(model: nn.Module) -> dict[str, dict[str, float]]:
 def cached_scores(cfg: DictConfig) -> dict[str, dict[str, float]]:
     """The base model's scores, from the cache when this exact base was scored before (the weights are
     loaded in float32 and unquantized: the rule ranks the pretrained weights, not a quantization of them)."""
-    from lorasweep import model
-
     path = cache_file(cfg)
     if path.exists():
         return json.loads(path.read_text())["modules"]
     start = time.perf_counter()
-    base = model.AUTO[cfg.model.task].from_pretrained(model.folder(cfg.model), dtype=torch.float32)
+    base = AUTO[cfg.model.task].from_pretrained(folder(cfg.model), dtype=torch.float32)
     loaded = time.perf_counter()
     table = scores(base)
     done = time.perf_counter()
@@ -88,6 +87,4 @@ def cached_scores(cfg: DictConfig) -> dict[str, dict[str, float]]:
 
 
 def cache_file(cfg: DictConfig) -> Path:
-    from lorasweep import model
-
-    return model.CACHE / "spectrum" / f"{cfg.model.name}-{model.weights_key(cfg.model)}.json"
+    return CACHE / "spectrum" / f"{cfg.model.name}-{weights_key(cfg.model)}.json"

@@ -9,28 +9,21 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shlex
-import shutil
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
-from lorasweep import compare
+from lorasweep import compare, sweepdir
+from lorasweep.analysis.summary import leaderboard
 from lorasweep.config import COST_METRICS, TASK_METRICS, compose, tracking_uri, validate
 from lorasweep.errors import ConfigError
 from lorasweep.resources import cpus_per_trial
 from lorasweep.space import SweepSpec, make_sampler, parse_sweep, stored, suggest, to_overrides
-
-if TYPE_CHECKING:
-    import mlflow
-
-SWEEPS_DIR = Path(os.environ.get("LORASWEEP_SWEEPS_DIR", "sweeps_out"))
 
 
 def run_sweep(argv: list[str]) -> dict:
@@ -39,9 +32,9 @@ def run_sweep(argv: list[str]) -> dict:
     # 1. What can be wrong with the fields, with no heavy import, before a run, a folder or a process exists.
     cfg = compose(argv)
     spec = parse_sweep(cfg)
-    out, resuming = sweep_dir(cfg, argv)
+    out, resuming = sweepdir.sweep_dir(cfg, argv)
     base = [a for a in argv if not a.startswith(("resume=", "+resume="))]
-    state = json.loads((out / "state.json").read_text()) if resuming else None
+    state = sweepdir.read_state(out) if resuming else None
     composed = base
     if resuming:
         base = state["argv"]
@@ -54,7 +47,7 @@ def run_sweep(argv: list[str]) -> dict:
     if spec.warm_start and not resuming:  # a resumed study holds its seeds already
         from lorasweep import warmstart
 
-        earlier = warmstart.find(spec.warm_start, SWEEPS_DIR)
+        earlier = sweepdir.find(spec.warm_start)
 
     # 2. Ray starts; then each worker imports what a trial needs, checks the base config and the data once, and loads
     #    them (torch and transformers: the biggest start-up cost, ~8 s on a core, which the driver never pays), while
@@ -105,7 +98,7 @@ def run_sweep(argv: list[str]) -> dict:
             "argv": base,
             "study_name": out.name,
             "parent_run_id": None,
-            "storage": cfg.engine.storage or f"sqlite:///{(out / 'optuna.db').resolve()}",
+            "storage": cfg.engine.storage or sweepdir.default_storage(out),
         }
         storage = optuna.storages.RDBStorage(state["storage"], engine_kwargs=worker.engine_kwargs(state["storage"]))
         _ready(slots)
@@ -133,7 +126,7 @@ def run_sweep(argv: list[str]) -> dict:
             if not resuming:
                 client.update_run(parent.info.run_id, name=state["sweep_id"])
                 state["parent_run_id"] = parent.info.run_id
-                (out / "state.json").write_text(json.dumps(state, indent=1))
+                sweepdir.write_state(out, state)
                 mlflow.log_params(
                     {k: v for k, v in tracking.flatten(cfg, skip=()).items() if not k.startswith("sweep.space")}
                 )
@@ -169,9 +162,7 @@ def run_sweep(argv: list[str]) -> dict:
             logserver.stop(server[0])
         lifeline.stop(watcher)
         if not parent_made and new_folder:  # refused (or stopped) before the sweep existed: nothing is left
-            shutil.rmtree(out, ignore_errors=True)
-            if not any(SWEEPS_DIR.iterdir()):
-                SWEEPS_DIR.rmdir()
+            sweepdir.discard(out)
         if "mlflow" in sys.modules:  # the server is gone: later calls in this process use the store itself
             sys.modules["mlflow"].set_tracking_uri(direct)
     summary["sweep_dir"] = str(out)
@@ -381,160 +372,6 @@ def loop(
         print(f"[sweep] {stop}", flush=True)
 
 
-def dry_run(argv: list[str]) -> int:
-    """`lorasweep sweep ... --dry-run`: the space, the budget, and each sampled config's estimate and GPU share.
-    Nothing trains, nothing is tracked. Without results TPE samples at random: the real sweep adapts."""
-    from lorasweep.estimate import estimate, over_limits, predicted
-    from lorasweep.trial import check
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    cfg = compose(argv)
-    spec = parse_sweep(cfg)
-    check_engine_and_metric(cfg, spec)
-    check(cfg)
-    print(
-        f"sweep: {spec.num_trials} trials of {spec.metric} ({spec.mode}), {spec.max_concurrent} at a time, "
-        f"sampler {spec.sampler}, pruner {spec.pruner}, time limit {spec.time_limit_s or '-'} s, "
-        f"max failures {'-' if spec.max_failures is None else spec.max_failures}"
-        + (f", max cost {dict(spec.max_cost)}" if spec.max_cost else "")
-    )
-    for d in spec.dims:
-        what = (
-            d.values
-            if d.kind in ("choice", "grid")
-            else (
-                d.value
-                if d.kind == "fixed"
-                else f"{d.op}{list(d.of)}"
-                if d.kind == "derived"
-                else f"[{d.low}, {d.high}]"
-            )
-        )
-        print(
-            f"  {d.key}: {d.kind} {what}"
-            + (f" when {dict(d.when)}" if d.when else "")
-            + (" (helper)" if d.helper else "")
-        )
-    study = optuna.create_study(sampler=make_sampler(spec), directions=spec.directions)
-    base = [a for a in argv if not a.startswith(("resume=", "+resume="))]
-    if spec.compare is not None:
-        c = spec.compare
-        print(
-            f"compare: {len(c.arms)} arms, each {c.trials_per_arm} LR trials at seed {c.seeds[0]}, then seeds "
-            f"{list(c.seeds[1:])} at its best LR (shown: the LR search; where a range is searched, the LRs adapt)"
-        )
-    for _ in range(spec.num_trials):
-        if spec.compare is not None:
-            planned = compare.next_trial(study, spec.compare, lambda k, v: stored(spec, k, v), "killed")
-            if not isinstance(planned, compare.Next):  # what comes next depends on results
-                break
-            study.enqueue_trial(planned.params, user_attrs=planned.attrs)
-        trial = study.ask()
-        overrides = to_overrides(suggest(trial, spec), spec)
-        try:
-            trial_cfg, share = trial_config(base, overrides)
-            est = estimate(trial_cfg)
-            line = (
-                f"trainable {est['params']['trainable']:>12,}  "
-                f"est. peak {est['memory']['total']['bytes'] / 2**30:6.2f} GiB  GPU share {share:g}"
-            )
-            skip = over_limits(predicted(trial_cfg, est), spec.max_cost)
-            line += f"  SKIPPED, {skip}" if skip else ""
-        except Exception as e:  # what the sweep would record as FAILED
-            line = f"refused: {e}".splitlines()[0]
-        print(f"t{trial.number:03d}  {shlex.join(overrides):<60}  {line}")
-        try:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)  # a preview: nothing is learnt
-        except RuntimeError:  # GridSampler asks optimize() to stop once the grid is done
-            pass
-    return 0
-
-
-# ---------------------------------------------------------------- where a sweep lives
-
-
-def sweep_name(argv: list[str]) -> str:
-    return next((a.split("=", 1)[1] for a in argv if a.startswith(("sweep=", "+sweep="))), "sweep")
-
-
-def sweep_dir(cfg: DictConfig, argv: list[str]) -> tuple[Path, bool]:
-    """A new directory per sweep, or the one `resume=true` (latest of this name) or `resume=<sweep id>` names."""
-    name = sweep_name(argv)
-    resume = cfg.resume
-    if resume in (False, None, "false"):
-        stem = SWEEPS_DIR / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        path, n = stem, 1
-        while path.exists():  # two sweeps of one name started in the same second
-            n += 1
-            path = Path(f"{stem}-{n}")
-        return path, False
-    if resume in (True, "true"):
-        found = sorted(SWEEPS_DIR.glob(f"{name}-*/state.json"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise ConfigError("resume", resume, f"a sweep to resume: none of {name!r} in {SWEEPS_DIR}/")
-        return found[-1].parent, True
-    path = SWEEPS_DIR / str(resume)
-    if not (path / "state.json").exists():
-        have = sorted(p.parent.name for p in SWEEPS_DIR.glob("*/state.json"))
-        raise ConfigError("resume", resume, f"true, false, or a sweep id in {SWEEPS_DIR}/: {have}")
-    return path, True
-
-
-# ---------------------------------------------------------------- results
-
-
-def leaderboard(
-    client: mlflow.MlflowClient, parent_run_id: str, spec: SweepSpec, out: Path, base: list[str], study
-) -> dict:
-    """The leaderboard and the objective plot, the same ones `lorasweep report` shows, onto the parent run; the
-    best finished trial and the command that reruns it. Several objectives: the Pareto front too, plot and table."""
-    import mlflow
-
-    from lorasweep.analysis import figures, runs, tables
-
-    trials = runs.load_trials(runs.find_sweep(parent_run_id, client.tracking_uri))
-    keys = [d.key for d in spec.dims if not d.helper]
-    board = tables.leaderboard(trials, keys, spec.metric, spec.mode, dict(spec.objectives) or None)
-    if spec.objectives:
-        front = board[board["pareto"]].drop(columns=["pareto"])
-        front.to_csv(out / "pareto.csv", index=False)
-        (out / "pareto.md").write_text((front.drop(columns=["run_id"]).to_markdown(index=False) or "") + "\n")
-        mlflow.log_artifact(str(out / "pareto.csv"))
-        mlflow.log_artifact(str(out / "pareto.md"))
-        if isinstance(figures.pareto_front(study, out / "pareto_front.png"), Path):
-            mlflow.log_artifact(str(out / "pareto_front.png"))
-        mlflow.log_metric("pareto_trials", len(front))
-    counts = board["state"].value_counts().to_dict() if len(board) else {}
-    board.to_csv(out / "leaderboard.csv", index=False)
-    shown = board.drop(columns=["run_id"]).to_markdown(index=False) if len(board) else "no trials"
-    (out / "leaderboard.md").write_text(shown + "\n")
-    mlflow.log_artifact(str(out / "leaderboard.csv"))
-    mlflow.log_artifact(str(out / "leaderboard.md"))
-    if figures.objective(trials, keys, spec.metric, out / "objective.png"):
-        mlflow.log_artifact(str(out / "objective.png"))
-    complete = board[board["state"] == "COMPLETE"].dropna(subset=[spec.metric]) if len(board) else board
-    summary = {"counts": counts, "metric": spec.metric, "top": complete.head(5).to_dict("records")}
-    if len(complete):
-        best = complete.iloc[0]
-        mlflow.set_tag("best_run_id", best["run_id"])
-        mlflow.log_metric(f"best_{spec.metric}", float(best[spec.metric]))
-        # A trial composed with sweep=<name> gets the sweep file's base fields; its sweep section is ignored.
-        cmd = (
-            shlex.join(["lorasweep", "trial", *[a for a in base if not a.lstrip("~+").startswith("sweep.")]])
-            + " "
-            + best["overrides"]
-        )
-        mlflow.set_tag("best_command", cmd)
-        summary.update(
-            best_run_id=best["run_id"],
-            best_value=float(best[spec.metric]),
-            best_command=cmd,
-            best_adapter=f"{client.get_run(best['run_id']).info.artifact_uri}/adapter",
-        )
-    mlflow.log_metrics({f"trials_{k.lower()}": v for k, v in counts.items()})
-    return summary
-
-
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -558,5 +395,5 @@ def cli(argv: list[str]) -> int:
     if "best_command" in s:
         print(f"best: {s['best_value']:.4f}  rerun: {s['best_command']}")
         print(f"best adapter: {s['best_adapter']}")
-    print(f"leaderboard: {s['sweep_dir']}/leaderboard.md", *s["open"], sep="\n")
+    print(f"leaderboard: {s['sweep_dir']}/{sweepdir.LEADERBOARD_MD}", *s["open"], sep="\n")
     return 0

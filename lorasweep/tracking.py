@@ -37,10 +37,16 @@ def flatten(cfg: DictConfig, skip: tuple[str, ...] = ("sweep",)) -> dict[str, ob
 
 
 def git_commit() -> str:
-    try:
+    """HEAD, marked +dirty when tracked files differ from it (a copied tree on another machine can sit on an old
+    HEAD: the commit alone would name code that did not run)."""
+
+    def git(*args: str) -> str:
         return subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+            ["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
+
+    try:
+        return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

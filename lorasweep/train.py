@@ -7,14 +7,10 @@ from typing import Callable
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from transformers import (
-    DataCollatorForSeq2Seq,
-    DataCollatorWithPadding,
-    PrinterCallback,
-    Trainer,
-    TrainerCallback,
-    TrainingArguments,
-)
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+from lorasweep.tasks import TASKS, component
+from lorasweep.variants import METHODS
 
 OnMetrics = Callable[[dict[str, float], int], None]
 
@@ -96,20 +92,28 @@ def total_steps(cfg: DictConfig, n_train: int) -> int:
     return max(1, math.ceil(per_epoch * t.epochs))
 
 
-def trainer(cfg: DictConfig, model, tok, datasets: dict, listeners: list[OnMetrics], callbacks: tuple = ()) -> Trainer:
-    """The Trainer of a trial; `callbacks` run before the reporting one, so metrics they add are reported."""
-    t, seq_cls = cfg.train, cfg.model.task == "seq_cls"
+def trainer(
+    cfg: DictConfig,
+    model,
+    tok,
+    datasets: dict,
+    listeners: list[OnMetrics],
+    callbacks: tuple = (),
+    targets: list[str] = (),
+) -> Trainer:
+    """The Trainer of a trial; `callbacks` run before the reporting one, so metrics they add are reported. `targets`
+    are the resolved adapter targets (a method's TrainingArguments may name them)."""
+    t, task, method = cfg.train, TASKS[cfg.model.task], METHODS[cfg.adapter.variant]
     eval_ds = datasets["eval"]
     if t.eval_samples:
         eval_ds = eval_ds.select(range(min(int(t.eval_samples), len(eval_ds))))
+    own = method.training_args(cfg.adapter, list(targets)) if method.training_args else {}
     args = TrainingArguments(
         output_dir=tempfile.mkdtemp(prefix="lorasweep-trainer-"),
         max_steps=total_steps(cfg, len(datasets["train"])),
         per_device_train_batch_size=t.batch_size,
-        # A causal LM's eval logits are batch x length x vocab (64 x 128 x 262k fp32 = 8.6 GB for Gemma 3): its eval
-        # batch is the training batch, and only the loss is kept. A classifier's logits are tiny.
-        per_device_eval_batch_size=max(t.batch_size, 64) if seq_cls else t.batch_size,
-        prediction_loss_only=not seq_cls,
+        per_device_eval_batch_size=task.eval_batch(t.batch_size),
+        prediction_loss_only=task.compute_metrics is None,
         gradient_accumulation_steps=t.grad_accum,
         learning_rate=t.lr,
         lr_scheduler_type=t.lr_scheduler,
@@ -127,22 +131,19 @@ def trainer(cfg: DictConfig, model, tok, datasets: dict, listeners: list[OnMetri
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
         remove_unused_columns=False,
+        **own,
     )
-    collator = (
-        DataCollatorWithPadding(tok) if seq_cls else DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
-    )
-    callbacks = [*callbacks, Report(listeners, perplexity=not seq_cls)] + (
-        [AdaLoraBudget()] if cfg.adapter.variant == "adalora" else []
-    )
+    callbacks = [*callbacks, Report(listeners, perplexity=task.perplexity)] + [component(c)() for c in method.callbacks]
     tr = Trainer(
         model=model,
         args=args,
         train_dataset=datasets["train"],
         eval_dataset=eval_ds,
-        data_collator=collator,
+        data_collator=component(task.collator)(tok, **task.collator_kwargs),
         processing_class=tok,
-        compute_metrics=classification_metrics if seq_cls else None,
-        optimizers=(optimizer(model, cfg), None),
+        compute_metrics=component(task.compute_metrics) if task.compute_metrics else None,
+        # A method that names its optimizer in TrainingArguments (GaLore) has the Trainer build it.
+        optimizers=(None if "optim" in own else optimizer(model, cfg), None),
         callbacks=callbacks,
     )
     tr.remove_callback(PrinterCallback)  # progress goes through the listeners instead

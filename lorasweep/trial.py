@@ -12,9 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 from lorasweep import after, data, estimate, generate, measure, model, tracking, train
 from lorasweep.config import validate
 from lorasweep.targets import family
+from lorasweep.tasks import TASKS
 from lorasweep.train import OnMetrics
-
-TEST_METRICS = ["test_loss", "test_accuracy", "test_macro_f1", *(f"test_{n}" for n in generate.NAMES)]
 
 
 def check(cfg: DictConfig) -> tuple[dict, list | None, list[str], str]:
@@ -71,7 +70,7 @@ def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), run_id: st
             if cfg.train.generate_eval
             else []
         )
-        trainer = train.trainer(cfg, tuned, tok, datasets, [log, *listeners], scored)
+        trainer = train.trainer(cfg, tuned, tok, datasets, [log, *listeners], scored, targets)
         start = time.perf_counter()
         result = trainer.train()
         runtime = time.perf_counter() - start
@@ -83,7 +82,7 @@ def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), run_id: st
         samples = trainer.state.global_step * cfg.train.batch_size * cfg.train.grad_accum
         summary = {
             **final,
-            **{k: float(v) for k, v in test.items() if k in TEST_METRICS},
+            **{k: float(v) for k, v in test.items() if k in TASKS[cfg.model.task].test_metrics},
             "train_loss_final": float(result.training_loss),
             "train_runtime_s": runtime,
             "samples_per_s": samples / runtime,

@@ -11,13 +11,12 @@ Each child run's `warm_start` tag says which happened to its trial.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
-from lorasweep.errors import ConfigError
+from lorasweep import sweepdir
 from lorasweep.space import SweepSpec, distributions
 
 SEEDED = "seeded_from"  # Optuna user attribute of an added trial: "<sweep id> t003"; not trained, not counted
@@ -25,19 +24,8 @@ ENQUEUED = "enqueued_from"  # of a trial this sweep runs first because the earli
 NOTE = "warm_start"  # Optuna study user attribute: what the warm start did, in one line
 
 
-def find(ref: str, sweeps_dir: Path) -> Path:
-    """The earlier sweep's folder: a sweep id, or the latest sweep of that name."""
-    if (sweeps_dir / ref / "state.json").exists():
-        return sweeps_dir / ref
-    found = sorted(sweeps_dir.glob(f"{ref}-*/state.json"), key=lambda p: p.stat().st_mtime)
-    if found:
-        return found[-1].parent
-    have = sorted(p.parent.name for p in sweeps_dir.glob("*/state.json"))
-    raise ConfigError("sweep.warm_start", ref, f"a sweep id or name in {sweeps_dir}/: {have}")
-
-
 def _load(folder: Path) -> optuna.Study:
-    state = json.loads((folder / "state.json").read_text())
+    state = sweepdir.read_state(folder)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.load_study(study_name=state["study_name"], storage=state["storage"])
 

@@ -42,7 +42,7 @@ def run(job: Job) -> dict:
     import torch
     from omegaconf import OmegaConf
 
-    from lorasweep import ledger, space
+    from lorasweep import ledger, samplers
     from lorasweep.trial import run_trial
 
     os.environ["MLFLOW_TRACKING_URI"] = job.tracking_uri
@@ -55,7 +55,7 @@ def run(job: Job) -> dict:
     except Exception:  # not inside Ray (a test calling run directly)
         pass
     storage = optuna.storages.RDBStorage(job.storage, engine_kwargs=engine_kwargs(job.storage))
-    study = optuna.load_study(study_name=job.study_name, storage=storage, pruner=space.build_pruner(job.pruner))
+    study = optuna.load_study(study_name=job.study_name, storage=storage, pruner=samplers.build_pruner(job.pruner))
     trial = ledger.live_trial(storage, study, job.number)
     last = {"step": 0, "value": None, "before": None}
 

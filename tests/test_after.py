@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from lorasweep import after, model, spectrum
+from lorasweep.base import CACHE, folder
 from lorasweep.config import compose
 from lorasweep.errors import ConfigError
 from lorasweep.targets import resolve_targets, spectrum_pick
@@ -162,7 +163,7 @@ def test_merge_check_off_by_default_logs_size_only(store):
 
 def test_forgetting_before_equals_a_direct_computation(store):
     cfg = compose([*TINY, *FORGET])
-    cache = model.CACHE / "forgetting" / f"{cfg.model.name}-{after._before_key(cfg)}.json"
+    cache = CACHE / "forgetting" / f"{cfg.model.name}-{after._before_key(cfg)}.json"
     cache.unlink(missing_ok=True)
     peft_model, tok = model.load(cfg, model.targets(cfg, None)[0], 4, None)
     before = after.forgetting_before(cfg, peft_model, tok)
@@ -170,7 +171,7 @@ def test_forgetting_before_equals_a_direct_computation(store):
     # direct: the plain base (no PEFT), transformers' own shifted-token loss, one window at a time
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(model.folder(cfg.model)).eval()
+    base = AutoModelForCausalLM.from_pretrained(folder(cfg.model)).eval()
     rows = after.windows(cfg.tracking, tok)
     assert rows.shape == (512 // 64, 64)
     assert tok.decode(rows[0][:6]).lower().startswith("in the beginning god")  # the KJV, verse numbers cut
@@ -185,7 +186,7 @@ def test_forgetting_is_logged_after_a_trial(store):
     cfg = compose([*TINY, *FORGET])
     summary = run_trial(cfg)
     m = _run(summary).data.metrics
-    cached = json.loads((model.CACHE / "forgetting" / f"{cfg.model.name}-{after._before_key(cfg)}.json").read_text())
+    cached = json.loads((CACHE / "forgetting" / f"{cfg.model.name}-{after._before_key(cfg)}.json").read_text())
     assert m["forget_ppl_before"] == pytest.approx(cached["perplexity"])
     assert m["forget_ppl_after"] > 1 and m["forget_ppl_after"] != m["forget_ppl_before"]
     assert m["forget_ppl_delta"] == pytest.approx(m["forget_ppl_after"] - m["forget_ppl_before"])

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from transformers import AutoTokenizer
 
+from lorasweep.base import tokenizer_source
 from lorasweep.cli import main
 from lorasweep.config import compose
 from lorasweep.data import labels, notes, read_table, splits, tokenize, warning_lines
 from lorasweep.generate import references, scores
-from lorasweep.model import tokenizer_source
 from tests.conftest import all_runs
 
 COLS = ["text", "sentiment"]

@@ -14,9 +14,9 @@ from omegaconf import OmegaConf
 from peft import AdaLoraConfig, IA3Config, LoraConfig, TaskType, VeraConfig, get_peft_model
 
 from lorasweep import estimate as E
+from lorasweep.base import arch_config, meta_model
 from lorasweep.config import VARIANTS, compose
 from lorasweep.errors import ConfigError
-from lorasweep.model import arch_config, meta_model
 from lorasweep.targets import resolve_targets
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,7 +51,7 @@ def reference_peft(cfg, num_labels: int | None):
     m = cfg.model
     config = arch_config(m, num_labels)
     model = meta_model(config, m.task)
-    if cfg.adapter.variant == "full":
+    if cfg.adapter.variant in ("full", "galore"):  # GaLore trains every weight too (its optimizer differs)
         return sum(p.numel() for p in model.parameters()), sum(p.numel() for p in model.parameters())
     names = resolve_targets(model, config.model_type, list(cfg.adapter.targets))
     a = cfg.adapter
@@ -60,6 +60,7 @@ def reference_peft(cfg, num_labels: int | None):
     ff = [n for n in names if n.endswith(mlp) or (n.endswith("output.dense") and "attention" not in n)]
     pc = {
         "lora": lambda: LoraConfig(r=a.r, **kw),
+        "loftq": lambda: LoraConfig(r=a.r, **kw),  # LoRA's shapes; only the init differs
         "rslora": lambda: LoraConfig(r=a.r, use_rslora=True, **kw),
         "dora": lambda: LoraConfig(r=a.r, use_dora=True, **kw),
         "pissa": lambda: LoraConfig(r=a.r, init_lora_weights="pissa_niter_4", **kw),
@@ -168,7 +169,8 @@ def test_variant_counts_differ_as_their_definitions_say() -> None:
     assert s["adalora"] == s["lora"] + 32 * 4 * 16  # one singular value per rank
     assert s["vera"] == 32 * 4 * (16 + 4096)  # lambda_d (r) and lambda_b (out) per layer
     assert s["ia3"] == 32 * 4 * 4096  # one vector per module, of its output size (attention modules)
-    assert s["full"] == 6_738_415_616  # every weight
+    assert s["full"] == s["galore"] == 6_738_415_616  # every weight
+    assert s["loftq"] == s["lora"]
 
 
 def test_ia3_vectors_are_output_sized_for_attention_and_input_sized_for_mlp() -> None:

@@ -16,6 +16,7 @@ from lorasweep.cli import main
 from lorasweep.config import CONF_DIR, compose, validate
 from lorasweep.errors import ConfigError
 from lorasweep.space import parse_sweep
+from lorasweep.variants import METHODS
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "lorasweep"
@@ -61,6 +62,8 @@ def test_every_preset_composes_and_validates(preset):
     if preset.startswith("data=custom"):
         overrides.append("data.path=any.csv")  # custom data names the user's file
     group, name = preset.split("=")
+    if group == "adapter" and "none" in METHODS[name].quant_refused:
+        overrides.append("quant=nf4")  # LoftQ refines LoRA on a 4-bit base
     cfg = validate(compose(overrides), has_cuda=False)
     assert cfg[group].get("name", cfg[group].get("variant", cfg[group].get("method"))) is not None
     # A preset holds only what differs from the schema: no line restates a default.

@@ -10,6 +10,7 @@ import pandas as pd
 
 from lorasweep.analysis import verdicts
 from lorasweep.analysis.tables import fmt_ms
+from lorasweep.variants import BASELINE, LORA
 
 ARM, PHASE = "tags.compare_arm", "tags.compare_phase"
 LR = "params.train.lr"
@@ -17,7 +18,7 @@ PAPERS = {
     "tie": "Learning Rate Matters (arXiv 2602.04998): nine LoRA variants land within 1–2 % of one another once "
     "the learning rate is tuned for each",
     "rank": "LoRA Without Regret (Thinking Machines, 2025): the best LoRA LR is nearly the same across ranks",
-    "full": "LoRA Without Regret (Thinking Machines, 2025): the best LoRA LR is about 10× full fine-tuning's",
+    "fullft": "LoRA Without Regret (Thinking Machines, 2025): the best LoRA LR is about 10× full fine-tuning's",
 }
 TIE = "the arms tie within tolerance once LR is tuned"
 FULL_RATIO, FULL_FACTOR = 10.0, 3.0  # agree when best LoRA LR / best FullFT LR is within a factor of 3 of 10
@@ -216,8 +217,8 @@ def _rank_verdicts(ok: pd.DataFrame, unit: str) -> list[dict]:
 
 def _full_verdict(ok: pd.DataFrame, unit: str) -> list[dict]:
     """With a full fine-tuning arm: k = best LoRA LR / best FullFT LR for each LoRA arm."""
-    full = ok[ok["variant"] == "full"]
-    lora = ok[ok["variant"] == "lora"]
+    full = ok[ok["variant"] == BASELINE]
+    lora = ok[ok["variant"] == LORA]
     if full.empty or lora.empty:
         return []
     f = full.iloc[0]
@@ -229,7 +230,7 @@ def _full_verdict(ok: pd.DataFrame, unit: str) -> list[dict]:
         out.append(
             _verdict(
                 f"{arm['arm']}: best LoRA LR / best FullFT LR = {k:.3g}",
-                PAPERS["full"],
+                PAPERS["fullft"],
                 f"LoRA {arm['best_lr']:.3g} vs FullFT {f['best_lr']:.3g}",
                 k,
                 None,

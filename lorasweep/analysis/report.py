@@ -14,6 +14,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from lorasweep import sweepdir
 from lorasweep.analysis import arms, figures, paper, runs, subspace, tables, verdicts
 from lorasweep.errors import ConfigError
 
@@ -162,8 +163,10 @@ def _provenance(sweep: runs.Sweep, trials: pd.DataFrame) -> str:
     )
     versions = ", ".join(f"{k} {t[f'{k}_version']}" for k in ("torch", "peft", "transformers") if f"{k}_version" in t)
     command = f"`{t['command']}` " if "command" in t else ""
+    commit = t.get("git_commit", "?")
+    commit = commit[:7] + ("+dirty" if commit.endswith("+dirty") else "")
     return (
-        f"- ran {command}on {t.get('device', '?')} ({versions}), lorasweep commit `{t.get('git_commit', '?')[:7]}`; "
+        f"- ran {command}on {t.get('device', '?')} ({versions}), lorasweep commit `{commit}`; "
         f"started {start}, {wall}"
     )
 
@@ -559,7 +562,7 @@ def _pareto_section(sweep: runs.Sweep, board: pd.DataFrame, objectives: dict[str
         "(the leaderboard's `pareto` column). Files: [md](pareto.md), [tex](pareto.tex), [csv](pareto.csv).",
         tables.to_markdown(front),
     ]
-    study, note = _study(sweep)
+    study, note = sweepdir.study(sweep.sweep_id)
     drawn = figures.pareto_front(study, out / "pareto_front.png") if study is not None else note
     md.append("![Pareto front](pareto_front.png)" if isinstance(drawn, Path) else f"_Not drawn: {drawn}_")
     return md
@@ -627,33 +630,12 @@ def _after_training(complete: pd.DataFrame, dims: list[str], metric: str, mode: 
     ]
 
 
-def _study(sweep: runs.Sweep):
-    """The sweep's Optuna study (sweeps_out/<sweep id>/, or the storage its state.json names), or why there is none."""
-    import optuna
-
-    from lorasweep.sweep import SWEEPS_DIR
-
-    folder = SWEEPS_DIR / sweep.sweep_id
-    db = folder / "optuna.db"
-    state = folder / "state.json"
-    storage = json.loads(state.read_text()).get("storage") if state.exists() else None
-    if not storage or not Path(storage.removeprefix("sqlite:///")).exists():
-        storage = f"sqlite:///{db.resolve()}" if db.exists() else None
-    if storage is None:
-        return None, f"_No Optuna study at `{db}` (run the report where the sweep ran, or copy `{folder}/`)._"
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        return optuna.load_study(study_name=sweep.sweep_id, storage=storage), ""
-    except KeyError:
-        return None, f"_No Optuna study named `{sweep.sweep_id}` in `{storage}`._"
-
-
 def _optuna_sections(sweep: runs.Sweep, metric: str, out: Path) -> list[str]:
     """Optuna's learning curves, parallel coordinates and importances, over the dimensions that varied (a fixed
     seed, say, is left out), with the importances as a table too."""
     from optuna.trial import TrialState
 
-    study, note = _study(sweep)
+    study, note = sweepdir.study(sweep.sweep_id)
     if study is None:
         return ["## Optuna's views of the study", note]
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))

@@ -13,10 +13,10 @@ import pandas as pd
 
 from lorasweep.analysis import paper
 from lorasweep.errors import ConfigError
+from lorasweep.sweepdir import STAMP
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 SEED_KEYS = ("seed", "train.seed")  # train.seed interpolates seed: both vary together
-_STAMP = r"\d{8}-\d{6}"  # sweep ids are <name>-YYYYmmdd-HHMMSS
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -38,7 +38,7 @@ class Sweep:
 
     @property
     def name(self) -> str:
-        return re.sub(rf"-{_STAMP}$", "", self.sweep_id)
+        return re.sub(rf"-{STAMP}$", "", self.sweep_id)
 
 
 def tracking_uri() -> str:
@@ -59,7 +59,7 @@ def find_sweep(ref: str, uri: str | None = None) -> Sweep:
     parents = client.search_runs(exps, "tags.lorasweep_role = 'sweep'", max_results=50000) if exps else []
     hits = [p for p in parents if ref in (p.data.tags.get("sweep_id"), p.info.run_id)]
     if not hits:
-        named = re.compile(rf"{re.escape(ref)}-{_STAMP}")
+        named = re.compile(rf"{re.escape(ref)}-{STAMP}")
         hits = sorted(
             (p for p in parents if named.fullmatch(p.data.tags.get("sweep_id", ""))),
             key=lambda p: (p.data.tags["sweep_id"], p.info.start_time),

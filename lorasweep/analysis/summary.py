@@ -1,0 +1,67 @@
+"""A finished sweep's summary in its own folder and on its MLflow parent run: the leaderboard, the objective plot,
+the Pareto front for several objectives, and the best trial with the command that reruns it."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lorasweep import sweepdir
+
+if TYPE_CHECKING:
+    import mlflow
+
+    from lorasweep.space import SweepSpec
+
+
+def leaderboard(
+    client: mlflow.MlflowClient, parent_run_id: str, spec: SweepSpec, out: Path, base: list[str], study
+) -> dict:
+    """The leaderboard and the objective plot, the same ones `lorasweep report` shows, onto the parent run; the
+    best finished trial and the command that reruns it. Several objectives: the Pareto front too, plot and table."""
+    import mlflow
+
+    from lorasweep.analysis import figures, runs, tables
+
+    trials = runs.load_trials(runs.find_sweep(parent_run_id, client.tracking_uri))
+    keys = [d.key for d in spec.dims if not d.helper]
+    board = tables.leaderboard(trials, keys, spec.metric, spec.mode, dict(spec.objectives) or None)
+    if spec.objectives:
+        front = board[board["pareto"]].drop(columns=["pareto"])
+        front.to_csv(out / sweepdir.PARETO_CSV, index=False)
+        (out / sweepdir.PARETO_MD).write_text((front.drop(columns=["run_id"]).to_markdown(index=False) or "") + "\n")
+        mlflow.log_artifact(str(out / sweepdir.PARETO_CSV))
+        mlflow.log_artifact(str(out / sweepdir.PARETO_MD))
+        if isinstance(figures.pareto_front(study, out / sweepdir.PARETO_FRONT), Path):
+            mlflow.log_artifact(str(out / sweepdir.PARETO_FRONT))
+        mlflow.log_metric("pareto_trials", len(front))
+    counts = board["state"].value_counts().to_dict() if len(board) else {}
+    board.to_csv(out / sweepdir.LEADERBOARD_CSV, index=False)
+    shown = board.drop(columns=["run_id"]).to_markdown(index=False) if len(board) else "no trials"
+    (out / sweepdir.LEADERBOARD_MD).write_text(shown + "\n")
+    mlflow.log_artifact(str(out / sweepdir.LEADERBOARD_CSV))
+    mlflow.log_artifact(str(out / sweepdir.LEADERBOARD_MD))
+    if figures.objective(trials, keys, spec.metric, out / sweepdir.OBJECTIVE_PLOT):
+        mlflow.log_artifact(str(out / sweepdir.OBJECTIVE_PLOT))
+    complete = board[board["state"] == "COMPLETE"].dropna(subset=[spec.metric]) if len(board) else board
+    summary = {"counts": counts, "metric": spec.metric, "top": complete.head(5).to_dict("records")}
+    if len(complete):
+        best = complete.iloc[0]
+        mlflow.set_tag("best_run_id", best["run_id"])
+        mlflow.log_metric(f"best_{spec.metric}", float(best[spec.metric]))
+        # A trial composed with sweep=<name> gets the sweep file's base fields; its sweep section is ignored.
+        cmd = (
+            shlex.join(["lorasweep", "trial", *[a for a in base if not a.lstrip("~+").startswith("sweep.")]])
+            + " "
+            + best["overrides"]
+        )
+        mlflow.set_tag("best_command", cmd)
+        summary.update(
+            best_run_id=best["run_id"],
+            best_value=float(best[spec.metric]),
+            best_command=cmd,
+            best_adapter=f"{client.get_run(best['run_id']).info.artifact_uri}/adapter",
+        )
+    mlflow.log_metrics({f"trials_{k.lower()}": v for k, v in counts.items()})
+    return summary
