@@ -166,8 +166,7 @@ def _provenance(sweep: runs.Sweep, trials: pd.DataFrame) -> str:
     commit = t.get("git_commit", "?")
     commit = commit[:7] + ("+dirty" if commit.endswith("+dirty") else "")
     return (
-        f"- ran {command}on {t.get('device', '?')} ({versions}), lorasweep commit `{commit}`; "
-        f"started {start}, {wall}"
+        f"- ran {command}on {t.get('device', '?')} ({versions}), lorasweep commit `{commit}`; started {start}, {wall}"
     )
 
 
