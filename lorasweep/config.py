@@ -1,6 +1,7 @@
 """Config: compose conf/ with Hydra overrides, then validate every field before anything loads."""
 
 import dataclasses
+import importlib.util
 import os
 import re
 from pathlib import Path
@@ -14,6 +15,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from lorasweep import schema
 from lorasweep.errors import ConfigError
 from lorasweep.schema import DTYPE_NAMES, OPTIMS, QUANTS, SCHEDULERS, SPLITS, TASKS, VARIANTS  # noqa: F401
+from lorasweep.tasks import GENERATED
 from lorasweep.tasks import TASKS as TASKS_BY_NAME
 from lorasweep.variants import METHODS
 
@@ -32,7 +34,7 @@ AFTER_METRICS = {
     "forgetting": ["forget_ppl_after", "forget_ppl_delta", "forget_ppl_ratio"],
 }
 # Scores of greedy generations against the references (lorasweep/generate.py), at each eval with train.generate_eval.
-GENERATE_METRICS = ["eval_exact_match", "eval_rougeL", "eval_bleu", "eval_chrf"]
+GENERATE_METRICS = [f"eval_{name}" for name in GENERATED]
 # What every trial logs once about its cost: objectives of a cost/quality front (sweep.objectives) beside a metric.
 COST_METRICS = [
     "trainable_params",
@@ -170,9 +172,13 @@ def validate(cfg: DictConfig, has_cuda: bool | None = None) -> DictConfig:
             f"1 with variant {a.variant!r}; LoRA+ needs a trained lora_B: {LORAPLUS_VARIANTS}",
         )
     if (a.variant, q.method) in UNSUPPORTED:
+        fits = [x for x in QUANTS if (a.variant, x) not in UNSUPPORTED]
         raise ConfigError(
-            "quant.method", q.method, f"none with variant {a.variant!r}: {UNSUPPORTED[a.variant, q.method]}"
+            "quant.method", q.method, f"one of {fits} with variant {a.variant!r}: {UNSUPPORTED[a.variant, q.method]}"
         )
+    for module, install in METHODS[a.variant].needs.items():  # found without importing it (the driver stays light)
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError("adapter.variant", a.variant, f"a method whose package is installed: {install}")
     if t.max_steps == 0 and not t.epochs > 0:
         raise ConfigError("train.epochs", t.epochs, "a number > 0 when train.max_steps is 0")
     if OPTIMS[t.optim] and not (_has_cuda() if has_cuda is None else has_cuda):

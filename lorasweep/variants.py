@@ -64,6 +64,7 @@ class Method:
     # the float weights.
     init: Callable[[Any, str, Any], None] | None = None
     baseline: bool = False  # the arm the PEFT methods are compared with (analysis/arms.py)
+    needs: dict[str, str] = field(default_factory=dict)  # {module it imports: how to install it}, checked up front
 
 
 def alpha_of(a) -> float:
@@ -282,6 +283,7 @@ METHODS: dict[str, Method] = {
         est_inputs="trained",
         est_optimizer=_galore_state,
         training_args=_galore_args,
+        needs={"galore_torch": "galore-torch (pip install -e '.[galore]')"},
     ),
     "loftq": Method(
         "LoftQ: LoRA on a 4-bit base, initialised so that W_q + B·A approximates the float weight W",

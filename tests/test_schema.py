@@ -186,3 +186,14 @@ def test_composed_numbers_keep_their_type_for_logged_params():
     cfg = compose(["adapter.alpha=16", "adapter.loraplus_ratio=4", "train.lr=0.001", "data.train_size=100"])
     assert type(cfg.adapter.alpha) is int and type(cfg.adapter.loraplus_ratio) is int
     assert type(cfg.train.lr) is float and type(cfg.data.train_size) is int
+
+
+def test_a_method_whose_package_is_missing_is_refused_before_a_run(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "galore_torch" else real(name, *a)
+    )
+    with pytest.raises(ConfigError, match=r"^adapter.variant='galore' is not allowed: a method whose package is"):
+        validate(compose(["adapter=galore"]), has_cuda=False)
