@@ -287,7 +287,9 @@ class SweepCfg:
         "the reported metric to optimise, e.g. eval_loss (required unless objectives)",
         text(null="the first of sweep.objectives"),
     )
-    mode: Optional[str] = f(None, "max or min (required unless objectives)", one_of(["max", "min"], null="objectives'"))
+    mode: Optional[str] = f(
+        None, "max or min (required unless objectives)", one_of(["max", "min"], null="the first objective's")
+    )
     sampler: Any = f(
         "tpe", "an Optuna sampler: tpe | random | grid | cmaes | gp | nsga2, with seed and its options", NAMED
     )
@@ -316,7 +318,7 @@ def leaves(cls: type = Root, prefix: str = "") -> Iterator[tuple[str, dataclasse
     """(dotted path, field) of every leaf field, in declaration order."""
     for fl in dataclasses.fields(cls):
         path = f"{prefix}{fl.name}"
-        if dataclasses.is_dataclass(fl.type) or isinstance(fl.default_factory, type):
+        if isinstance(fl.default_factory, type):  # a section: its factory is its dataclass
             yield from leaves(fl.default_factory, path + ".")
         else:
             yield path, fl
