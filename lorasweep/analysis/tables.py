@@ -163,15 +163,21 @@ def leaderboard(
     """Every trial of a sweep (rows of runs.load_trials): finished ones first, best first; then reused, pruned
     (ranked by the value they were stopped at, never above a finished one), failed, killed. The sweep prints it
     and the report shows it. With several objectives ({metric: mode}), each is a column and `pareto` marks the
-    finished trials on their front."""
+    finished trials on their front. The metric's 95 % interval over the eval rows stands beside it."""
     col = f"metrics.{metric}"
     others = {f"metrics.{m}": m for m in (objectives or {}) if m != metric}
+    ci = {f"{col}_ci_{end}": f"{metric}_ci_{end}" for end in ("low", "high")}  # its 95 % interval over eval rows
     cols = {
         "tags.optuna_trial": "trial",
         "state": "state",
         col: metric,
+        **ci,
         **others,
-        **{c: c.removeprefix("metrics.") for c in sorted(trials) if c.startswith("metrics.eval_") and c != col},
+        **{
+            c: c.removeprefix("metrics.")
+            for c in sorted(trials)
+            if c.startswith("metrics.eval_") and c != col and "_ci_" not in c  # the others' intervals: in MLflow
+        },
         **{f"params.{d}": d for d in dims if d not in SEED_KEYS},  # a searched seed is the `seed` column
         "seed": "seed",
         "tags.overrides": "overrides",
