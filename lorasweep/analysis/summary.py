@@ -94,7 +94,8 @@ def eval_words(board: pd.DataFrame, metric: str, mode: str) -> str:
     diff = stats.paired(*rows)
     claim = (0.0, math.inf) if mode == "max" else (-math.inf, 0.0)  # winner - runner-up, in the better direction
     verdict = stats.verdict_of_bootstrap(diff, len(rows[0].stats), claim)
-    said = {"agrees": "the winner is better", "disagrees": "the runner-up is better"}.get(verdict.word, "not distinguishable")
+    words = {"agrees": "the winner is better", "disagrees": "the runner-up is better"}
+    said = words.get(verdict.word, "not distinguishable")
     if verdict.needed:  # undecided: how many eval rows would decide it, at the spread seen
         said += f", ~{verdict.needed} eval rows would decide it"
     d = diff.diff
