@@ -194,26 +194,45 @@ def test_module_names_layers_and_types():
 def test_group_stats_mean_std_n():
     df = pd.DataFrame({"weights": ["Wq"] * 3 + ["Wq+Wv"], "r": [8, 8, 8, 4], "value": [60.0, 62.0, 64.0, 70.0]})
     s = tables.group_stats(df, ["weights", "r"], "value")
-    assert list(s.columns) == ["weights", "r", "mean", "std", "n"]
+    assert list(s.columns) == ["weights", "r", "mean", "std", "n", "values"]
     wq = s[s["weights"] == "Wq"].iloc[0]
     assert (wq["mean"], wq["std"], wq["n"]) == (62.0, 2.0, 3)  # sample std, ddof=1
+    assert wq["values"] == (60.0, 62.0, 64.0)  # the seeds a verdict is tested on
     assert math.isnan(s[s["weights"] == "Wq+Wv"].iloc[0]["std"])  # one seed: no std
 
 
 def stats(rows):
-    return pd.DataFrame(rows, columns=["weights", "r", "mean", "std", "n"])
+    """Group stats rows (weights, r, mean, std, n=3), each with three seeds' values: mean - std, mean, mean + std,
+    whose sample mean and std are the row's."""
+    assert all(n == 3 for *_, n in rows)
+    return pd.DataFrame(
+        [(w, r, m, sd, n, (m - sd, m, m + sd)) for w, r, m, sd, n in rows],
+        columns=["weights", "r", "mean", "std", "n", "values"],
+    )
 
 
-def test_rank_verdict_agrees_within_tolerance_and_disagrees_beyond_it():
-    agree = verdicts.table6_verdicts(stats([("Wq", 1, 60.0, 1.0, 3), ("Wq", 64, 60.5, 1.0, 3)]), "%")
-    assert agree[0]["verdict"].startswith("agree")
-    assert agree[0]["difference"] == -0.5 and agree[0]["tolerance"] == 1.0  # the 1-pt floor beats se = 0.82
+def test_rank_verdict_agrees_inside_the_margin_disagrees_outside_and_is_undecided_across_it():
+    agree = verdicts.table6_verdicts(stats([("Wq", 1, 60.0, 0.1, 3), ("Wq", 64, 60.5, 0.1, 3)]), "%")
+    assert agree[0]["verdict"].startswith("agree") and agree[0]["claim"] == "Wq: r=1 is within 1.00 pts of r=64"
+    assert agree[0]["difference"] == -0.5 and agree[0]["tolerance"] == 1.0  # the 1-pt margin of a metric in %
+    # Welch by hand: se = √(0.01/3 + 0.01/3) = 0.0816, 4 degrees of freedom, t = 2.776: -0.5 ± 0.227
+    assert agree[0]["interval"] == "[-0.727, -0.273]"
     assert "68.8 vs 70.0 (-1.2)" in agree[0]["paper"]  # from the paper's Table 6
     far = verdicts.table6_verdicts(stats([("Wq", 1, 50.0, 1.0, 3), ("Wq", 64, 60.0, 1.0, 3)]), "%")
     assert far[0]["verdict"].startswith("disagree") and far[0]["difference"] == -10.0
-    # noisy seeds widen the tolerance to the standard error of the difference
-    noisy = verdicts.table6_verdicts(stats([("Wq", 1, 58.0, 3.0, 3), ("Wq", 64, 60.0, 3.0, 3)]), "%")
-    assert noisy[0]["tolerance"] == pytest.approx(math.sqrt(6), abs=1e-3) and noisy[0]["verdict"].startswith("agree")
+    # the same means with noisy seeds: -0.5 ± 2.27 covers both "within 1 pt" and "not": undecided. Seeds that would
+    # decide it, by hand: (1.96 + 0.84)² · (1² + 1²) / 0.5² + 1.96² / 4 = 63.75 -> 64 per config
+    noisy = verdicts.table6_verdicts(stats([("Wq", 1, 60.0, 1.0, 3), ("Wq", 64, 60.5, 1.0, 3)]), "%")
+    assert noisy[0]["verdict"].startswith("undecided") and noisy[0]["interval"] == "[-2.767, +1.767]"
+    assert "~64 seeds per config would decide it" in noisy[0]["verdict"]
+    # one seed per cell has no spread: undecided, and no count can be given
+    single = pd.DataFrame(
+        [("Wq", 1, 60.0, math.nan, 1, (60.0,)), ("Wq", 64, 60.5, math.nan, 1, (60.5,))],
+        columns=["weights", "r", "mean", "std", "n", "values"],
+    )
+    (one, *_) = verdicts.table6_verdicts(single, "%")
+    assert one["verdict"].startswith("undecided") and "one seed has no spread" in one["verdict"]
+    assert "would decide" not in one["verdict"]
 
 
 def test_sufficient_rank_verdict_wq_needs_larger_r_than_wq_wv():
@@ -258,7 +277,7 @@ def test_equal_budget_verdicts_on_agreeing_and_disagreeing_data():
         [("Wq", 8, 60.0, 0.5, 3), ("Wk", 8, 59.0, 0.5, 3), ("Wv", 8, 63.0, 0.5, 3), ("Wq+Wv", 4, 64.0, 0.5, 3)]
     )
     v = {x["claim"].split(" ")[0]: x for x in verdicts.table5_verdicts(good, "%", "max")}
-    assert v["Wq+Wv"]["verdict"].startswith("agree") and v["Wq+Wv"]["difference"] == 0.0
+    assert v["Wq+Wv"]["verdict"].startswith("agree") and v["Wq+Wv"]["difference"] == -1.0  # the best other, Wv
     assert v["Wq"]["verdict"].startswith("agree") and v["Wq"]["difference"] == 4.0
     assert v["Wk"]["verdict"].startswith("agree") and v["Wk"]["difference"] == 5.0
     bad = stats([("Wq", 8, 66.0, 0.5, 3), ("Wk", 8, 63.5, 0.5, 3), ("Wq+Wv", 4, 63.0, 0.5, 3)])
@@ -268,6 +287,11 @@ def test_equal_budget_verdicts_on_agreeing_and_disagreeing_data():
     # mode=min (a loss): lower is better, so the same numbers read the other way
     v = {x["claim"].split(" ")[0]: x for x in verdicts.table5_verdicts(bad, "", "min")}
     assert v["Wq+Wv"]["verdict"].startswith("agree")
+    # Wq+Wv 1.5 pts ahead of Wq, ± 1.13 (Welch, 4 df): across the 1-pt margin. By hand:
+    # (1.96 + 0.84)² · (0.5² + 0.5²) / 0.5² + 1.96² / 4 = 16.66 -> 17 seeds per config
+    close = stats([("Wq", 8, 62.5, 0.5, 3), ("Wq+Wv", 4, 64.0, 0.5, 3)])
+    v = {x["claim"].split(" ")[0]: x for x in verdicts.table5_verdicts(close, "%", "max")}
+    assert v["Wq"]["verdict"].startswith("undecided") and "~17 seeds per config would decide it" in v["Wq"]["verdict"]
     missing = verdicts.table5_verdicts(stats([("Wq", 8, 60.0, 0.5, 3)]), "%", "max")
     assert all(x["verdict"].startswith("n/a") for x in missing)
 
@@ -365,7 +389,10 @@ def test_table6_report_from_mlflow(store, tmp_path):
 
     v = pd.read_csv(out / "verdicts.csv")
     rank = v[v["claim"].str.contains(" is within ")]
-    assert len(rank) == 2 and rank["verdict"].str.startswith("agree").all()  # equal across r by construction
+    # equal means across r by construction, but seeds 1 pt apart: ±2.27 covers the 1-pt margin. By hand:
+    # (1.96 + 0.84)² · (1² + 1²) / 1² + 1.96² / 4 = 16.66 -> 17 seeds per config would decide it
+    assert len(rank) == 2 and rank["verdict"].str.startswith("undecided").all()
+    assert rank["verdict"].str.contains("~17 seeds per config would decide it").all()
     needs = v[v["claim"].str.startswith("Wq alone needs a larger r")].iloc[0]
     assert needs["verdict"].startswith("disagree") and needs["difference"] == 0.0  # both sufficient at r=1
     fig3 = v[v["claim"].str.contains("same config share")]
@@ -427,7 +454,9 @@ def test_table5_report_and_sweep_resolution(store, tmp_path):
     assert "– (paper: r=2)" in shown
     v = pd.read_csv(Path("out") / sweep_id / "verdicts.csv")
     best = v[v["claim"].str.startswith("Wq+Wv is best")].iloc[0]
-    assert best["verdict"].startswith("disagree") and best["difference"] == pytest.approx(2.0)  # all four is 2 pts up
+    # all four is 2 pts up on Wq+Wv, ± 2.27 over 3 seeds: beyond the 1-pt margin or not, the seeds cannot tell
+    assert best["verdict"].startswith("undecided") and best["difference"] == pytest.approx(2.0)
+    assert "~17 seeds per config would decide it" in best["verdict"]
 
 
 def test_any_sweep_gets_leaderboard_importances_and_pruning(store, tmp_path):

@@ -14,13 +14,14 @@ from lorasweep.analysis.runs import SEED_KEYS
 
 
 def group_stats(trials: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
-    """keys + mean, std (sample, ddof=1; NaN for a single seed) and n of `value` over the rows of each group."""
-    cols = [*keys, "mean", "std", "n"]
+    """keys + mean, std (sample, ddof=1; NaN for a single seed), n and the values themselves (a tuple: what a verdict
+    tests over seeds) of `value` over the rows of each group."""
+    cols = [*keys, "mean", "std", "n", "values"]
     rows = trials.dropna(subset=[value])
     if rows.empty:
         return pd.DataFrame(columns=cols)
     g = rows.groupby(keys, dropna=False, sort=False)[value]
-    out = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()}).reset_index()
+    out = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count(), "values": g.agg(tuple)}).reset_index()
     return out[cols]
 
 
