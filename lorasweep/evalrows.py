@@ -66,7 +66,6 @@ def load(run_id: str) -> dict[str, dict]:
     """A finished trial's saved outputs ({} for a run that saved none: older runs, failed ones)."""
     import mlflow
 
-    try:
-        return mlflow.artifacts.load_dict(f"runs:/{run_id}/{FILE}")
-    except Exception:  # noqa: BLE001 - MLflow raises different types per store for a missing artifact
+    if FILE not in {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}:
         return {}
+    return mlflow.artifacts.load_dict(f"runs:/{run_id}/{FILE}")

@@ -588,3 +588,69 @@ def test_learning_curves_keep_a_legend_per_trial_only_while_it_fits(n_trials, le
     study.tell(t, state=optuna.trial.TrialState.PRUNED)
     ax = figures.learning_curves(study, "eval_accuracy")
     assert [x.get_text() for x in ax.get_legend().get_texts()] == legend
+
+
+# ----------------------------------------------------------------------------------------- eval-set noise
+
+
+def test_the_leaderboard_shows_the_metrics_interval_beside_it():
+    trials = pd.DataFrame(
+        {
+            "tags.optuna_trial": ["0", "1"],
+            "state": ["COMPLETE", "COMPLETE"],
+            "metrics.eval_loss": [0.9, 0.8],
+            "metrics.eval_loss_ci_low": [0.85, 0.75],
+            "metrics.eval_loss_ci_high": [0.95, 0.85],
+            "metrics.eval_accuracy": [0.6, 0.7],
+            "metrics.eval_accuracy_ci_low": [0.55, 0.65],
+            "metrics.eval_accuracy_ci_high": [0.65, 0.75],
+            "run_id": ["a", "b"],
+        }
+    )
+    board = tables.leaderboard(trials, [], "eval_accuracy", "max")
+    beside = ["eval_accuracy", "eval_accuracy_ci_low", "eval_accuracy_ci_high"]
+    assert list(board.columns[:5]) == ["trial", "state", *beside]
+    assert "eval_loss" in board and "eval_loss_ci_low" not in board  # the other metrics' intervals stay in MLflow
+    assert list(board["eval_accuracy_ci_low"]) == [0.65, 0.55]  # best first, each with its own interval
+
+
+def _saved_run(outputs: dict) -> str:
+    from lorasweep import evalrows
+
+    with mlflow.start_run() as run:
+        mlflow.log_dict({"eval": outputs}, evalrows.FILE)
+    return run.info.run_id
+
+
+def test_the_paired_line_finds_a_planted_difference_on_saved_rows_and_not_a_null_one(store):
+    """Three trials' saved predictions on the same 300 labelled rows: A right on 75 %, B and C on 62 % (different
+    rows). A beats B; B and C are not distinguishable; loss (lower is better) reads the other way round."""
+    from lorasweep.analysis.summary import eval_words
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    right = {name: rng.permutation(300) < k for name, k in (("a", 225), ("b", 186), ("c", 186))}
+    runs = {
+        name: _saved_run(
+            {"labels": y.tolist(), "predictions": np.where(ok, y, (y + 1) % 3).tolist(), "losses": (1.0 - ok).tolist()}
+        )
+        for name, ok in right.items()
+    }
+
+    def board(*names):
+        return pd.DataFrame([{"trial": n, "run_id": runs[n]} for n in names])
+
+    win = eval_words(board("a", "b"), "eval_accuracy", "max")
+    assert win.startswith("eval_accuracy on the same 300 eval rows, winner trial a vs runner-up b: +0.13 [")
+    assert win.endswith(": the winner is better") and "p=0.0" in win, win
+    null = eval_words(board("b", "c"), "eval_accuracy", "max")
+    assert ": +0 [" in null and "not distinguishable" in null, null
+    loss = eval_words(board("b", "a"), "eval_loss", "min")  # B's loss 0.38 is above A's 0.25: B is not the winner
+    assert ": +0.13 [" in loss and loss.endswith(": the runner-up is better"), loss
+    other = _saved_run({"labels": y[:200].tolist(), "predictions": y[:200].tolist()})
+    runs["d"] = other
+    assert "not scored on the same eval rows" in eval_words(board("a", "d"), "eval_accuracy", "max")
+    assert "no per-row eval outputs saved" in eval_words(board("a", "b"), "eval_bleu", "max")
+    with mlflow.start_run() as older:  # a run from before rows were saved
+        runs["e"] = older.info.run_id
+    assert "no per-row eval outputs saved" in eval_words(board("a", "e"), "eval_accuracy", "max")
