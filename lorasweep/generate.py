@@ -9,7 +9,9 @@ import torch
 from omegaconf import DictConfig
 from transformers import GenerationConfig, TrainerCallback
 
+from lorasweep import evalrows
 from lorasweep.data import prompt_ids, sft_text
+from lorasweep.tasks import GENERATED
 
 TABLE_ROWS = 16  # prompt / reference / generation rows logged per eval: enough to read, small in the UI
 
@@ -24,26 +26,11 @@ def references(d: DictConfig, df: pd.DataFrame, n: int) -> tuple[list[str], list
     return [str(p) for p in rows[d.prompt_column]], [[str(r).strip()] for r in rows[d.response_column]]
 
 
-def _normal(text: str) -> str:
-    return " ".join(text.split())
-
-
 def scores(generations: list[str], refs: list[list[str]]) -> dict[str, float]:
     """Exact match (after collapsing whitespace; any reference) and ROUGE-L F1 (best reference) in [0, 1], averaged
-    over prompts; corpus BLEU and chrF in [0, 100] from sacreBLEU, with a variable number of references."""
-    import sacrebleu
-    from rouge_score import rouge_scorer
-
-    rouge = rouge_scorer.RougeScorer(["rougeL"])
-    n = len(generations)
-    # sacreBLEU takes reference streams; None pads the prompts with fewer references.
-    streams = [[rs[i] if i < len(rs) else None for rs in refs] for i in range(max(map(len, refs)))]
-    return {
-        "exact_match": sum(_normal(g) in {_normal(r) for r in rs} for g, rs in zip(generations, refs)) / n,
-        "rougeL": sum(rouge.score_multi(rs, g)["rougeL"].fmeasure for g, rs in zip(generations, refs)) / n,
-        "bleu": sacrebleu.corpus_bleu(generations, streams).score,
-        "chrf": sacrebleu.corpus_chrf(generations, streams).score,
-    }
+    over prompts; corpus BLEU and chrF in [0, 100] from sacreBLEU, with a variable number of references. Each is
+    defined once, in lorasweep.stats."""
+    return evalrows.values({"generations": generations, "references": refs}, GENERATED)
 
 
 def stop_ids(d: DictConfig, tok) -> list[int]:
@@ -80,11 +67,13 @@ def generate(model, tok, prompts: list[list[int]], stops: list[int], max_new_tok
 
 class GenerateEval(TrainerCallback):
     """After each eval (and the test eval at the end): greedy answers to the first train.generate_samples prompts,
-    scored into the metrics (eval_bleu, ...) before the reporting callback hands them on; a table of the first
-    answers goes to `on_table`."""
+    scored into the metrics (eval_bleu, ...) before the reporting callback hands them on; the answers and their
+    references go to `keep` (the trial's per-row eval outputs), a table of the first ones to `on_table`."""
 
-    def __init__(self, d: DictConfig, t: DictConfig, tok, parts: dict[str, pd.DataFrame], on_table: Callable):
-        self.tok, self.max_new_tokens, self.on_table = tok, int(t.max_new_tokens), on_table
+    def __init__(
+        self, d: DictConfig, t: DictConfig, tok, parts: dict[str, pd.DataFrame], on_table: Callable, keep: Callable
+    ):
+        self.tok, self.max_new_tokens, self.on_table, self.keep = tok, int(t.max_new_tokens), on_table, keep
         self.stops = stop_ids(d, tok)
         self.sets = {}
         for split in ("eval", "test"):
@@ -98,6 +87,7 @@ class GenerateEval(TrainerCallback):
         start = time.perf_counter()
         answers = generate(model, self.tok, ids, self.stops, self.max_new_tokens)
         metrics.update({f"{split}_{k}": v for k, v in scores(answers, refs).items()})
+        self.keep(split, {"generations": answers, "references": refs})
         metrics[f"{split}_generate_runtime"] = time.perf_counter() - start
         rows = list(zip(texts, refs, answers))[:TABLE_ROWS]
         self.on_table(

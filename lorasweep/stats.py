@@ -119,12 +119,12 @@ def _normal(text: str) -> str:
 
 
 def exact_match(generations: Sequence[str], refs: Sequence[Sequence[str]]) -> Rows:
-    """1 where the answer equals any reference after collapsing whitespace (as lorasweep.generate scores it)."""
+    """1 where the answer equals any reference after collapsing whitespace."""
     return mean([_normal(g) in {_normal(r) for r in rs} for g, rs in zip(generations, refs)])
 
 
 def rouge_l(generations: Sequence[str], refs: Sequence[Sequence[str]]) -> Rows:
-    """ROUGE-L F1 against the best reference, per row (as lorasweep.generate scores it)."""
+    """ROUGE-L F1 against the best reference, per row."""
     from rouge_score import rouge_scorer
 
     rouge = rouge_scorer.RougeScorer(["rougeL"])

@@ -35,7 +35,10 @@ class Task:
     dropped: str  # the metric prefix counting the rows `encode` loses (lorasweep.data.WHY)
     collator: str  # dotted path of the data collator class, called with (tok, **collator_kwargs)
     collator_kwargs: dict[str, Any] = field(default_factory=dict)
-    compute_metrics: str | None = None  # dotted path of the Trainer's compute_metrics; None keeps only the loss
+    # dotted path of `f(EvalPrediction) -> per-row outputs` (lorasweep.evalrows), the eval's metrics are computed
+    # from; None keeps only the Trainer's loss
+    eval_outputs: str | None = None
+    preprocess_logits: str | None = None  # dotted path of the Trainer's preprocess_logits_for_metrics, per eval batch
 
 
 TASKS: dict[str, Task] = {
@@ -56,7 +59,7 @@ TASKS: dict[str, Task] = {
         encode="lorasweep.data.encode_classes",
         dropped="unseen_label_rows",
         collator="transformers.DataCollatorWithPadding",
-        compute_metrics="lorasweep.train.classification_metrics",
+        eval_outputs="lorasweep.train.classification_outputs",
     ),
     "causal_lm": Task(
         help="supervised fine-tuning of a causal LM: prompt in, response out, the loss on the response only",
@@ -78,6 +81,8 @@ TASKS: dict[str, Task] = {
         dropped="response_cut_rows",
         collator="transformers.DataCollatorForSeq2Seq",
         collator_kwargs={"padding": True, "label_pad_token_id": -100},
+        eval_outputs="lorasweep.train.token_loss_outputs",
+        preprocess_logits="lorasweep.train.token_losses",  # per-row loss sums, not the eval set's logits
     ),
 }
 

@@ -6,9 +6,11 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
+from lorasweep import evalrows
 from lorasweep.tasks import TASKS, component
 from lorasweep.variants import METHODS
 
@@ -41,19 +43,61 @@ def optimizer(model, cfg: DictConfig) -> torch.optim.Optimizer:
     )
 
 
-def classification_metrics(pred) -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, f1_score  # ~0.8 s to import; a causal-LM trial never needs it
+def classification_outputs(pred) -> dict[str, list]:
+    """Per eval row: the predicted class, the label and the example's cross-entropy (the model's loss of that row)."""
+    from scipy.special import logsumexp
 
     logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
-    y, yhat = pred.label_ids, np.argmax(logits, axis=-1)
-    return {"accuracy": float(accuracy_score(y, yhat)), "macro_f1": float(f1_score(y, yhat, average="macro"))}
+    logits, y = np.asarray(logits, dtype=np.float64), np.asarray(pred.label_ids)
+    losses = logsumexp(logits, axis=-1) - logits[np.arange(len(y)), y]
+    return {"predictions": np.argmax(logits, axis=-1).tolist(), "labels": y.tolist(), "losses": losses.tolist()}
+
+
+def token_losses(logits, labels) -> torch.Tensor:
+    """Per row of an eval batch: the sum of its token losses and its token count, with the model's own shift (the
+    logit at t predicts the label at t+1). The Trainer keeps these (rows x 2) instead of the batch's logits."""
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    target = labels[:, 1:]
+    sums = [F.cross_entropy(row[:-1].float(), t, ignore_index=-100, reduction="sum") for row, t in zip(logits, target)]
+    return torch.stack([torch.stack(sums), (target != -100).sum(-1).to(torch.float32)], dim=1)
+
+
+def token_loss_outputs(pred) -> dict[str, list]:
+    p = np.asarray(pred.predictions, dtype=np.float64)
+    return {"losses": p[:, 0].tolist(), "tokens": p[:, 1].tolist()}
+
+
+class EvalRows(TrainerCallback):
+    """Each split's per-row outputs from its latest eval (lorasweep.evalrows), taken where the eval computes them
+    (compute_metrics, the generation callback): no extra pass. The metrics of each eval are computed from them, so
+    a logged metric and its bootstrap interval rest on the same rows; this replaces the Trainer's eval_loss, a mean
+    of batch means, with Σ loss / Σ tokens over the rows."""
+
+    def __init__(self, task: str):
+        path = TASKS[task].eval_outputs
+        self.outputs_of = component(path) if path else None
+        self.pending: dict[str, list] = {}
+        self.latest: dict[str, dict[str, list]] = {}  # split -> outputs, what the trial saves
+
+    def compute_metrics(self, pred) -> dict[str, float]:
+        self.pending = self.outputs_of(pred)
+        return {}  # on_evaluate adds them, with the split's prefix
+
+    def keep(self, split: str, outputs: dict[str, list]) -> None:
+        self.latest.setdefault(split, {}).update(outputs)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kw):
+        split = "test" if "test_loss" in metrics else "eval"
+        metrics.update({f"{split}_{k}": v for k, v in evalrows.values(self.pending).items()})
+        self.keep(split, self.pending)
+        self.pending = {}
 
 
 class Report(TrainerCallback):
     """Hands train loss and eval metrics, named as lorasweep logs them, to each listener."""
 
-    def __init__(self, listeners: list[OnMetrics], perplexity: bool):
-        self.listeners, self.perplexity = listeners, perplexity
+    def __init__(self, listeners: list[OnMetrics]):
+        self.listeners = listeners
 
     def _emit(self, metrics: dict[str, float], step: int) -> None:
         if not metrics:
@@ -70,9 +114,6 @@ class Report(TrainerCallback):
 
     def on_evaluate(self, args, state, control, metrics=None, **kw):
         out = {k: float(v) for k, v in (metrics or {}).items() if k.startswith("eval_") and isinstance(v, (int, float))}
-        if self.perplexity and "eval_loss" in out:
-            out["eval_perplexity"] = math.exp(min(out["eval_loss"], 50.0))  # capped: exp overflows on a diverged run
-            metrics["eval_perplexity"] = out["eval_perplexity"]
         timing = ("_runtime", "_samples_per_second", "_steps_per_second")
         self._emit({k: v for k, v in out.items() if not k.endswith(timing)}, state.global_step)
 
@@ -100,9 +141,11 @@ def trainer(
     listeners: list[OnMetrics],
     callbacks: tuple = (),
     targets: list[str] = (),
+    rows: EvalRows | None = None,
 ) -> Trainer:
     """The Trainer of a trial; `callbacks` run before the reporting one, so metrics they add are reported. `targets`
-    are the resolved adapter targets (a method's TrainingArguments may name them)."""
+    are the resolved adapter targets (a method's TrainingArguments may name them). `rows` keeps the per-row eval
+    outputs (a new one when not given)."""
     t, task, method = cfg.train, TASKS[cfg.model.task], METHODS[cfg.adapter.variant]
     eval_ds = datasets["eval"]
     if t.eval_samples:
@@ -113,7 +156,7 @@ def trainer(
         max_steps=total_steps(cfg, len(datasets["train"])),
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=task.eval_batch(t.batch_size),
-        prediction_loss_only=task.compute_metrics is None,
+        prediction_loss_only=task.eval_outputs is None,
         gradient_accumulation_steps=t.grad_accum,
         learning_rate=t.lr,
         lr_scheduler_type=t.lr_scheduler,
@@ -133,7 +176,8 @@ def trainer(
         remove_unused_columns=False,
         **own,
     )
-    callbacks = [*callbacks, Report(listeners, perplexity=task.perplexity)] + [component(c)() for c in method.callbacks]
+    rows = rows or EvalRows(cfg.model.task)
+    callbacks = [*callbacks, rows, Report(listeners)] + [component(c)() for c in method.callbacks]
     tr = Trainer(
         model=model,
         args=args,
@@ -141,7 +185,8 @@ def trainer(
         eval_dataset=eval_ds,
         data_collator=component(task.collator)(tok, **task.collator_kwargs),
         processing_class=tok,
-        compute_metrics=component(task.compute_metrics) if task.compute_metrics else None,
+        compute_metrics=rows.compute_metrics if task.eval_outputs else None,
+        preprocess_logits_for_metrics=component(task.preprocess_logits) if task.preprocess_logits else None,
         # A method that names its optimizer in TrainingArguments (GaLore) has the Trainer build it.
         optimizers=(None if "optim" in own else optimizer(model, cfg), None),
         callbacks=callbacks,

@@ -9,7 +9,7 @@ from pathlib import Path
 import mlflow
 from omegaconf import DictConfig, OmegaConf
 
-from lorasweep import after, data, estimate, generate, measure, model, tracking, train
+from lorasweep import after, data, estimate, evalrows, generate, measure, model, tracking, train
 from lorasweep.config import validate
 from lorasweep.targets import family
 from lorasweep.tasks import TASKS
@@ -65,12 +65,13 @@ def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), run_id: st
             mlflow.log_metrics(metrics, step=step)
             latest.update(metrics)
 
+        kept = train.EvalRows(cfg.model.task)  # each split's per-row outputs of its latest eval
         scored = (
-            [generate.GenerateEval(cfg.data, cfg.train, tok, parts, tracking.log_generations)]
+            [generate.GenerateEval(cfg.data, cfg.train, tok, parts, tracking.log_generations, kept.keep)]
             if cfg.train.generate_eval
             else []
         )
-        trainer = train.trainer(cfg, tuned, tok, datasets, [log, *listeners], scored, targets)
+        trainer = train.trainer(cfg, tuned, tok, datasets, [log, *listeners], scored, targets, kept)
         start = time.perf_counter()
         result = trainer.train()
         runtime = time.perf_counter() - start
@@ -78,11 +79,17 @@ def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), run_id: st
             trainer.evaluate()  # the last step always has an eval, so the final eval metric is the trial's result
         final = {k: v for k, v in latest.items() if k.startswith("eval_")}
         test = trainer.evaluate(datasets["test"], metric_key_prefix="test")
+        test = {k: float(v) for k, v in test.items() if k in TASKS[cfg.model.task].test_metrics}
+        # How far to trust them: a 95 % interval over the eval rows of each metric; the rows themselves, for a paired
+        # comparison with another trial on the same rows (lorasweep.analysis.summary.eval_words).
+        mlflow.log_dict(kept.latest, evalrows.FILE)
+        ci = evalrows.intervals(kept.latest, [*final, *test])
         n_tokens = sum(len(ids) for ids in datasets["train"]["input_ids"]) / max(1, len(datasets["train"]))
         samples = trainer.state.global_step * cfg.train.batch_size * cfg.train.grad_accum
         summary = {
             **final,
-            **{k: float(v) for k, v in test.items() if k in TASKS[cfg.model.task].test_metrics},
+            **test,
+            **ci,
             "train_loss_final": float(result.training_loss),
             "train_runtime_s": runtime,
             "samples_per_s": samples / runtime,
@@ -107,7 +114,7 @@ def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), run_id: st
         summary.update(merged)
         mlflow.set_tags(why_not)
         summary.update(after.forgetting(cfg, tuned, tok, before))
-        mlflow.log_metrics({k: v for k, v in summary.items() if not k.startswith("eval_")})
+        mlflow.log_metrics({k: v for k, v in summary.items() if k not in latest})  # the evals logged theirs
         if cfg.tracking.save_adapter:
             mlflow.log_artifacts(str(out / "adapter"), artifact_path="adapter")
         summary["run_id"] = active.info.run_id

@@ -194,26 +194,45 @@ def test_module_names_layers_and_types():
 def test_group_stats_mean_std_n():
     df = pd.DataFrame({"weights": ["Wq"] * 3 + ["Wq+Wv"], "r": [8, 8, 8, 4], "value": [60.0, 62.0, 64.0, 70.0]})
     s = tables.group_stats(df, ["weights", "r"], "value")
-    assert list(s.columns) == ["weights", "r", "mean", "std", "n"]
+    assert list(s.columns) == ["weights", "r", "mean", "std", "n", "values"]
     wq = s[s["weights"] == "Wq"].iloc[0]
     assert (wq["mean"], wq["std"], wq["n"]) == (62.0, 2.0, 3)  # sample std, ddof=1
+    assert wq["values"] == (60.0, 62.0, 64.0)  # the seeds a verdict is tested on
     assert math.isnan(s[s["weights"] == "Wq+Wv"].iloc[0]["std"])  # one seed: no std
 
 
 def stats(rows):
-    return pd.DataFrame(rows, columns=["weights", "r", "mean", "std", "n"])
+    """Group stats rows (weights, r, mean, std, n=3), each with three seeds' values: mean - std, mean, mean + std,
+    whose sample mean and std are the row's."""
+    assert all(n == 3 for *_, n in rows)
+    return pd.DataFrame(
+        [(w, r, m, sd, n, (m - sd, m, m + sd)) for w, r, m, sd, n in rows],
+        columns=["weights", "r", "mean", "std", "n", "values"],
+    )
 
 
-def test_rank_verdict_agrees_within_tolerance_and_disagrees_beyond_it():
-    agree = verdicts.table6_verdicts(stats([("Wq", 1, 60.0, 1.0, 3), ("Wq", 64, 60.5, 1.0, 3)]), "%")
-    assert agree[0]["verdict"].startswith("agree")
-    assert agree[0]["difference"] == -0.5 and agree[0]["tolerance"] == 1.0  # the 1-pt floor beats se = 0.82
+def test_rank_verdict_agrees_inside_the_margin_disagrees_outside_and_is_undecided_across_it():
+    agree = verdicts.table6_verdicts(stats([("Wq", 1, 60.0, 0.1, 3), ("Wq", 64, 60.5, 0.1, 3)]), "%")
+    assert agree[0]["verdict"].startswith("agree") and agree[0]["claim"] == "Wq: r=1 is within 1.00 pts of r=64"
+    assert agree[0]["difference"] == -0.5 and agree[0]["tolerance"] == 1.0  # the 1-pt margin of a metric in %
+    # Welch by hand: se = √(0.01/3 + 0.01/3) = 0.0816, 4 degrees of freedom, t = 2.776: -0.5 ± 0.227
+    assert agree[0]["interval"] == "[-0.727, -0.273]"
     assert "68.8 vs 70.0 (-1.2)" in agree[0]["paper"]  # from the paper's Table 6
     far = verdicts.table6_verdicts(stats([("Wq", 1, 50.0, 1.0, 3), ("Wq", 64, 60.0, 1.0, 3)]), "%")
     assert far[0]["verdict"].startswith("disagree") and far[0]["difference"] == -10.0
-    # noisy seeds widen the tolerance to the standard error of the difference
-    noisy = verdicts.table6_verdicts(stats([("Wq", 1, 58.0, 3.0, 3), ("Wq", 64, 60.0, 3.0, 3)]), "%")
-    assert noisy[0]["tolerance"] == pytest.approx(math.sqrt(6), abs=1e-3) and noisy[0]["verdict"].startswith("agree")
+    # the same means with noisy seeds: -0.5 ± 2.27 covers both "within 1 pt" and "not": undecided. Seeds that would
+    # decide it, by hand: (1.96 + 0.84)² · (1² + 1²) / 0.5² + 1.96² / 4 = 63.75 -> 64 per config
+    noisy = verdicts.table6_verdicts(stats([("Wq", 1, 60.0, 1.0, 3), ("Wq", 64, 60.5, 1.0, 3)]), "%")
+    assert noisy[0]["verdict"].startswith("undecided") and noisy[0]["interval"] == "[-2.767, +1.767]"
+    assert "~64 seeds per config would decide it" in noisy[0]["verdict"]
+    # one seed per cell has no spread: undecided, and no count can be given
+    single = pd.DataFrame(
+        [("Wq", 1, 60.0, math.nan, 1, (60.0,)), ("Wq", 64, 60.5, math.nan, 1, (60.5,))],
+        columns=["weights", "r", "mean", "std", "n", "values"],
+    )
+    (one, *_) = verdicts.table6_verdicts(single, "%")
+    assert one["verdict"].startswith("undecided") and "one seed has no spread" in one["verdict"]
+    assert "would decide" not in one["verdict"]
 
 
 def test_sufficient_rank_verdict_wq_needs_larger_r_than_wq_wv():
@@ -258,7 +277,7 @@ def test_equal_budget_verdicts_on_agreeing_and_disagreeing_data():
         [("Wq", 8, 60.0, 0.5, 3), ("Wk", 8, 59.0, 0.5, 3), ("Wv", 8, 63.0, 0.5, 3), ("Wq+Wv", 4, 64.0, 0.5, 3)]
     )
     v = {x["claim"].split(" ")[0]: x for x in verdicts.table5_verdicts(good, "%", "max")}
-    assert v["Wq+Wv"]["verdict"].startswith("agree") and v["Wq+Wv"]["difference"] == 0.0
+    assert v["Wq+Wv"]["verdict"].startswith("agree") and v["Wq+Wv"]["difference"] == -1.0  # the best other, Wv
     assert v["Wq"]["verdict"].startswith("agree") and v["Wq"]["difference"] == 4.0
     assert v["Wk"]["verdict"].startswith("agree") and v["Wk"]["difference"] == 5.0
     bad = stats([("Wq", 8, 66.0, 0.5, 3), ("Wk", 8, 63.5, 0.5, 3), ("Wq+Wv", 4, 63.0, 0.5, 3)])
@@ -268,6 +287,11 @@ def test_equal_budget_verdicts_on_agreeing_and_disagreeing_data():
     # mode=min (a loss): lower is better, so the same numbers read the other way
     v = {x["claim"].split(" ")[0]: x for x in verdicts.table5_verdicts(bad, "", "min")}
     assert v["Wq+Wv"]["verdict"].startswith("agree")
+    # Wq+Wv 1.5 pts ahead of Wq, ± 1.13 (Welch, 4 df): across the 1-pt margin. By hand:
+    # (1.96 + 0.84)² · (0.5² + 0.5²) / 0.5² + 1.96² / 4 = 16.66 -> 17 seeds per config
+    close = stats([("Wq", 8, 62.5, 0.5, 3), ("Wq+Wv", 4, 64.0, 0.5, 3)])
+    v = {x["claim"].split(" ")[0]: x for x in verdicts.table5_verdicts(close, "%", "max")}
+    assert v["Wq"]["verdict"].startswith("undecided") and "~17 seeds per config would decide it" in v["Wq"]["verdict"]
     missing = verdicts.table5_verdicts(stats([("Wq", 8, 60.0, 0.5, 3)]), "%", "max")
     assert all(x["verdict"].startswith("n/a") for x in missing)
 
@@ -365,7 +389,10 @@ def test_table6_report_from_mlflow(store, tmp_path):
 
     v = pd.read_csv(out / "verdicts.csv")
     rank = v[v["claim"].str.contains(" is within ")]
-    assert len(rank) == 2 and rank["verdict"].str.startswith("agree").all()  # equal across r by construction
+    # equal means across r by construction, but seeds 1 pt apart: ±2.27 covers the 1-pt margin. By hand:
+    # (1.96 + 0.84)² · (1² + 1²) / 1² + 1.96² / 4 = 16.66 -> 17 seeds per config would decide it
+    assert len(rank) == 2 and rank["verdict"].str.startswith("undecided").all()
+    assert rank["verdict"].str.contains("~17 seeds per config would decide it").all()
     needs = v[v["claim"].str.startswith("Wq alone needs a larger r")].iloc[0]
     assert needs["verdict"].startswith("disagree") and needs["difference"] == 0.0  # both sufficient at r=1
     fig3 = v[v["claim"].str.contains("same config share")]
@@ -427,7 +454,9 @@ def test_table5_report_and_sweep_resolution(store, tmp_path):
     assert "– (paper: r=2)" in shown
     v = pd.read_csv(Path("out") / sweep_id / "verdicts.csv")
     best = v[v["claim"].str.startswith("Wq+Wv is best")].iloc[0]
-    assert best["verdict"].startswith("disagree") and best["difference"] == pytest.approx(2.0)  # all four is 2 pts up
+    # all four is 2 pts up on Wq+Wv, ± 2.27 over 3 seeds: beyond the 1-pt margin or not, the seeds cannot tell
+    assert best["verdict"].startswith("undecided") and best["difference"] == pytest.approx(2.0)
+    assert "~17 seeds per config would decide it" in best["verdict"]
 
 
 def test_any_sweep_gets_leaderboard_importances_and_pruning(store, tmp_path):
@@ -559,3 +588,69 @@ def test_learning_curves_keep_a_legend_per_trial_only_while_it_fits(n_trials, le
     study.tell(t, state=optuna.trial.TrialState.PRUNED)
     ax = figures.learning_curves(study, "eval_accuracy")
     assert [x.get_text() for x in ax.get_legend().get_texts()] == legend
+
+
+# ----------------------------------------------------------------------------------------- eval-set noise
+
+
+def test_the_leaderboard_shows_the_metrics_interval_beside_it():
+    trials = pd.DataFrame(
+        {
+            "tags.optuna_trial": ["0", "1"],
+            "state": ["COMPLETE", "COMPLETE"],
+            "metrics.eval_loss": [0.9, 0.8],
+            "metrics.eval_loss_ci_low": [0.85, 0.75],
+            "metrics.eval_loss_ci_high": [0.95, 0.85],
+            "metrics.eval_accuracy": [0.6, 0.7],
+            "metrics.eval_accuracy_ci_low": [0.55, 0.65],
+            "metrics.eval_accuracy_ci_high": [0.65, 0.75],
+            "run_id": ["a", "b"],
+        }
+    )
+    board = tables.leaderboard(trials, [], "eval_accuracy", "max")
+    beside = ["eval_accuracy", "eval_accuracy_ci_low", "eval_accuracy_ci_high"]
+    assert list(board.columns[:5]) == ["trial", "state", *beside]
+    assert "eval_loss" in board and "eval_loss_ci_low" not in board  # the other metrics' intervals stay in MLflow
+    assert list(board["eval_accuracy_ci_low"]) == [0.65, 0.55]  # best first, each with its own interval
+
+
+def _saved_run(outputs: dict) -> str:
+    from lorasweep import evalrows
+
+    with mlflow.start_run() as run:
+        mlflow.log_dict({"eval": outputs}, evalrows.FILE)
+    return run.info.run_id
+
+
+def test_the_paired_line_finds_a_planted_difference_on_saved_rows_and_not_a_null_one(store):
+    """Three trials' saved predictions on the same 300 labelled rows: A right on 75 %, B and C on 62 % (different
+    rows). A beats B; B and C are not distinguishable; loss (lower is better) reads the other way round."""
+    from lorasweep.analysis.summary import eval_words
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    right = {name: rng.permutation(300) < k for name, k in (("a", 225), ("b", 186), ("c", 186))}
+    runs = {
+        name: _saved_run(
+            {"labels": y.tolist(), "predictions": np.where(ok, y, (y + 1) % 3).tolist(), "losses": (1.0 - ok).tolist()}
+        )
+        for name, ok in right.items()
+    }
+
+    def board(*names):
+        return pd.DataFrame([{"trial": n, "run_id": runs[n]} for n in names])
+
+    win = eval_words(board("a", "b"), "eval_accuracy", "max")
+    assert win.startswith("eval_accuracy on the same 300 eval rows, winner trial a vs runner-up b: +0.13 [")
+    assert win.endswith(": the winner is better") and "p=0.0" in win, win
+    null = eval_words(board("b", "c"), "eval_accuracy", "max")
+    assert ": +0 [" in null and "not distinguishable" in null, null
+    loss = eval_words(board("b", "a"), "eval_loss", "min")  # B's loss 0.38 is above A's 0.25: B is not the winner
+    assert ": +0.13 [" in loss and loss.endswith(": the runner-up is better"), loss
+    other = _saved_run({"labels": y[:200].tolist(), "predictions": y[:200].tolist()})
+    runs["d"] = other
+    assert "not scored on the same eval rows" in eval_words(board("a", "d"), "eval_accuracy", "max")
+    assert "no per-row eval outputs saved" in eval_words(board("a", "b"), "eval_bleu", "max")
+    with mlflow.start_run() as older:  # a run from before rows were saved
+        runs["e"] = older.info.run_id
+    assert "no per-row eval outputs saved" in eval_words(board("a", "e"), "eval_accuracy", "max")

@@ -85,7 +85,7 @@ def test_every_entry_names_fields_and_components_that_exist():
             assert callable(component(path)), path
     for name, t in TASKS.items():
         assert t.help and t.default_metric[0] in t.eval_metrics, name
-        for path in (t.encode, t.collator, t.compute_metrics):
+        for path in (t.encode, t.collator, t.eval_outputs, t.preprocess_logits):
             assert path is None or callable(component(path)), path
 
 

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -387,3 +388,113 @@ def test_system_metrics_are_logged_when_asked(store, monkeypatch):
     logged = {k for k in client.get_run(on["run_id"]).data.metrics if k.startswith("system/")}
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= logged, logged
     assert not any(k.startswith("system/") for k in client.get_run(off["run_id"]).data.metrics)
+
+
+def _intervals_hold(m: dict, metrics: list[str]) -> None:
+    for name in metrics:
+        assert m[f"{name}_ci_low"] <= m[name] <= m[f"{name}_ci_high"], (name, m[f"{name}_ci_low"], m[f"{name}_ci_high"])
+        # the loss varies over rows; a score every row gets the same (0 from an untrained model) has no width
+        assert m[f"{name}_ci_low"] < m[f"{name}_ci_high"] or not name.endswith(("loss", "perplexity")), name
+
+
+@pytest.mark.slow
+def test_a_causal_lm_trial_logs_an_interval_around_each_metric_and_rows_that_recompute_it(store):
+    """tiny_llama with generation scores: eval/test loss, perplexity, EM, ROUGE-L, BLEU and chrF each lie inside their
+    logged 95 % interval, and the saved per-row outputs give the logged numbers again when recomputed independently:
+    token losses by the reloaded adapter's own loss on each eval row, the scores by sacreBLEU and rouge_score."""
+    import math
+
+    import numpy as np
+    import sacrebleu
+    from peft import PeftModel
+    from rouge_score import rouge_scorer
+    from transformers import AutoModelForCausalLM
+
+    from lorasweep import base, data, evalrows, model
+    from lorasweep.trial import check
+
+    cfg = compose([*TINY, "train.generate_eval=true", "train.generate_samples=8", "train.max_new_tokens=8"])
+    summary = run_trial(cfg)
+    m = mlflow.MlflowClient(store).get_run(summary["run_id"]).data.metrics
+    gen = [f"{s}_{n}" for s in ("eval", "test") for n in ("exact_match", "rougeL", "bleu", "chrf")]
+    _intervals_hold(m, ["eval_loss", "eval_perplexity", "test_loss", *gen])
+    assert {k: summary[k] for k in m if "_ci_" in k} == {k: v for k, v in m.items() if "_ci_" in k}
+
+    saved = evalrows.load(summary["run_id"])
+    parts, labels, targets, _ = check(cfg)
+    _, tok = model.load(cfg, targets, 4, labels)
+    rows = data.tokenize(cfg, parts, tok, labels)["eval"]
+    local = mlflow.artifacts.download_artifacts(summary["adapter_uri"])
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base.folder(cfg.model)), local).eval()
+    sums, counts = [], []
+    with torch.no_grad():
+        for row in rows:
+            ids, lab = torch.tensor([row["input_ids"]]), torch.tensor([row["labels"]])
+            n = int((lab[0, 1:] != -100).sum())
+            sums.append(float(tuned(input_ids=ids, labels=lab).loss) * n)
+            counts.append(n)
+    ev = saved["eval"]
+    assert ev["tokens"] == counts and ev["losses"] == pytest.approx(sums, rel=1e-4)
+    assert m["eval_loss"] == pytest.approx(sum(sums) / sum(counts), rel=1e-4)
+    assert m["eval_perplexity"] == pytest.approx(math.exp(sum(sums) / sum(counts)), rel=1e-4)
+
+    for split in ("eval", "test"):
+        g, refs = saved[split]["generations"], saved[split]["references"]
+        assert len(g) == 8 and all(len(r) == 1 for r in refs)  # one reference each: one sacreBLEU stream
+        first = [r[0] for r in refs]
+        assert m[f"{split}_bleu"] == pytest.approx(sacrebleu.corpus_bleu(g, [first]).score)
+        assert m[f"{split}_chrf"] == pytest.approx(sacrebleu.corpus_chrf(g, [first]).score)
+        rouge = rouge_scorer.RougeScorer(["rougeL"])
+        assert m[f"{split}_rougeL"] == pytest.approx(
+            np.mean([rouge.score(r, x)["rougeL"].fmeasure for x, r in zip(g, first)])
+        )
+        assert m[f"{split}_exact_match"] == pytest.approx(np.mean([x.split() == r.split() for x, r in zip(g, first)]))
+
+
+@pytest.mark.slow
+def test_classifier_trials_log_intervals_save_their_rows_and_a_paired_line_compares_them(store):
+    """MiniLM on the tweets, two configs: accuracy, macro-F1 and loss inside their logged intervals (eval and test);
+    the saved predictions give sklearn's accuracy and macro-F1 again, their labels are the eval split's own in order;
+    the paired line on the two trials' rows states the difference of their logged accuracies."""
+    import re
+
+    import numpy as np
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from lorasweep import evalrows
+    from lorasweep.analysis.summary import eval_words
+    from lorasweep.data import label_name
+    from lorasweep.trial import check
+
+    short = [
+        "train.max_steps=6",
+        "train.eval_every=3",
+        "train.batch_size=8",
+        "data.train_size=64",
+        "data.eval_size=48",
+        "data.test_size=32",
+        "tracking.save_adapter=false",
+        "tracking.spectra=false",
+    ]
+    runs = [run_trial(compose([*short, "adapter.r=4"])), run_trial(compose([*short, "adapter.r=8", "train.lr=1e-2"]))]
+    client = mlflow.MlflowClient(store)
+    parts, labels, _, _ = check(compose(short))
+    truth = [labels.index(label_name(x)) for x in parts["eval"][compose(short).data.label_column]]
+    for s in runs:
+        m = client.get_run(s["run_id"]).data.metrics
+        _intervals_hold(m, [f"{sp}_{n}" for sp in ("eval", "test") for n in ("accuracy", "macro_f1", "loss")])
+        saved = evalrows.load(s["run_id"])
+        for split in ("eval", "test"):
+            y, yhat = saved[split]["labels"], saved[split]["predictions"]
+            assert m[f"{split}_accuracy"] == pytest.approx(accuracy_score(y, yhat))
+            assert m[f"{split}_macro_f1"] == pytest.approx(f1_score(y, yhat, average="macro"))
+            assert m[f"{split}_loss"] == pytest.approx(np.mean(saved[split]["losses"]), rel=1e-5)
+        assert saved["eval"]["labels"] == truth
+
+    board = pd.DataFrame(
+        [{"trial": i, "run_id": s["run_id"], "eval_accuracy": s["eval_accuracy"]} for i, s in enumerate(runs)]
+    )
+    line = eval_words(board, "eval_accuracy", "max")
+    diff = float(re.search(r"rows, winner trial 0 vs runner-up 1: ([-+][\d.e-]+) \[", line).group(1))
+    assert diff == pytest.approx(runs[0]["eval_accuracy"] - runs[1]["eval_accuracy"], abs=1e-4), line
+    assert "48 eval rows" in line and re.search(r"p=[\d.]+", line), line

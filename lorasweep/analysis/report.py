@@ -466,9 +466,8 @@ def _verdict_section(found: list[dict], unit: str, out: Path, cites_paper: bool)
         return []
     df = pd.DataFrame(found)
     tables.write(df, df, out / "verdicts", "The claims tested on this sweep.")
-    n_agree = int(df["verdict"].str.startswith("agree").sum())
-    n_dis = int(df["verdict"].str.startswith("disagree").sum())
-    counts = f"{n_agree} agree, {n_dis} disagree, {len(df) - n_agree - n_dis} not testable."
+    n = {w: int(df["verdict"].str.startswith(w).sum()) for w in ("agree", "disagree", "undecided")}
+    counts = ", ".join(f"{k} {w}" for w, k in n.items()) + f", {len(df) - sum(n.values())} not testable."
     plateau = (
         "A verdict names the groups it rests on that had not plateaued: their objective still gained more in the "
         "last eval interval (`last_eval_gain`, mean over seeds) than the noise between seeds (their std, at least "
@@ -485,10 +484,12 @@ def _verdict_section(found: list[dict], unit: str, out: Path, cites_paper: bool)
         )
         return ["## Verdicts", f"{counts} {rule} {plateau} {files}", tables.to_markdown(df)]
     rule = (
-        "Tolerance for two means a, b: max(1 pt, se) for metrics in %, else max(1 % of the larger |mean|, se), "
-        "with se = √(s_a²/n_a + s_b²/n_b) over seeds. 'Within' claims agree when |difference| ≤ tolerance, "
-        "'better/worse' claims when the difference exceeds it in the claimed direction. A set's sufficient r is its "
-        "smallest r within tolerance of the set's best mean. Effective-rank claims: "
+        "A claim about two cells allows a range of differences, with a margin of 1 pt for metrics in % (else 1 % of "
+        "the larger |mean|): 'within' is ±margin, 'better' is > margin. The difference's 95 % interval is Welch's "
+        "over the cells' seeds: agree when the whole interval lies in the range, disagree when none of it does, "
+        "undecided when it straddles an end, with the seeds per cell that would decide it at the spread seen "
+        "(docs/statistics.md). A set's sufficient r is its smallest r within max(margin, se) of the set's best mean, "
+        "se = √(s_a²/n_a + s_b²/n_b). Effective-rank claims: "
         f"agree when k/r ≤ {verdicts.LOW_RANK}. φ claims: Fig. 3 agrees when median φ(1,1) > {verdicts.TOP_SHARED}, "
         "Fig. 4 when it exceeds 6.635/k, the 99th percentile of φ(1,1) for random directions in ℝᵏ."
     )
@@ -515,7 +516,7 @@ def _generic(
         for d in dims
     ]
     if len(complete):
-        summary = tables.group_stats(complete.assign(all="all"), keys or ["all"], "value")
+        summary = tables.group_stats(complete.assign(all="all"), keys or ["all"], "value").drop(columns=["values"])
         summary["mean ± std"] = [tables.fmt_ms(m, s, unit) for m, s in zip(summary["mean"], summary["std"])]
         summary = summary.sort_values("mean", ascending=sweep.mode == "min")
         shown = summary.drop(columns=["mean", "std"]).rename(columns=lambda c: c.removeprefix("params."))

@@ -3,14 +3,16 @@ the Pareto front for several objectives, and the best trial with the command tha
 
 from __future__ import annotations
 
+import math
 import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lorasweep import sweepdir
+from lorasweep import evalrows, stats, sweepdir
 
 if TYPE_CHECKING:
     import mlflow
+    import pandas as pd
 
     from lorasweep.space import SweepSpec
 
@@ -63,5 +65,41 @@ def leaderboard(
             best_command=cmd,
             best_adapter=f"{client.get_run(best['run_id']).info.artifact_uri}/adapter",
         )
+        summary["eval_words"] = eval_words(complete, spec.metric, spec.mode)
+        mlflow.set_tag("eval_words", summary["eval_words"])
     mlflow.log_metrics({f"trials_{k.lower()}": v for k, v in counts.items()})
     return summary
+
+
+SAME_ROWS = ("labels", "tokens", "references")  # outputs that name the rows: equal when two trials saw the same ones
+
+
+def eval_words(board: pd.DataFrame, metric: str, mode: str) -> str:
+    """One line: does the winner beat the runner-up on these eval rows? A paired bootstrap of winner - runner-up
+    over their saved per-row outputs (the same rows for both; stats.paired), read as a verdict on the claim "the
+    winner is better" (stats.verdict_of_bootstrap). `board`: finished trials, best first (tables.leaderboard)."""
+    if len(board) < 2:
+        return f"{metric}: one finished trial, no runner-up to compare with"
+    (_, a), (_, b) = board.head(2).iterrows()
+    names = f"trial {a['trial']} vs runner-up {b['trial']}"
+    split, name = evalrows.split_of(metric)
+    saved = [evalrows.load(row["run_id"]).get(split, {}) for row in (a, b)]
+    rows = [evalrows.rows(s, name) for s in saved]
+    if None in rows:
+        return f"{metric}: {names}: no per-row eval outputs saved for this metric, no paired comparison"
+    if len(rows[0].stats) != len(rows[1].stats) or any(
+        k in saved[0] and saved[0][k] != saved[1].get(k) for k in SAME_ROWS
+    ):
+        return f"{metric}: {names} were not scored on the same eval rows, no paired comparison"
+    diff = stats.paired(*rows)
+    claim = (0.0, math.inf) if mode == "max" else (-math.inf, 0.0)  # winner - runner-up, in the better direction
+    verdict = stats.verdict_of_bootstrap(diff, len(rows[0].stats), claim)
+    words = {"agrees": "the winner is better", "disagrees": "the runner-up is better"}
+    said = words.get(verdict.word, "not distinguishable")
+    if verdict.needed:  # undecided: how many eval rows would decide it, at the spread seen
+        said += f", ~{verdict.needed} eval rows would decide it"
+    d = diff.diff
+    return (
+        f"{metric} on the same {len(rows[0].stats)} eval rows, winner {names}: "
+        f"{d.value:+.4g} [{d.low:+.4g}, {d.high:+.4g}] (paired bootstrap, p={diff.p:.2g}): {said}"
+    )

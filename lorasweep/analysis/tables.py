@@ -14,13 +14,14 @@ from lorasweep.analysis.runs import SEED_KEYS
 
 
 def group_stats(trials: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
-    """keys + mean, std (sample, ddof=1; NaN for a single seed) and n of `value` over the rows of each group."""
-    cols = [*keys, "mean", "std", "n"]
+    """keys + mean, std (sample, ddof=1; NaN for a single seed), n and the values themselves (a tuple: what a verdict
+    tests over seeds) of `value` over the rows of each group."""
+    cols = [*keys, "mean", "std", "n", "values"]
     rows = trials.dropna(subset=[value])
     if rows.empty:
         return pd.DataFrame(columns=cols)
     g = rows.groupby(keys, dropna=False, sort=False)[value]
-    out = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()}).reset_index()
+    out = pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count(), "values": g.agg(tuple)}).reset_index()
     return out[cols]
 
 
@@ -163,15 +164,21 @@ def leaderboard(
     """Every trial of a sweep (rows of runs.load_trials): finished ones first, best first; then reused, pruned
     (ranked by the value they were stopped at, never above a finished one), failed, killed. The sweep prints it
     and the report shows it. With several objectives ({metric: mode}), each is a column and `pareto` marks the
-    finished trials on their front."""
+    finished trials on their front. The metric's 95 % interval over the eval rows stands beside it."""
     col = f"metrics.{metric}"
     others = {f"metrics.{m}": m for m in (objectives or {}) if m != metric}
+    ci = {f"{col}_ci_{end}": f"{metric}_ci_{end}" for end in ("low", "high")}  # its 95 % interval over eval rows
     cols = {
         "tags.optuna_trial": "trial",
         "state": "state",
         col: metric,
+        **ci,
         **others,
-        **{c: c.removeprefix("metrics.") for c in sorted(trials) if c.startswith("metrics.eval_") and c != col},
+        **{
+            c: c.removeprefix("metrics.")
+            for c in sorted(trials)
+            if c.startswith("metrics.eval_") and c != col and "_ci_" not in c  # the others' intervals: in MLflow
+        },
         **{f"params.{d}": d for d in dims if d not in SEED_KEYS},  # a searched seed is the `seed` column
         "seed": "seed",
         "tags.overrides": "overrides",

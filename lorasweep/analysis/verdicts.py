@@ -1,10 +1,11 @@
-"""Verdicts: each of the paper's claims tested on our data, with the difference and the tolerance it is held to.
+"""Verdicts: each of the paper's claims tested on our data, with the difference and the measured noise.
 
-Tolerance for comparing two group means a and b (metric in the report's unit):
-    tol = max(floor, se),  se = sqrt(s_a²/n_a + s_b²/n_b)  (the standard error of the difference of means;
-    groups with a single seed add nothing), floor = 1 point for metrics in %, else 1 % of the larger |mean|.
-"Within" claims agree when |diff| <= tol; "better/worse" claims agree when the difference exceeds tol in the
-claimed direction. Nothing here is written by hand: every number comes from the data or from lorasweep.analysis.paper.
+A claim about two groups (cells of the sweep) is the range of differences a - b it allows, e.g. "r=1 is within
+1 pt of r=64" is (-1, 1) and "Wq+Wv is better than Wq" is (1, inf); its margin is the floor: 1 point for metrics in
+%, else 1 % of the larger |mean|, the smallest difference a verdict calls real. The difference's 95 % interval is
+Welch's over the groups' seeds (lorasweep.stats.verdict_of_seeds): agree when the whole interval lies in the range,
+disagree when none of it does, undecided when it straddles an end, with the seeds per group that would decide it.
+Nothing here is written by hand: every number comes from the data or from lorasweep.analysis.paper.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 
 import pandas as pd
 
+from lorasweep import stats as st
 from lorasweep.analysis import paper
 from lorasweep.analysis.tables import fmt_ms, pm
 
@@ -37,16 +39,18 @@ def _row(
     ours: str,
     diff: float | None,
     tol: float | None,
-    agree: bool | None,
+    agree: bool | str | None,
     unit: str,
     how: str,
     groups: tuple = (),
 ) -> dict:
-    """One verdict; `groups` are the stats rows it is built on: any that had not plateaued is named in the line."""
+    """One verdict (`agree`: True, False, a word such as 'undecided', or None: not testable); `groups` are the stats
+    rows it is built on: any that had not plateaued is named in the line."""
     if agree is None:
         verdict = f"n/a ({how})"
     else:
-        verdict = ("agree" if agree else "disagree") + f" ({how}{_plateau_note(groups, unit)})"
+        word = agree if isinstance(agree, str) else "agree" if agree else "disagree"
+        verdict = f"{word} ({how}{_plateau_note(groups, unit)})"
     return {
         "claim": claim,
         "paper": paper_says,
@@ -55,6 +59,44 @@ def _row(
         "tolerance": None if tol is None else round(tol, 3),
         "verdict": verdict,
     }
+
+
+WORDS = {"agrees": "agree", "disagrees": "disagree", "undecided": "undecided"}  # the report's words
+
+
+def _range(claim: tuple[float, float], unit: str) -> str:
+    lo, hi = claim
+    if math.isinf(hi):
+        return f"> {lo:.2f}{_u(unit)}"
+    if math.isinf(lo):
+        return f"< {hi:.2f}{_u(unit)}"
+    return f"within ±{hi:.2f}{_u(unit)}"
+
+
+def judged(
+    claim: str,
+    paper_says: str,
+    ours: str,
+    a: pd.Series,
+    b: pd.Series,
+    allowed: tuple[float, float],
+    unit: str,
+    sign: float = 1.0,
+) -> dict:
+    """One verdict on a claim about groups a and b (stats rows with their seeds' `values`): the range `allowed` of
+    sign · (a - b), judged on the Welch interval over seeds (stats.verdict_of_seeds)."""
+    v = st.verdict_of_seeds([sign * x for x in a["values"]], [sign * x for x in b["values"]], allowed)
+    d = v.diff
+    if math.isnan(d.low):
+        how = f"difference {d.value:+.2f}{_u(unit)}, no interval: one seed has no spread to judge by"
+    else:
+        how = f"difference {d.value:+.2f} [{d.low:+.2f}, {d.high:+.2f}]{_u(unit)} vs {_range(allowed, unit)}"
+    if v.needed:
+        how += f"; ~{v.needed} {v.unit} would decide it"
+    margin = min(abs(e) for e in allowed if math.isfinite(e))
+    row = _row(claim, paper_says, ours, d.value, margin, WORDS[v.word], unit, how, (a, b))
+    row["interval"] = None if math.isnan(d.low) else f"[{d.low:+.3f}, {d.high:+.3f}]"
+    return row
 
 
 def with_plateau(
@@ -136,24 +178,12 @@ def table5_verdicts(stats: pd.DataFrame, unit: str, mode: str) -> list[dict]:
     if qv is None or len(stats) < 2:
         out.append(_row(claim, paper_says, "–", None, None, None, unit, "needs a Wq+Wv row and another row"))
     else:
-        best = stats.loc[(sign * stats["mean"]).idxmax()]
-        gap = sign * (float(best["mean"]) - float(qv["mean"]))
-        tol = tolerance(best, qv, unit)
+        others = stats[stats["weights"] != "Wq+Wv"]
+        best = others.loc[(sign * others["mean"]).idxmax()]  # the row most likely to beat Wq+Wv
         rank = int((sign * stats["mean"] > sign * float(qv["mean"])).sum()) + 1
-        ours = f"Wq+Wv {_ms(qv, unit)} is #{rank} of {len(stats)}; best {best['weights']} {_ms(best, unit)}"
-        out.append(
-            _row(
-                claim,
-                paper_says,
-                ours,
-                gap,
-                tol,
-                gap <= tol,
-                unit,
-                f"gap to the best {gap:.2f} {'≤' if gap <= tol else '>'} {tol:.2f}{_u(unit)}",
-                (best, qv),
-            )
-        )
+        ours = f"Wq+Wv {_ms(qv, unit)} is #{rank} of {len(stats)}; best other {best['weights']} {_ms(best, unit)}"
+        least = floor(unit, best["mean"], qv["mean"])
+        out.append(judged(claim, paper_says, ours, best, qv, (-math.inf, least), unit, sign))  # no row beats it
     for alone in ("Wq", "Wk"):
         t = (alone[1],)
         claim = f"{alone} alone (all the budget in one matrix) is worse than Wq+Wv"
@@ -166,22 +196,9 @@ def table5_verdicts(stats: pd.DataFrame, unit: str, mode: str) -> list[dict]:
         if qv is None or row is None:
             out.append(_row(claim, paper_says, "–", None, None, None, unit, f"needs {alone} and Wq+Wv rows"))
             continue
-        diff = sign * (float(qv["mean"]) - float(row["mean"]))  # > 0: Wq+Wv better
-        tol = tolerance(qv, row, unit)
         ours = f"{alone} {_ms(row, unit)} vs Wq+Wv {_ms(qv, unit)}"
-        out.append(
-            _row(
-                claim,
-                paper_says,
-                ours,
-                diff,
-                tol,
-                diff > tol,
-                unit,
-                f"Wq+Wv better by {diff:.2f} {'>' if diff > tol else '≤'} {tol:.2f}{_u(unit)}",
-                (qv, row),
-            )
-        )
+        least = floor(unit, qv["mean"], row["mean"])
+        out.append(judged(claim, paper_says, ours, qv, row, (least, math.inf), unit, sign))  # > 0: Wq+Wv better
     return out
 
 
@@ -220,23 +237,10 @@ def table6_verdicts(stats: pd.DataFrame, unit: str, mode: str = "max") -> list[d
             out.append(_row(claim, paper_says, "–", None, None, None, unit, "needs two ranks"))
             continue
         a, b = _pick(stats, w, lo), _pick(stats, w, hi)
-        diff = float(a["mean"]) - float(b["mean"])
-        tol = tolerance(a, b, unit)
-        claim = f"{w}: r={lo} is within {tol:.2f}{_u(unit)} of r={hi}"
+        least = floor(unit, a["mean"], b["mean"])
+        claim = f"{w}: r={lo} is within {least:.2f}{_u(unit)} of r={hi}"
         ours = f"r={lo} {_ms(a, unit)} vs r={hi} {_ms(b, unit)}"
-        out.append(
-            _row(
-                claim,
-                paper_says,
-                ours,
-                diff,
-                tol,
-                abs(diff) <= tol,
-                unit,
-                f"|{diff:+.2f}| {'≤' if abs(diff) <= tol else '>'} {tol:.2f}{_u(unit)}",
-                (a, b),
-            )
-        )
+        out.append(judged(claim, paper_says, ours, a, b, (-least, least), unit))
     return out + _sufficient_rank_verdict(stats, unit, mode)
 
 
