@@ -253,7 +253,7 @@ BAD = [
     ([*CUSTOM, "data.path=@T", "data.eval_size=1.5"], "data.eval_size=1.5", "a fraction in (0, 1)"),
     ([*CUSTOM, "data.path=@T", "data.test_size=-0.2"], "data.test_size=-0.2", "a fraction in (0, 1)"),
     ([*CUSTOM, "data.path=@T", "data.test_size=200", "data.eval_size=0.5"], "data.eval_size=0.5", "rows remain"),
-    (["train.generate_eval=true"], "train.generate_eval=True", "generation needs a causal LM"),
+    (["train.generate_eval=true"], "train.generate_eval=True", "its models do not generate"),
     ([*CUSTOM, "data.files={train:@T,test:@N}"], "data.files.test='@N'", "label_column 'sentiment'"),
     ([*CUSTOM, "data.splits={train:train}", "data.path=@T"], "data.splits=", "null for data.source=file"),
     ([*CUSTOM, "data.files={eval:@T}"], "data.files=", "with train"),
