@@ -617,6 +617,7 @@ def test_the_leaderboard_shows_the_metrics_interval_beside_it():
 def _saved_run(outputs: dict) -> str:
     from lorasweep import evalrows
 
+    mlflow.set_experiment("saved-rows")  # in this test's store: an earlier test may have left another active
     with mlflow.start_run() as run:
         mlflow.log_dict({"eval": outputs}, evalrows.FILE)
     return run.info.run_id
