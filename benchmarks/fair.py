@@ -309,13 +309,16 @@ def _finish(rec: dict, clock: Clock, count: Count | None, prof, steps: int) -> d
     return rec
 
 
-def launch(side: str, out: Path, overrides: list[str], count: bool = False, threads: int | None = None) -> dict:
+def launch(
+    side: str, out: Path, overrides: list[str], count: bool = False, threads: int | None = None, timeout=None
+) -> dict:
     """Run one side in a fresh process; its record."""
     import subprocess
 
     cmd = [sys.executable, __file__, side, str(out), *(["--count"] if count else [])]
     cmd += [*(["--threads", str(threads)] if threads else []), "--", *overrides]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL if not os.environ.get("BENCH_VERBOSE") else None)
+    quiet = subprocess.DEVNULL if not os.environ.get("BENCH_VERBOSE") else None
+    subprocess.run(cmd, check=True, stdout=quiet, timeout=timeout)
     return json.loads(out.read_text())
 
 
