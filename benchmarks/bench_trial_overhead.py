@@ -113,7 +113,7 @@ def main() -> None:
                 row["runs"][side].append(
                     {
                         k: rec.get(k)
-                        for k in (*TIMES, "fingerprint", "train_loss", "eval_loss", "trainer_dirs_left_after_trial")
+                        for k in (*TIMES, "fingerprint", "train_loss", "eval_loss", "trainer_dir_left_after_trial")
                     }
                 )
                 print(name, i, side, {k: round(rec[k], 4) for k in TIMES}, flush=True)

@@ -150,6 +150,7 @@ def trial_side(ov: list[str], count: Count | None) -> dict:
         from transformers import TrainerCallback
 
         tr = make(cfg_, model_, tok, datasets, *a, **kw)
+        rec["trainer_dir"] = tr.args.output_dir
         b = prebuilt(cfg_, tok, datasets)
         rec["fingerprint"] = fingerprint(b["train"])
         rec["tokens"] = [int(x["attention_mask"].sum()) for x in b["train"]]
@@ -197,13 +198,12 @@ def trial_side(ov: list[str], count: Count | None) -> dict:
 
     lorasweep.train.trainer = trainer
     t0 = time.perf_counter()
-    before = _trainer_dirs()
     s = run_trial(cfg)
     rec["wall_s"] = time.perf_counter() - t0
-    left = _trainer_dirs() - before
-    rec["trainer_dirs_left_after_trial"] = len(left)
-    for d in left:  # the leftover is reported, then cleaned, so repetitions do not pile up
-        os.rmdir(d) if not os.listdir(d) else None
+    left = rec["trainer_dir"]
+    rec["trainer_dir_left_after_trial"] = os.path.isdir(left)
+    if os.path.isdir(left) and not os.listdir(left):  # reported, then removed, so repetitions do not pile up
+        os.rmdir(left)
     rec["train_loss"] = float(s["train_loss_final"])
     rec["eval_loss"] = float(s.get("eval_loss", float("nan")))
     return _finish(rec, clock, count, prof, steps)
@@ -289,11 +289,6 @@ def bare_side(ov: list[str], count: Count | None) -> dict:
 
 def _first(items):
     return items[0]
-
-
-def _trainer_dirs() -> set[str]:
-    tmp = Path(tempfile.gettempdir())
-    return {str(p) for p in tmp.glob("lorasweep-trainer-*")}
 
 
 def _finish(rec: dict, clock: Clock, count: Count | None, prof, steps: int) -> dict:
