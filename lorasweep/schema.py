@@ -112,6 +112,11 @@ class DataCfg:
     test_size: Any = f(0.1, "rows carved from the train table for test, unless given as its own file or split", SIZE)
     split_seed: int = f(1234, "seed of the split shuffle", integer(0))
     max_train_samples: Optional[int] = f(None, "cap on train rows after the split", integer(1, null="no cap"))
+    pad_to_multiple_of: Optional[int] = f(
+        16,
+        "pad each batch to a multiple of this many tokens: fewer distinct shapes to plan kernels for",
+        integer(1, null="pad to the longest row"),
+    )
 
 
 @dataclass

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 from lorasweep.base import tokenizer_source
 from lorasweep.cli import main
 from lorasweep.config import compose
-from lorasweep.data import labels, notes, read_table, splits, tokenize, warning_lines
+from lorasweep.data import collator, labels, notes, read_table, splits, tokenize, warning_lines
 from lorasweep.generate import references, scores
 from tests.conftest import all_runs
 
@@ -156,6 +156,25 @@ def test_sft_cuts_a_long_prompt_from_the_left_and_keeps_the_response(tok, tmp_pa
     assert long_row["input_ids"][0] == tok.cls_token_id and tok.convert_tokens_to_ids("end") in long_row["input_ids"]
     assert [l for l in ds[1]["labels"] if l != -100] == answers[1]
     assert notes(cfg, parts, tok, None)["response_cut_rows_test"] == 1  # the 7-word answer cannot fit in 8
+
+
+@pytest.mark.parametrize("multiple", [8, 16])
+def test_pad_to_multiple_of_pads_each_batch_to_a_bucket_and_keeps_the_values(tok, multiple):
+    cfg = compose(["model=tiny_llama", "data=tweets_sft", f"data.pad_to_multiple_of={multiple}"])
+    rows = tokenize(cfg, splits(cfg), tok, None)["train"]
+    bucketed = collator(cfg.data, cfg.model.task, tok)
+    plain = collator(
+        compose(["model=tiny_llama", "data=tweets_sft", "data.pad_to_multiple_of=null"]).data, "causal_lm", tok
+    )
+    for start in range(0, 64, 8):
+        batch = [rows[i] for i in range(start, start + 8)]
+        a, b = bucketed(batch), plain(batch)
+        n, m = a["input_ids"].shape[1], b["input_ids"].shape[1]
+        assert n % multiple == 0 and m <= n < m + multiple  # the next multiple of the longest row, no further
+        assert m == max(len(r["input_ids"]) for r in batch)
+        for key, pad in (("input_ids", tok.pad_token_id), ("attention_mask", 0), ("labels", -100)):
+            assert a[key][:, :m].equal(b[key])  # the rows themselves are unchanged
+            assert (a[key][:, m:] == pad).all()  # and the bucket is filled with padding only
 
 
 def test_chat_template_formats_prompt_and_response(tmp_path):
