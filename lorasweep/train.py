@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from lorasweep import evalrows
+from lorasweep import data, evalrows
 from lorasweep.tasks import TASKS, component
 from lorasweep.variants import METHODS
 
@@ -183,7 +183,7 @@ def trainer(
         args=args,
         train_dataset=datasets["train"],
         eval_dataset=eval_ds,
-        data_collator=component(task.collator)(tok, **task.collator_kwargs),
+        data_collator=data.collator(cfg.data, cfg.model.task, tok),
         processing_class=tok,
         compute_metrics=rows.compute_metrics if task.eval_outputs else None,
         preprocess_logits_for_metrics=component(task.preprocess_logits) if task.preprocess_logits else None,

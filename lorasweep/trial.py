@@ -1,6 +1,7 @@
 """Trial: one PEFT fine-tune (or full fine-tune) from a config, top to bottom — validate, load, train, measure,
 track."""
 
+import shutil
 import sys
 import tempfile
 import time
@@ -75,7 +76,8 @@ def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), run_id: st
         start = time.perf_counter()
         result = trainer.train()
         runtime = time.perf_counter() - start
-        if trainer.state.global_step % cfg.train.eval_every:
+        evaluated = [h["step"] for h in trainer.state.log_history if "eval_loss" in h]
+        if evaluated[-1:] != [trainer.state.global_step]:  # transformers 5 evaluates at the last step itself
             trainer.evaluate()  # the last step always has an eval, so the final eval metric is the trial's result
         final = {k: v for k, v in latest.items() if k.startswith("eval_")}
         test = trainer.evaluate(datasets["test"], metric_key_prefix="test")
@@ -120,5 +122,6 @@ def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), run_id: st
         summary["run_id"] = active.info.run_id
         summary["adapter_uri"] = f"{active.info.artifact_uri}/adapter" if cfg.tracking.save_adapter else None
         summary["steps"] = trainer.state.global_step
+    shutil.rmtree(trainer.args.output_dir, ignore_errors=True)  # the Trainer's scratch folder: nothing is kept there
     model.release(cfg, tuned, tok, labels)  # a warm worker's next trial may reuse the base model
     return summary

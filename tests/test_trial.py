@@ -498,3 +498,18 @@ def test_classifier_trials_log_intervals_save_their_rows_and_a_paired_line_compa
     diff = float(re.search(r"rows, winner trial 0 vs runner-up 1: ([-+][\d.e-]+) \[", line).group(1))
     assert diff == pytest.approx(runs[0]["eval_accuracy"] - runs[1]["eval_accuracy"], abs=1e-4), line
     assert "48 eval rows" in line and re.search(r"p=[\d.]+", line), line
+
+
+@pytest.mark.slow
+def test_a_trial_evaluates_once_at_its_last_step_and_leaves_no_scratch_folder(store, tmp_path, monkeypatch):
+    """5 steps, evals every 2: transformers evaluates at 2, 4 and the last step, 5; the trial adds none of its own
+    (issue 27: it evaluated step 5 twice), and the Trainer's scratch folder goes with the trial."""
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    summary = run_trial(compose([*TINY, "train.max_steps=5", "tracking.spectra=false", "tracking.save_adapter=false"]))
+    history = mlflow.MlflowClient(store).get_metric_history(summary["run_id"], "eval_loss")
+    assert [h.step for h in history] == [2, 4, 5]
+    assert list(scratch.glob("lorasweep-trainer-*")) == []
