@@ -18,16 +18,12 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lorasweep import distinct, stats
-from lorasweep.compare import dotted_items
-from lorasweep.errors import ConfigError
-from lorasweep.ledger import KILLED
-from lorasweep.space import SweepSpec
+from lorasweep.ledger import CONFIRM, KILLED, PHASE, RUN_ID
+from lorasweep.space import Confirm, SweepSpec
 
-PHASE, CONFIRM = "phase", "confirm"  # Optuna user attribute (and MLflow tag) of a confirmation trial
 OF = "confirm_of"  # Optuna user attribute: the search trial whose config it re-trains
 SEED = "confirm_seed"  # Optuna user attribute: its seed, the `seed=` override it trains with (seed_override)
 SEED_KEYS = ("seed", "train.seed")  # not part of a config's identity
-KEYS = {"top_k": 2, "seeds": 3}  # the defaults: the winner and its runner-up, three seeds each
 ALPHA = 0.05  # "distinguishable": Welch's two-sided p below this
 NAMES = {
     "eval_loss": "loss",
@@ -39,12 +35,6 @@ NAMES = {
     "eval_bleu": "BLEU",
     "eval_chrf": "chrF",
 }
-
-
-@dataclass(frozen=True)
-class Confirm:
-    top_k: int
-    seeds: int
 
 
 @dataclass(frozen=True)
@@ -60,33 +50,7 @@ class Confirmed:
     search_value: float  # what the search saw (one seed, picked as best: biased up)
     scores: tuple[float, ...]  # the metric over the confirmation seeds that completed
     interval: stats.Interval  # their mean and 95 % t interval
-
-
-def parse(sweep: Mapping) -> Confirm | None:
-    """sweep.confirm from the raw sweep mapping (its siblings decide what it may be combined with)."""
-    node = sweep.get("confirm")
-    if node is None:
-        return None
-    if not isinstance(node, Mapping):
-        raise ConfigError("sweep.confirm", node, "{top_k: K, seeds: S}: re-train the K best configs with S seeds")
-    for key, value in node.items():
-        if key not in KEYS:
-            raise ConfigError(f"sweep.confirm.{key}", value, f"unknown key; allowed: {', '.join(KEYS)}")
-    top_k, seeds = (node.get(k, d) for k, d in KEYS.items())
-    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-        raise ConfigError("sweep.confirm.top_k", top_k, "an int >= 1: the best distinct configs to re-train")
-    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 2:
-        raise ConfigError("sweep.confirm.seeds", seeds, "an int >= 2: new seeds per config (one has no spread)")
-    budget = sweep.get("num_trials")
-    if isinstance(budget, int) and top_k > budget:
-        raise ConfigError("sweep.confirm.top_k", top_k, f"at most sweep.num_trials ({budget}): configs the search ran")
-    for sibling, why in (("objectives", "a Pareto front has no K best"), ("compare", "compare runs its own seeds")):
-        if sweep.get(sibling) is not None:
-            raise ConfigError("sweep.confirm", dict(node), f"absent with sweep.{sibling}: {why}")
-    space = sweep.get("space")
-    if isinstance(space, Mapping) and any(k.startswith(("seed.", "train.seed.")) for k, _ in dotted_items(space)):
-        raise ConfigError("sweep.confirm", dict(node), "absent when sweep.space searches the seed: confirm sets it")
-    return Confirm(top_k, seeds)
+    run_ids: tuple[str, ...]  # the MLflow runs of those seeds
 
 
 def is_confirm(trial: FrozenTrial) -> bool:
@@ -167,9 +131,11 @@ def ranked(study: optuna.Study, spec: SweepSpec) -> list[Confirmed]:
     """The confirmed configs, best mean first; a config none of whose seeds completed is left out."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     scores: dict[int, list[float]] = {}
+    runs: dict[int, list[str]] = {}
     for t in trials.values():
         if is_confirm(t) and t.state == TrialState.COMPLETE and t.value is not None:
             scores.setdefault(t.user_attrs[OF], []).append(t.value)
+            runs.setdefault(t.user_attrs[OF], []).append(t.user_attrs.get(RUN_ID, ""))
     out = [
         Confirmed(
             label(distinct.values_of(trials[n], spec) or {}, spec),
@@ -177,6 +143,7 @@ def ranked(study: optuna.Study, spec: SweepSpec) -> list[Confirmed]:
             trials[n].value,
             tuple(v),
             stats.seed_interval(v),
+            tuple(runs[n]),
         )
         for n, v in scores.items()
     ]

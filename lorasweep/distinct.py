@@ -17,10 +17,9 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from lorasweep.ledger import KILLED
-from lorasweep.space import SweepSpec, suggest, to_overrides
+from lorasweep.ledger import DUPLICATE, KILLED
+from lorasweep.space import SweepSpec, make_sampler, suggest, to_overrides
 
-DUPLICATE = "duplicate_of"  # Optuna user attribute: this sampled config is trial N's; nothing ran, no budget used
 TRIES = 20  # samples asked for in a row before the space counts as spent
 CAP = 512  # parameter combinations counted at most: a larger space is no small space
 # A trial holding its config: ended (a FAIL the sweep did not kill failed for its config, and would again), running,
@@ -123,3 +122,13 @@ def budget_note(distinct: int | None, budget: int) -> str | None:
     if distinct is None or distinct >= budget:
         return None
     return f"this space has {distinct} distinct configs; budget {budget} -> stopping after {distinct}"
+
+
+def sampler_for(spec: SweepSpec, ident: SweepSpec, resumed_after: int = 0) -> tuple[optuna.samplers.BaseSampler, int]:
+    """The sweep's sampler and its budget. A fully discrete space with no more distinct configs than the budget is
+    searched exhaustively, each config once, and the budget shrinks to its size: sampling it would only propose
+    configs already run. A grid (already exhaustive) and a compare plan keep theirs. `ident`: complete()'s spec."""
+    n = None if spec.sampler == "grid" else count(ident)
+    if n is not None and n <= spec.num_trials:
+        return exhaustive_sampler(spec), n
+    return make_sampler(spec, resumed_after=resumed_after), spec.num_trials

@@ -6,9 +6,9 @@ import shlex
 
 import optuna
 
-from lorasweep import compare
+from lorasweep import compare, distinct
 from lorasweep.config import compose
-from lorasweep.space import make_sampler, parse_sweep, stored, suggest, to_overrides
+from lorasweep.space import parse_sweep, stored, to_overrides
 from lorasweep.sweep import check_engine_and_metric, trial_config
 
 
@@ -46,7 +46,15 @@ def dry_run(argv: list[str]) -> int:
             + (f" when {dict(d.when)}" if d.when else "")
             + (" (helper)" if d.helper else "")
         )
-    study = optuna.create_study(sampler=make_sampler(spec), directions=spec.directions)
+    ident = distinct.complete(spec, cfg)
+    sampler, num_trials = distinct.sampler_for(spec, ident)
+    note = distinct.budget_note(num_trials, spec.num_trials)
+    if note:
+        print(f"{note} (each config once: Optuna's BruteForceSampler)")
+    if spec.confirm is not None:
+        c = spec.confirm
+        print(f"confirm: then the {c.top_k} best configs again, {c.seeds} new seeds each ({c.top_k * c.seeds} trials)")
+    study = optuna.create_study(sampler=sampler, directions=spec.directions)
     base = [a for a in argv if not a.startswith(("resume=", "+resume="))]
     if spec.compare is not None:
         c = spec.compare
@@ -54,14 +62,18 @@ def dry_run(argv: list[str]) -> int:
             f"compare: {len(c.arms)} arms, each {c.trials_per_arm} LR trials at seed {c.seeds[0]}, then seeds "
             f"{list(c.seeds[1:])} at its best LR (shown: the LR search; where a range is searched, the LRs adapt)"
         )
-    for _ in range(spec.num_trials):
+    for _ in range(num_trials):
         if spec.compare is not None:
             planned = compare.next_trial(study, spec.compare, lambda k, v: stored(spec, k, v), "killed")
             if not isinstance(planned, compare.Next):  # what comes next depends on results
                 break
             study.enqueue_trial(planned.params, user_attrs=planned.attrs)
-        trial = study.ask()
-        overrides = to_overrides(suggest(trial, spec), spec)
+        asked = distinct.ask_distinct(study, ident)
+        if asked is None:
+            print(f"the space is spent: {distinct.TRIES} samples in a row were configs already shown")
+            break
+        trial, values = asked
+        overrides = to_overrides(values, spec)
         try:
             trial_cfg, share = trial_config(base, overrides)
             est = estimate(trial_cfg)

@@ -2,13 +2,12 @@
 
 The driver creates the child run before any work starts and writes the run id onto the Optuna trial, so each store
 can name the other's record of the trial before anything can fail. Every end state (COMPLETE, PRUNED, FAILED,
-KILLED, REUSED, SKIPPED) is written here, once, to both.
+KILLED, SKIPPED) is written here, once, to both. A sampled config some trial already holds never gets this far: it
+is told to Optuna as a DUPLICATE (distinct.py) and has no child run.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shlex
 
@@ -26,19 +25,18 @@ os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
 RUN_ID = "mlflow_run_id"  # Optuna user attribute: the trial's MLflow child run
 KILLED = "killed"  # Optuna user attribute: FAIL because the sweep stopped it, not because of its config
-CONFIG = "config_digest"  # Optuna user attribute: what the trial trains, for "no trial twice"
+DUPLICATE = "duplicate_of"  # Optuna user attribute: this sample was trial N's config; nothing ran, no budget used
+PHASE, CONFIRM = "phase", "confirm"  # Optuna user attribute and child tag of a confirmation trial (confirm.py)
 OPTUNA_STATE = {
     "COMPLETE": TrialState.COMPLETE,
     "PRUNED": TrialState.PRUNED,
     "FAILED": TrialState.FAIL,
     "KILLED": TrialState.FAIL,
-    "REUSED": TrialState.COMPLETE,
     "SKIPPED": TrialState.PRUNED,  # infeasible (its constraints say why): no sampler takes it for a result
 }
 MLFLOW_STATUS = {
     "COMPLETE": "FINISHED",
     "PRUNED": "FINISHED",
-    "REUSED": "FINISHED",
     "SKIPPED": "FINISHED",
     "FAILED": "FAILED",
     "KILLED": "KILLED",
@@ -76,19 +74,11 @@ def open_child(
     warm = warmstart.tag(study, trial)
     if warm:
         tags["warm_start"] = warm
-    tags.update({k: str(v) for k, v in trial.user_attrs.items() if k in (compare.ARM, compare.PHASE)})
+    tags.update({k: str(v) for k, v in trial.user_attrs.items() if k in (compare.ARM, compare.PHASE, PHASE)})
     run_id = client.create_run(exp, run_name=run_name(trial.number, config), tags=tags).info.run_id
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
     trial.set_user_attr(RUN_ID, run_id)
-    trial.set_user_attr(CONFIG, digest(params))
     return run_id
-
-
-def digest(params: dict[str, object]) -> str:
-    """The composed config a trial trains, as a short hash: two samples that compose to the same config (a field
-    set to its default, a value the base already has) are one config. Where it runs (engine.*) does not count."""
-    kept = {k: v for k, v in params.items() if not k.startswith(("engine.", "resume"))}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
 def reason(e: BaseException) -> str:
@@ -109,7 +99,7 @@ def finish(
     reason: str | None = None,
     tags: dict[str, str] | None = None,
 ) -> None:
-    """Write a trial's end state to both stores. COMPLETE and REUSED carry the objective value; PRUNED takes the
+    """Write a trial's end state to both stores. COMPLETE carries the objective value; PRUNED takes the
     last value the trial reported (Optuna's rule); FAILED and KILLED carry the reason, SKIPPED (over
     sweep.max_cost, never trained) why it was skipped."""
     extra = {"trial_state": state, **(tags or {})}
@@ -118,7 +108,7 @@ def finish(
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in extra.items()])
     client.set_terminated(run_id, MLFLOW_STATUS[state])
     try:
-        if state in ("COMPLETE", "REUSED"):
+        if state == "COMPLETE":
             study.tell(number, value)
         else:
             study.tell(number, state=OPTUNA_STATE[state])
@@ -170,19 +160,14 @@ def _bare_child(client: mlflow.MlflowClient, parent_run_id: str, t: optuna.trial
     return run_id
 
 
+def in_budget(t: optuna.trial.FrozenTrial) -> bool:
+    """A search trial the budget counts: not one the sweep killed, a warm start's seed from an earlier sweep, a
+    duplicate sample (never ran) or a confirmation run (counted apart)."""
+    a = t.user_attrs
+    return not a.get(KILLED) and warmstart.SEEDED not in a and DUPLICATE not in a and a.get(PHASE) != CONFIRM
+
+
 def finished(study: optuna.Study) -> int:
-    """Trials that count against the budget: all that ended, except those the sweep itself killed and those a warm
-    start added from an earlier sweep."""
+    """Search trials that ended and count against the budget (in_budget)."""
     ended = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return sum(
-        1
-        for t in study.get_trials(deepcopy=False, states=ended)
-        if not t.user_attrs.get(KILLED) and warmstart.SEEDED not in t.user_attrs
-    )
-
-
-def twin(study: optuna.Study, trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
-    """A COMPLETE trial that trained the same composed config: its result stands for this one (no trial twice)."""
-    key = trial.user_attrs[CONFIG]
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return next((t for t in done if t.number != trial.number and t.user_attrs.get(CONFIG) == key), None)
+    return sum(1 for t in study.get_trials(deepcopy=False, states=ended) if in_budget(t))

@@ -313,6 +313,9 @@ class SweepCfg:
     compare: Any = f(None, "LR-first comparison: arms, lr, trials_per_arm, seeds, tolerance (docs/studies.md)", MAPPING)
     objectives: Any = f(None, "{metric: max | min, ...}: a multi-objective study (the first is the metric)", MAPPING)
     max_cost: Any = f(None, "{predicted cost: upper bound}: configs over one are skipped before they train", MAPPING)
+    confirm: Any = f(
+        None, "{top_k: K, seeds: S}: after the search, re-train the K best configs with S new seeds", MAPPING
+    )
 
 
 # Sections whose keys are the user's own (an architecture dict, split maps, a sweep file): not schema fields.

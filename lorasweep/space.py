@@ -73,6 +73,17 @@ class Dim:
 
 
 @dataclass(frozen=True)
+class Confirm:
+    """sweep.confirm: after the search, the top_k best distinct configs are re-trained with `seeds` new seeds."""
+
+    top_k: int
+    seeds: int
+
+
+CONFIRM_KEYS = {"top_k": 2, "seeds": 3}  # the defaults: the winner and its runner-up, three seeds each
+
+
+@dataclass(frozen=True)
 class SweepSpec:
     """A validated cfg.sweep; dims are in sampling order (each after what it depends on)."""
 
@@ -95,6 +106,7 @@ class SweepSpec:
     compare: Compare | None = None  # LR-first arms: the plan decides every trial
     objectives: tuple[tuple[str, str], ...] = ()  # (metric, mode) of each objective; () = metric, mode alone
     max_cost: tuple[tuple[str, float], ...] = ()  # (predicted cost, upper bound): checked before a trial trains
+    confirm: Confirm | None = None  # re-train the best configs with new seeds after the search (confirm.py)
 
     @property
     def metrics(self) -> list[str]:
@@ -195,6 +207,7 @@ def parse_sweep(cfg: DictConfig) -> SweepSpec:
         compare=compare,
         objectives=objectives,
         max_cost=_max_cost(raw, cfg, dims),
+        confirm=parse_confirm(raw),
     )
     if objectives and sampler not in MULTI_OBJECTIVE_SAMPLERS:
         raise ConfigError(
@@ -239,6 +252,34 @@ def _objectives(raw: dict) -> tuple[tuple[str, str], ...]:
         if mode not in ("max", "min"):
             raise ConfigError(f"sweep.objectives.{metric}", mode, "max | min")
     return tuple(node.items())
+
+
+def parse_confirm(sweep: Mapping) -> Confirm | None:
+    """sweep.confirm from the raw sweep mapping (its siblings decide what it may be combined with)."""
+    node = sweep.get("confirm")
+    if node is None:
+        return None
+    if not isinstance(node, Mapping):
+        raise ConfigError("sweep.confirm", node, "{top_k: K, seeds: S}: re-train the K best configs with S seeds")
+    for key, value in node.items():
+        if key not in CONFIRM_KEYS:
+            raise ConfigError(f"sweep.confirm.{key}", value, f"unknown key; allowed: {', '.join(CONFIRM_KEYS)}")
+    top_k, seeds = (node.get(k, d) for k, d in CONFIRM_KEYS.items())
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+        raise ConfigError("sweep.confirm.top_k", top_k, "an int >= 1: the best distinct configs to re-train")
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 2:
+        raise ConfigError("sweep.confirm.seeds", seeds, "an int >= 2: new seeds per config (one has no spread)")
+    budget = sweep.get("num_trials")
+    if isinstance(budget, int) and top_k > budget:
+        raise ConfigError("sweep.confirm.top_k", top_k, f"at most sweep.num_trials ({budget}): configs the search ran")
+    for sibling, why in (("objectives", "a Pareto front has no K best"), ("compare", "compare runs its own seeds")):
+        if sweep.get(sibling) is not None:
+            raise ConfigError("sweep.confirm", dict(node), f"absent with sweep.{sibling}: {why}")
+    space = sweep.get("space")
+    searched = compare_arms.dotted_items(space) if isinstance(space, Mapping) else ()
+    if any(k.startswith(("seed.", "train.seed.")) for k, _ in searched):
+        raise ConfigError("sweep.confirm", dict(node), "absent when sweep.space searches the seed: confirm sets it")
+    return Confirm(top_k, seeds)
 
 
 def _max_cost(raw: dict, cfg: DictConfig, dims: tuple[Dim, ...]) -> tuple[tuple[str, float], ...]:

@@ -18,12 +18,12 @@ from pathlib import Path
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
-from lorasweep import compare, sweepdir
+from lorasweep import compare, confirm, distinct, sweepdir
 from lorasweep.analysis.summary import leaderboard
 from lorasweep.config import COST_METRICS, TASK_METRICS, compose, tracking_uri, validate
 from lorasweep.errors import ConfigError
 from lorasweep.resources import cpus_per_trial
-from lorasweep.space import SweepSpec, make_sampler, parse_sweep, stored, suggest, to_overrides
+from lorasweep.space import SweepSpec, parse_sweep, stored, to_overrides
 
 
 def run_sweep(argv: list[str]) -> dict:
@@ -43,6 +43,7 @@ def run_sweep(argv: list[str]) -> dict:
         spec = parse_sweep(cfg)
     check_engine_and_metric(cfg, spec)
     validate(cfg)
+    ident = distinct.complete(spec, cfg)  # what makes two trials one config
     earlier = None
     if spec.warm_start and not resuming:  # a resumed study holds its seeds already
         from lorasweep import warmstart
@@ -108,11 +109,9 @@ def run_sweep(argv: list[str]) -> dict:
             study_name=state["study_name"],
             storage=storage,
             load_if_exists=True,
-            sampler=make_sampler(spec),
             directions=spec.directions,
         )
-        if resuming:
-            study.sampler = make_sampler(spec, resumed_after=len(study.trials))
+        study.sampler, num_trials = distinct.sampler_for(spec, ident, resumed_after=len(study.trials))
         with warnings.catch_warnings():  # experimental in Optuna since 3.2, and what optuna-dashboard reads
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(spec.metrics)
@@ -143,19 +142,34 @@ def run_sweep(argv: list[str]) -> dict:
                 mlflow.set_tag("warm_start", note)
                 print(f"[sweep] warm start: {note}", flush=True)
             done_before = ledger.finished(study)
-            budget = spec.num_trials - done_before
+            budget = num_trials - done_before
             print(
-                f"[sweep] {state['sweep_id']}: {spec.num_trials} trials of {spec.metric} ({spec.mode}); "
+                f"[sweep] {state['sweep_id']}: {num_trials} trials of {spec.metric} ({spec.mode}); "
                 f"{done_before} already finished; mlflow parent run {pid}",
                 flush=True,
             )
+            note = distinct.budget_note(num_trials, spec.num_trials)
+            if note:
+                print(f"[sweep] {note} (each config once: Optuna's BruteForceSampler)", flush=True)
 
             # 4. Trials: ask, open the child run, run it on a warm worker, write its end state to both stores.
-            if budget > 0:
-                loop(spec, base, study, storage, client, pid, state, log_uri, budget, started, task, cpus)
+            run = dict(base=base, study=study, storage=storage, client=client, parent_run_id=pid, state=state)
+            run.update(log_uri=log_uri, started=started, task=task, cpus=cpus)
+            stop = loop(spec, ident, budget=budget, **run) if budget > 0 else None
 
-            # 5. The leaderboard, the plot and the best trial (or the Pareto front), on the parent run.
-            summary = leaderboard(client, pid, spec, out, base, study)
+            # 5. Confirmation: the best distinct configs again, each with new seeds (after a kill, what is missing).
+            if spec.confirm is not None and stop is None:
+                confirm.enqueue(study, ident, spec.confirm, base_seed=cfg.seed)
+                queued = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+                if queued:
+                    c = spec.confirm
+                    print(f"[confirm] the {c.top_k} best configs, {c.seeds} new seeds each: {queued} trials to run")
+                    loop(spec, ident, budget=queued, **run)
+            elif spec.confirm is not None:
+                print("[confirm] not run: the search did not finish", flush=True)
+
+            # 6. The leaderboard, the plot and the best config (or the Pareto front), on the parent run.
+            summary = leaderboard(client, pid, spec, out, base, study, ident)
     finally:
         ray.shutdown()
         if server is not None:
@@ -232,6 +246,7 @@ def trial_config(base: list[str], overrides: list[str]) -> tuple[DictConfig, flo
 
 def loop(
     spec: SweepSpec,
+    ident: SweepSpec,
     base,
     study,
     storage,
@@ -243,8 +258,10 @@ def loop(
     started: float,
     task,
     cpus: float,
-) -> None:
-    """Keep max_concurrent trials in flight until the budget, the time limit or max_failures ends the sweep."""
+) -> str | None:
+    """Keep max_concurrent trials in flight until the budget, the time limit or max_failures ends the sweep (the
+    reason it stopped early is returned), or the space holds no config not yet run. A sample of a config some trial
+    already holds is asked again (distinct.ask_distinct): it costs no budget slot and makes no MLflow run."""
     import ray
     from mlflow.entities import Metric, RunTag
 
@@ -252,7 +269,7 @@ def loop(
 
     pruner = {"name": spec.pruner, **spec.pruner_options}
     in_flight: dict = {}  # Ray ObjectRef -> (trial number, MLflow run id)
-    counts = {s: 0 for s in ("COMPLETE", "PRUNED", "FAILED", "KILLED", "REUSED", "SKIPPED")}
+    counts = {s: 0 for s in ("COMPLETE", "PRUNED", "FAILED", "KILLED", "SKIPPED")}
     best: float | None = None
     launched, stop = 0, None
     deadline = started + spec.time_limit_s if spec.time_limit_s else None
@@ -272,7 +289,7 @@ def loop(
             client, study, number, run_id, s, value=result.get("value"), reason=result.get("reason"), tags=tags
         )
         counts[s] += 1
-        if s in ("COMPLETE", "REUSED"):  # a multi-objective sweep shows its first objective's best
+        if s == "COMPLETE":  # a multi-objective sweep shows its first objective's best
             v = result["value"][0] if isinstance(result["value"], list) else result["value"]
             best = v if best is None or (v > best if spec.mode == "max" else v < best) else best
         if s == "FAILED" and spec.max_failures is not None and counts["FAILED"] > spec.max_failures:
@@ -300,10 +317,13 @@ def loop(
                 if planned is None or planned == compare.WAIT:
                     break
                 study.enqueue_trial(planned.params, user_attrs=planned.attrs)
+            asked = distinct.ask_distinct(study, ident)
+            if asked is None:
+                stop = f"the space is spent: {distinct.TRIES} samples in a row were configs already run"
+                break
             launched += 1
-            trial = study.ask()
-            values = suggest(trial, spec)
-            overrides = to_overrides(values, spec)
+            trial, values = asked
+            overrides = to_overrides(values, spec) + confirm.seed_override(trial)
             sampled = {k: v for k, v in values.items() if spec.dim(k) and not spec.dim(k).helper}
             try:
                 trial_cfg, share = trial_config(base, overrides)
@@ -317,22 +337,13 @@ def loop(
             run_id = ledger.open_child(
                 client, parent_run_id, study, trial, sampled, overrides, params, state["sweep_id"]
             )
-            twin = ledger.twin(study, trial)
-            if twin is not None:  # the same config finished before: its result stands, no second training
-                client.log_batch(
-                    run_id,
-                    metrics=[Metric(m, v, int(time.time() * 1000), 0) for m, v in zip(spec.metrics, twin.values)],
-                )
-                end(trial.number, run_id, {"state": "REUSED", "value": twin.values if spec.objectives else twin.value})
-                client.set_tag(run_id, "reused_from", f"t{twin.number:03d} ({twin.user_attrs.get(ledger.RUN_ID)})")
-                continue
             job = worker.Job(
                 number=trial.number,
                 run_id=run_id,
                 config=OmegaConf.to_container(trial_cfg),
                 study_name=state["study_name"],
                 storage=state["storage"],
-                pruner=pruner if trial.user_attrs.get(compare.PHASE) != "seeds" else {"name": "none"},
+                pruner=pruner if not seeded(trial) else {"name": "none"},
                 metric=spec.metric,
                 objectives=tuple(spec.metrics) if spec.objectives else (),
                 mode=spec.mode,
@@ -370,6 +381,13 @@ def loop(
             break
     if stop:
         print(f"[sweep] {stop}", flush=True)
+    return None if stop is None or stop.startswith("the space is spent") else stop
+
+
+def seeded(trial) -> bool:
+    """A trial that re-trains a chosen config with another seed: its value must be the whole run's, so no pruner
+    stops it (a compare arm's extra seeds, a confirmation run)."""
+    return trial.user_attrs.get(compare.PHASE) == "seeds" or confirm.is_confirm(trial)
 
 
 def _interrupt(signum, frame):
@@ -392,6 +410,9 @@ def cli(argv: list[str]) -> int:
             f"  eval_accuracy={acc:.4f}" if s["metric"] != "eval_accuracy" and acc == acc and acc is not None else ""
         )
         print(f"  {i}. {s['metric']}={row[s['metric']]:.4f}{extra}  {row['overrides']}")
+    for line in (s.get("eval_words"), s.get("answer")):
+        if line:
+            print(line)
     if "best_command" in s:
         print(f"best: {s['best_value']:.4f}  rerun: {s['best_command']}")
         print(f"best adapter: {s['best_adapter']}")

@@ -26,6 +26,7 @@ OPTUNA_DB = "optuna.db"  # the study, unless engine.storage names another
 SERVER_LOG = "mlflow-server.log"  # the sweep's own MLflow log server (logserver.py)
 SERVER_PID = "logserver.pid"
 LEADERBOARD_CSV, LEADERBOARD_MD = "leaderboard.csv", "leaderboard.md"
+CONFIRMED_CSV = "confirmed.csv"  # confirmed configs: mean and interval over new seeds (sweep.confirm)
 PARETO_CSV, PARETO_MD, PARETO_FRONT = "pareto.csv", "pareto.md", "pareto_front.png"
 OBJECTIVE_PLOT = "objective.png"
 

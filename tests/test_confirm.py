@@ -14,7 +14,7 @@ from lorasweep import confirm, distinct
 from lorasweep.config import compose
 from lorasweep.errors import ConfigError
 from lorasweep.ledger import KILLED
-from lorasweep.space import parse_sweep, suggest
+from lorasweep.space import CONFIRM_KEYS, Confirm, parse_confirm, parse_sweep, suggest
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 FOUR = "+sweep.space={adapter.r:{kind:choice,values:[4,8]},train.lr:{kind:choice,values:[0.001,0.003]}}"
@@ -81,7 +81,7 @@ def study(tmp_path):
 )
 def test_bad_confirm_input_is_one_line_naming_the_field(node: dict, field: str) -> None:
     with pytest.raises(ConfigError) as e:
-        confirm.parse(raw_sweep(**node))
+        parse_confirm(raw_sweep(**node))
     assert e.value.field == field
     assert str(e.value).startswith(f"{field}=") and " is not allowed: " in str(e.value) and "\n" not in str(e.value)
 
@@ -89,18 +89,18 @@ def test_bad_confirm_input_is_one_line_naming_the_field(node: dict, field: str) 
 def test_confirm_is_refused_beside_objectives_compare_or_a_searched_seed() -> None:
     for extra in ({"objectives": {"eval_accuracy": "max", "trainable_params": "min"}}, {"compare": {"arms": []}}):
         with pytest.raises(ConfigError) as e:
-            confirm.parse({**raw_sweep(top_k=2, seeds=3), **extra})
+            parse_confirm({**raw_sweep(top_k=2, seeds=3), **extra})
         assert e.value.field == "sweep.confirm"
     seeded = raw_sweep(top_k=2, seeds=3)
     seeded["space"]["seed"] = {"kind": "choice", "values": [0, 1]}
     with pytest.raises(ConfigError, match="searches the seed"):
-        confirm.parse(seeded)
+        parse_confirm(seeded)
 
 
 def test_confirm_parses_with_defaults_and_is_absent_without_the_node() -> None:
-    assert confirm.parse(raw_sweep(top_k=3, seeds=4)) == confirm.Confirm(3, 4)
-    assert confirm.parse(raw_sweep()) == confirm.Confirm(*confirm.KEYS.values())
-    assert confirm.parse({k: v for k, v in raw_sweep().items() if k != "confirm"}) is None
+    assert parse_confirm(raw_sweep(top_k=3, seeds=4)) == Confirm(3, 4)
+    assert parse_confirm(raw_sweep()) == Confirm(*CONFIRM_KEYS.values())
+    assert parse_confirm({k: v for k, v in raw_sweep().items() if k != "confirm"}) is None
 
 
 # ---------------------------------------------------------------- the plan
@@ -129,7 +129,7 @@ def test_best_configs_are_distinct_even_when_two_samples_compose_to_one() -> Non
 def test_confirm_plans_exactly_k_times_s_trials_with_new_seeds(study) -> None:
     spec = spec_of("sweep=rank_alpha")
     search(study, spec, 8)
-    c = confirm.Confirm(top_k=3, seeds=4)
+    c = Confirm(top_k=3, seeds=4)
     assert confirm.enqueue(study, spec, c, base_seed=0) == 12
     queued = study.get_trials(states=(TrialState.WAITING,))
     assert len(queued) == 12 and all(confirm.is_confirm(t) for t in queued)
@@ -144,7 +144,7 @@ def test_confirm_plans_exactly_k_times_s_trials_with_new_seeds(study) -> None:
 def test_confirm_resumed_after_a_kill_adds_only_what_is_missing(study, tmp_path) -> None:
     spec = spec_of("sweep=rank_alpha")
     search(study, spec, 8)
-    c = confirm.Confirm(top_k=2, seeds=3)
+    c = Confirm(top_k=2, seeds=3)
     assert confirm.enqueue(study, spec, c, base_seed=0) == 6
     run_confirmations(study, spec, 2)
     running, _ = distinct.ask_distinct(study, spec)  # the driver dies while this one trains
@@ -163,7 +163,7 @@ def test_confirm_resumed_after_a_kill_adds_only_what_is_missing(study, tmp_path)
 def test_ranking_and_words_name_the_winner_its_interval_and_the_runner_up(study) -> None:
     spec = spec_of("sweep=rank_alpha")
     search(study, spec, 8)
-    confirm.enqueue(study, spec, confirm.Confirm(top_k=2, seeds=3), base_seed=0)
+    confirm.enqueue(study, spec, Confirm(top_k=2, seeds=3), base_seed=0)
     run_confirmations(study, spec)
     top, second = confirm.ranked(study, spec)
     assert top.interval.value >= second.interval.value and len(top.scores) == len(second.scores) == 3
@@ -177,7 +177,7 @@ def test_words_say_distinguishable_only_for_a_real_gap() -> None:
     iv = confirm.stats.seed_interval
 
     def c(name, xs):
-        return confirm.Confirmed(name, 0, max(xs), tuple(xs), iv(xs))
+        return confirm.Confirmed(name, 0, max(xs), tuple(xs), iv(xs), ())
 
     close = confirm.words([c("r=16", [0.621, 0.609, 0.633]), c("r=64", [0.615, 0.600, 0.630])], "eval_macro_f1")
     assert "r=64 0.615: not distinguishable (p=" in close

@@ -49,16 +49,16 @@ def study_of(sweep_dir: str) -> optuna.Study:
 def same_states(runs, study) -> dict[int, str]:
     """Each Optuna trial has exactly one MLflow child, keyed by the trial number, in the matching state."""
     by_number = {int(r.data.tags["optuna_trial"]): r for r in runs}
-    assert len(by_number) == len(runs) == len(study.trials)
+    ran = [t for t in study.trials if "duplicate_of" not in t.user_attrs]  # a duplicate sample has no run
+    assert len(by_number) == len(runs) == len(ran)
     optuna_of = {
         "COMPLETE": "COMPLETE",
-        "REUSED": "COMPLETE",
         "PRUNED": "PRUNED",
         "SKIPPED": "PRUNED",
         "FAILED": "FAIL",
         "KILLED": "FAIL",
     }
-    for t in study.trials:
+    for t in ran:
         run = by_number[t.number]
         assert optuna_of[run.data.tags["trial_state"]] == t.state.name, (t.number, run.data.tags, t.state)
         assert t.user_attrs["mlflow_run_id"] == run.info.run_id
@@ -197,29 +197,44 @@ def test_refused_configs_fail_in_both_stores_and_max_failures_stops_launches(sto
         assert r.data.params["adapter.variant"] == "vera"
 
 
-def test_a_config_sampled_again_is_not_trained_again(store):
-    """A space with one config in it, sampled 3 times: one trial trains, the other two reuse its result, in both
-    stores. A helper no field uses still differs between samples: the composed config decides, not the params."""
-    s = run_sweep(
-        [
-            "sweep=smoke",
-            "sweep.pruner.name=none",
-            "~sweep.space",
-            "+sweep.space={adapter:{r:{kind:choice,values:[4]}},unused:{kind:choice,values:[1,2],helper:true}}",
-        ]
-    )
-    client, _, runs = children(store, s["sweep_dir"])
-    study = study_of(s["sweep_dir"])
-    assert len({t.params["unused"] for t in study.trials}) == 2  # different samples, one config
+def test_a_config_sampled_again_costs_no_budget_and_makes_no_run(store, capsys):
+    """A grid of two cells that compose to one config (a helper no field uses): the second cell is told to Optuna as
+    a duplicate of the first, makes no MLflow run, and the sweep says the space is spent instead of training it."""
+    from lorasweep.cli import main
+
+    grid = "+sweep.space={adapter:{r:{kind:grid,values:[4]}},unused:{kind:grid,values:[1,2],helper:true}}"
+    args = ["sweep", "sweep=smoke", "sweep.pruner.name=none", "~sweep.sampler", "+sweep.sampler={name:grid,seed:0}"]
+    assert main([*args, "sweep.num_trials=2", "~sweep.space", grid]) == 0
+    out = capsys.readouterr().out
+    sweep_dir = next(Path("sweeps_out").glob("smoke-*"))
+    client, _, runs = children(store, str(sweep_dir))
+    study = study_of(str(sweep_dir))
     states = same_states(runs, study)
-    assert sorted(states.values()) == ["COMPLETE", "REUSED", "REUSED"]
-    first = next(r for r in runs if r.data.tags["trial_state"] == "COMPLETE")
-    for r in runs:
-        if r.data.tags["trial_state"] == "REUSED":
-            assert r.data.tags["reused_from"].startswith("t000") and first.info.run_id in r.data.tags["reused_from"]
-            assert r.data.metrics["eval_loss"] == first.data.metrics["eval_loss"]
-            assert not client.get_metric_history(r.info.run_id, "train_loss")  # nothing trained
-    assert [t.value for t in study_of(s["sweep_dir"]).trials] == [first.data.metrics["eval_loss"]] * 3
+    assert list(states.values()) == ["COMPLETE"]
+    (ran,) = states
+    duplicates = [t for t in study.trials if "duplicate_of" in t.user_attrs]
+    assert duplicates and all(t.user_attrs["duplicate_of"] == ran and t.state.name == "FAIL" for t in duplicates)
+    assert "the space is spent" in out
+
+
+def test_a_budget_of_ten_on_four_distinct_configs_trains_four_and_says_so(store, capsys):
+    """r in {2, 4} x lr in {0.001, 0.003}: a 4-config discrete space with a budget of 10 runs each config once
+    (Optuna's BruteForceSampler) and says why it stops after 4."""
+    from lorasweep.cli import main
+
+    space = "+sweep.space={adapter:{r:{kind:choice,values:[2,4]}},train:{lr:{kind:choice,values:[0.001,0.003]}}}"
+    assert main(["sweep", "sweep=smoke", "sweep.pruner.name=none", "sweep.num_trials=10", "~sweep.space", space]) == 0
+    out = capsys.readouterr().out
+    sweep_dir = next(Path("sweeps_out").glob("smoke-*"))
+    client, _, runs = children(store, str(sweep_dir))
+    same_states(runs, study_of(str(sweep_dir)))
+    assert sorted((r.data.params["adapter.r"], r.data.params["train.lr"]) for r in runs) == [
+        ("2", "0.001"),
+        ("2", "0.003"),
+        ("4", "0.001"),
+        ("4", "0.003"),
+    ]
+    assert "this space has 4 distinct configs; budget 10 -> stopping after 4" in out
 
 
 def test_warm_start_seeds_a_shared_space_and_enqueues_the_best_of_another(store):
@@ -457,6 +472,54 @@ def test_sigkill_the_driver_then_resume(store, tmp_path):
     }
     assert client.get_run(parent).info.status == "FINISHED"
     assert _leftovers(tmp_path) == []
+
+
+def test_confirm_runs_k_times_s_new_seeds_and_survives_sigkill_and_resume(store, tmp_path):
+    """sweep.confirm {top_k: 2, seeds: 2} after a 3-trial search: the driver is SIGKILLed while a confirmation run
+    trains; resume=true kills that run in both stores and completes exactly one run per (config, new seed); the last
+    lines give the confirmed winner over its seeds and the verdict on the runner-up."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store}
+    cmd = [sys.executable, "-m", "lorasweep.cli", "sweep", "sweep=smoke", "sweep.pruner.name=none"]
+    cmd += ["+sweep.confirm={top_k:2,seeds:2}"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = None
+    while proc.poll() is None:  # until a confirmation run trains
+        dbs = list(tmp_path.glob("sweeps_out/smoke-*/optuna.db"))
+        if dbs:
+            db = dbs[0]
+            try:
+                trials = study_of(str(db.parent)).trials
+            except Exception:  # the study is still being created
+                trials = []
+            if any(t.user_attrs.get("phase") == "confirm" and t.state.name == "RUNNING" for t in trials):
+                break
+        time.sleep(0.5)
+    assert proc.poll() is None, "the sweep ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for _ in range(60):
+        if not _leftovers(tmp_path):
+            break
+        time.sleep(0.5)
+
+    p = subprocess.run([*cmd, "resume=true"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    study = study_of(str(db.parent))
+    client, _, runs = children(store, str(db.parent))
+    states = same_states(runs, study)
+    search = [t for t in study.trials if t.user_attrs.get("phase") != "confirm" and "duplicate_of" not in t.user_attrs]
+    confirmed = [t for t in study.trials if t.user_attrs.get("phase") == "confirm"]
+    killed = [t for t in confirmed if t.user_attrs.get("killed")]
+    done = [t for t in confirmed if not t.user_attrs.get("killed")]
+    assert len(search) == 3 and killed and all(states[t.number] == "KILLED" for t in killed)
+    pairs = sorted((t.user_attrs["confirm_of"], t.user_attrs["confirm_seed"]) for t in done)
+    assert len(pairs) == 4 and len(set(pairs)) == 4 and {s for _, s in pairs} == {1, 2}  # seed 0 was the search's
+    assert all(states[t.number] == "COMPLETE" for t in done)
+    best_two = sorted((t for t in search if t.value is not None), key=lambda t: t.value)[:2]
+    assert {of for of, _ in pairs} == {t.number for t in best_two}  # eval_loss, min: the two lowest
+    assert all(client.get_run(t.user_attrs["mlflow_run_id"]).data.tags["phase"] == "confirm" for t in confirmed)
+    assert "over 2 seeds; runner-up" in p.stdout
+    assert "## Confirmed configs" in (db.parent / "leaderboard.md").read_text()
 
 
 @pytest.fixture

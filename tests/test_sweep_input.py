@@ -41,6 +41,9 @@ BAD = [
     (["sweep=rank_alpha", "engine.storage=notaurl://x"], "engine.storage='notaurl://x'", "SQLAlchemy database URL"),
     (["sweep=smoke", "engine.storage=not a url"], "engine.storage='not a url'", "Could not parse"),
     (["sweep=smoke", "engine.storage='mysql+nosuchdriver://u@h/d'"], "engine.storage=", "SQLAlchemy database URL"),
+    (["sweep=rank_alpha", "sweep.confirm.top_k=0"], "sweep.confirm.top_k=0", "an int >= 1"),
+    (["sweep=rank_alpha", "sweep.confirm.seeds=1"], "sweep.confirm.seeds=1", "one has no spread"),
+    (["sweep=rank_alpha", "+sweep.confirm.sedes=3"], "sweep.confirm.sedes=3", "allowed: top_k, seeds"),
 ]
 
 

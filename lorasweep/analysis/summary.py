@@ -18,12 +18,21 @@ if TYPE_CHECKING:
 
 
 def leaderboard(
-    client: mlflow.MlflowClient, parent_run_id: str, spec: SweepSpec, out: Path, base: list[str], study
+    client: mlflow.MlflowClient,
+    parent_run_id: str,
+    spec: SweepSpec,
+    out: Path,
+    base: list[str],
+    study,
+    ident: SweepSpec,
 ) -> dict:
     """The leaderboard and the objective plot, the same ones `lorasweep report` shows, onto the parent run; the
-    best finished trial and the command that reruns it. Several objectives: the Pareto front too, plot and table."""
+    best config and the command that reruns it: the confirmed winner where the sweep confirms (sweep.confirm),
+    else the best search trial. Several objectives: the Pareto front too, plot and table. `ident`: the spec that
+    says which trials are one config (distinct.complete)."""
     import mlflow
 
+    from lorasweep import confirm
     from lorasweep.analysis import figures, runs, tables
 
     trials = runs.load_trials(runs.find_sweep(parent_run_id, client.tracking_uri))
@@ -41,15 +50,24 @@ def leaderboard(
     counts = board["state"].value_counts().to_dict() if len(board) else {}
     board.to_csv(out / sweepdir.LEADERBOARD_CSV, index=False)
     shown = board.drop(columns=["run_id"]).to_markdown(index=False) if len(board) else "no trials"
+    confirmed = confirm.ranked(study, ident) if spec.confirm else []
+    if confirmed:
+        table = confirmed_table(confirmed, board, spec.metric)
+        shown = f"## Confirmed configs\n\n{table.to_markdown(index=False)}\n\n## All trials\n\n{shown}"
+        table.to_csv(out / sweepdir.CONFIRMED_CSV, index=False)
+        mlflow.log_artifact(str(out / sweepdir.CONFIRMED_CSV))
     (out / sweepdir.LEADERBOARD_MD).write_text(shown + "\n")
     mlflow.log_artifact(str(out / sweepdir.LEADERBOARD_CSV))
     mlflow.log_artifact(str(out / sweepdir.LEADERBOARD_MD))
     if figures.objective(trials, keys, spec.metric, out / sweepdir.OBJECTIVE_PLOT):
         mlflow.log_artifact(str(out / sweepdir.OBJECTIVE_PLOT))
-    complete = board[board["state"] == "COMPLETE"].dropna(subset=[spec.metric]) if len(board) else board
+    search = board["phase"].fillna("") != confirm.CONFIRM if "phase" in board else True
+    complete = board[(board["state"] == "COMPLETE") & search].dropna(subset=[spec.metric]) if len(board) else board
     summary = {"counts": counts, "metric": spec.metric, "top": complete.head(5).to_dict("records")}
     if len(complete):
         best = complete.iloc[0]
+        if confirmed:  # the winner over new seeds: the search trial it confirms
+            best = complete[complete["trial"].astype(int) == confirmed[0].source].iloc[0]
         mlflow.set_tag("best_run_id", best["run_id"])
         mlflow.log_metric(f"best_{spec.metric}", float(best[spec.metric]))
         # A trial composed with sweep=<name> gets the sweep file's base fields; its sweep section is ignored.
@@ -61,14 +79,44 @@ def leaderboard(
         mlflow.set_tag("best_command", cmd)
         summary.update(
             best_run_id=best["run_id"],
-            best_value=float(best[spec.metric]),
+            best_value=confirmed[0].interval.value if confirmed else float(best[spec.metric]),
             best_command=cmd,
             best_adapter=f"{client.get_run(best['run_id']).info.artifact_uri}/adapter",
         )
         summary["eval_words"] = eval_words(complete, spec.metric, spec.mode)
         mlflow.set_tag("eval_words", summary["eval_words"])
+    if spec.confirm:
+        summary["answer"] = confirm.words(confirmed, spec.metric)
+        mlflow.set_tag("answer", summary["answer"])
     mlflow.log_metrics({f"trials_{k.lower()}": v for k, v in counts.items()})
     return summary
+
+
+def confirmed_table(confirmed: list, board: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per confirmed config, best mean first: the search's value (one seed, picked as best, so biased up),
+    the mean over the new seeds with its 95 % t interval and their spread, and beside it the eval-set half-width
+    (the median of those runs' bootstrap half-widths): which of the two noises is the larger."""
+    import pandas as pd
+
+    half = (board[f"{metric}_ci_high"] - board[f"{metric}_ci_low"]) / 2 if f"{metric}_ci_high" in board else None
+    rows = []
+    for c in confirmed:
+        mine = board["run_id"].isin(c.run_ids)
+        spread = float(pd.Series(c.scores).std(ddof=1)) if len(c.scores) > 1 else math.nan
+        rows.append(
+            {
+                "config": c.label,
+                "search trial": c.source,
+                f"search {metric}": c.search_value,
+                "seeds": len(c.scores),
+                f"mean {metric}": c.interval.value,
+                "95% low": c.interval.low,
+                "95% high": c.interval.high,
+                "seed sd": spread,
+                "eval-set ±": float(half[mine].median()) if half is not None and mine.any() else math.nan,
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 SAME_ROWS = ("labels", "tokens", "references")  # outputs that name the rows: equal when two trials saw the same ones

@@ -171,6 +171,7 @@ def leaderboard(
     cols = {
         "tags.optuna_trial": "trial",
         "state": "state",
+        "tags.phase": "phase",  # confirm: a confirmation run (lorasweep/confirm.py); empty: the search
         col: metric,
         **ci,
         **others,
