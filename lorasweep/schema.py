@@ -8,7 +8,7 @@ values. Presets in conf/ hold only what differs from these defaults.
 Choice fields are typed `str` with a one_of Check rather than Enum: OmegaConf returns Enum members through
 `to_container`, which PyYAML's safe_dump and MLflow's params would then see as objects, not the names users typed.
 Number fields that may hold an int or a float are typed Any with a number Check: OmegaConf has no Union, and a
-float node turns 16 into 16.0, which would change the logged params that resume and REUSED matching compare.
+float node turns 16 into 16.0, which would change the logged params that resume and warm starts compare.
 
 `python -m lorasweep.schema` (or `lorasweep fields`) prints the field reference; the README's table is its output.
 """

@@ -273,17 +273,29 @@ def _word(diff: Interval, claim: tuple[float, float]) -> str:
     return "undecided"
 
 
-def needed(sd: float, diff: float, claim: tuple[float, float]) -> int | None:
+def needed(sd: float, diff: float, claim: tuple[float, float], have: int = 0, groups: int = 0) -> int | None:
     """Units (seeds per config, or eval rows) at which a difference `diff`, measured with per-unit spread `sd`, is
     decided with chance POWER at 95 %: n = (z_0.975 + z_power)² · sd² / δ² + z_0.975² / 4, δ the distance from diff
     to the nearest end of the claim (the last term: Guenther's correction of the normal formula for the t test).
-    None where it never decides (the difference sits on an end) or nothing varies."""
+    `groups` > 0: a t test over seeds of that many configs, whose few degrees of freedom the normal formula
+    undercounts, so n is searched upwards from it until t quantiles at groups·(n-1) degrees of freedom decide it.
+    Never fewer than `have` + 1: the units already measured did not decide it. None where it never decides (the
+    difference sits on an end) or nothing varies."""
     delta = min(abs(diff - end) for end in claim if math.isfinite(end))
     if delta == 0 or not math.isfinite(sd) or sd == 0:
         return None
     z = NormalDist()
     za, zb = z.inv_cdf((1 + CONFIDENCE) / 2), z.inv_cdf(POWER)
-    return math.ceil((za + zb) ** 2 * sd**2 / delta**2 + za**2 / 4)
+    n = max(2, math.ceil((za + zb) ** 2 * sd**2 / delta**2 + za**2 / 4))
+    if groups:
+
+        def power_ok(n: int) -> bool:
+            df = groups * (n - 1)
+            return (sps.t.ppf((1 + CONFIDENCE) / 2, df) + sps.t.ppf(POWER, df)) * sd / math.sqrt(n) <= delta
+
+        while not power_ok(n):
+            n += 1
+    return max(n, have + 1)
 
 
 def verdict_of_seeds(a: Sequence[float], b: Sequence[float], claim: tuple[float, float]) -> Verdict:
@@ -294,7 +306,8 @@ def verdict_of_seeds(a: Sequence[float], b: Sequence[float], claim: tuple[float,
     if word != "undecided" or len(a) < 2 or len(b) < 2:
         return Verdict(word, diff, claim)
     sd = math.sqrt(float(np.var(a, ddof=1) + np.var(b, ddof=1)))
-    return Verdict(word, diff, claim, needed(sd, diff.value, claim), "seeds per config")
+    have = min(len(a), len(b))
+    return Verdict(word, diff, claim, needed(sd, diff.value, claim, have=have, groups=2), "seeds per config")
 
 
 def verdict_of_bootstrap(p: Paired, rows: int, claim: tuple[float, float]) -> Verdict:
@@ -304,4 +317,4 @@ def verdict_of_bootstrap(p: Paired, rows: int, claim: tuple[float, float]) -> Ve
     if word != "undecided":
         return Verdict(word, p.diff, claim, unit="eval rows")
     sd = float(np.std(p.distribution, ddof=1)) * math.sqrt(rows)
-    return Verdict(word, p.diff, claim, needed(sd, p.diff.value, claim), "eval rows")
+    return Verdict(word, p.diff, claim, needed(sd, p.diff.value, claim, have=rows), "eval rows")

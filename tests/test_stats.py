@@ -185,3 +185,20 @@ def test_bootstrap_verdict_asks_for_eval_rows() -> None:
     res = stats.paired(stats.accuracy(a, labels), stats.accuracy(b, labels))
     v = stats.verdict_of_bootstrap(res, ROWS, (0.0, math.inf))  # "A is better than B"
     assert v.word == "undecided" and v.unit == "eval rows" and v.needed > ROWS
+
+
+def test_few_seed_verdicts_ask_for_enough_seeds_to_decide_at_the_planned_rate() -> None:
+    """Where the normal formula asks for 2 seeds, the t test's few degrees of freedom need more: the searched n
+    decides at least as often as planned, and an undecided verdict never asks for fewer seeds than it had."""
+    rng = np.random.default_rng(17)
+    true_diff, sd, claim = 0.0, 1.0, (-4.0, 4.0)
+    normal = stats.needed(math.sqrt(2) * sd, true_diff, claim)
+    n = stats.needed(math.sqrt(2) * sd, true_diff, claim, groups=2)
+    assert n > normal
+    runs = 400
+    decided = sum(
+        stats.verdict_of_seeds(rng.normal(true_diff, sd, n), rng.normal(0.0, sd, n), claim).word == "agrees"
+        for _ in range(runs)
+    )
+    assert decided >= stats.POWER * runs - 3 * math.sqrt(stats.POWER * (1 - stats.POWER) * runs), (n, decided)
+    assert stats.needed(math.sqrt(2) * sd, true_diff, claim, have=n + 4, groups=2) == n + 5
