@@ -11,7 +11,7 @@ sees only that arm's trials; a grid gives every arm the same LRs.
       lr: {values: [1.0e-4, 3.0e-4, 1.0e-3]}          # a grid, or {low: 1.0e-5, high: 1.0e-2, sampler: tpe}
       trials_per_arm: 3                               # the LR search's budget per arm (a grid: its size)
       seeds: [0, 1]                                   # the LR search runs at the first, the best LR at the rest
-      tolerance: null                                 # ties: null = the report's rule (max(1 pt, se)), or a number
+      tolerance: null                                 # the tie band ±tolerance; null = the floor (1 pt in %)
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def parse(node: Any, cfg: DictConfig) -> tuple[Compare, dict]:
         raise ConfigError(f"{at}.seeds", seeds, "a list of two or more distinct ints (the LR search runs at the first)")
     tol = node.get("tolerance")
     if tol is not None and not _positive(tol):
-        raise ConfigError(f"{at}.tolerance", tol, "a number > 0 in the metric's unit, or null for the report's rule")
+        raise ConfigError(f"{at}.tolerance", tol, "a number > 0 in the metric's unit, or null for the floor")
     c = Compare(
         arms=arms,
         lr_values=values,

@@ -231,7 +231,7 @@ def test_rank_verdict_agrees_inside_the_margin_disagrees_outside_and_is_undecide
         columns=["weights", "r", "mean", "std", "n", "values"],
     )
     (one, *_) = verdicts.table6_verdicts(single, "%")
-    assert one["verdict"].startswith("undecided") and "one seed has no spread" in one["verdict"]
+    assert one["verdict"].startswith("undecided") and "no interval: a group with one seed" in one["verdict"]
     assert "would decide" not in one["verdict"]
 
 

@@ -6,12 +6,14 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
 
 from lorasweep import compare
-from lorasweep.analysis import arms
+from lorasweep import stats as st
+from lorasweep.analysis import arms, verdicts
 from lorasweep.config import compose
 from lorasweep.errors import ConfigError
 from lorasweep.space import parse_sweep, stored, suggest, to_overrides
@@ -193,9 +195,34 @@ def trials_frame(values: dict[str, dict[float, list[float]]], gain: float = 0.0)
     return pd.DataFrame(rows)
 
 
-def verdict_lines(frame: pd.DataFrame, tol=None) -> dict[str, str]:
+def verdict_rows(frame: pd.DataFrame, tol=None) -> dict[str, dict]:
     stats = arms.arm_stats(frame, "eval_accuracy", 100.0, "%", "max", tol)
-    return {v["claim"]: v["verdict"] for v in arms.verdicts_of(stats, "%", "max", tol)}
+    return {v["claim"]: v for v in arms.verdicts_of(stats, "%", "max", tol)}
+
+
+def verdict_lines(frame: pd.DataFrame, tol=None) -> dict[str, str]:
+    return {claim: v["verdict"] for claim, v in verdict_rows(frame, tol).items()}
+
+
+LORA, DORA = "adapter.variant=lora", "adapter.variant=dora"
+WORSE = 0.2  # the LRs either side of the best score this much lower: the middle LR is each arm's best
+
+
+def seeded_pair(lora: np.ndarray, dora: np.ndarray) -> pd.DataFrame:
+    """Two arms whose best LR is 1e-3, with the given values over seeds there (seed 0's is the LR search's)."""
+    return trials_frame(
+        {arm: {1e-4: [v[0] - WORSE], 1e-3: list(v), 1e-2: [v[0] - WORSE]} for arm, v in ((LORA, lora), (DORA, dora))}
+    )
+
+
+def pair_row(rows: dict[str, dict]) -> dict:
+    """The one verdict on the other arm against the best, whichever of the two is best."""
+    (row,) = (v for c, v in rows.items() if "ties with the best arm" in c)
+    return row
+
+
+def draws(center: float, spread: float, n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(center, spread, n)
 
 
 def test_arms_that_tie_at_their_own_best_lr_agree_and_a_worse_arm_disagrees():
@@ -220,6 +247,41 @@ def test_arms_that_tie_at_their_own_best_lr_agree_and_a_worse_arm_disagrees():
     )
     # a tolerance wide enough turns it into a tie
     assert verdict_lines(worse, tol=20.0)["the arms tie within tolerance once LR is tuned"].startswith("agree")
+
+
+def test_a_real_gap_between_arms_over_seeds_disagrees_with_a_tie():
+    gap, spread, seeds = 0.05, 0.005, 5  # 5 pts apart, 0.5 pt noise: far outside the 1-pt band
+    rows = verdict_rows(seeded_pair(draws(0.70, spread, seeds, 1), draws(0.70 - gap, spread, seeds, 2)))
+    pair = rows[f"{DORA} ties with the best arm ({LORA}) at their own best LRs"]
+    assert pair["verdict"].startswith("disagree (difference +")
+    low = float(pair["interval"].strip("[]").split(",")[0])
+    assert low > pair["tolerance"] == verdicts.floor("%", 0.0)  # no tolerance set: the band is the floor
+    assert rows[arms.TIE]["verdict"].startswith("disagree (each other arm's 95 % Welch interval")
+    assert f"wholly outside for {DORA}" in rows[arms.TIE]["verdict"]
+
+
+def test_arms_drawn_from_one_distribution_tie_within_a_wide_tolerance():
+    spread, seeds, tol = 0.003, 5, 3.0  # 0.3 pt noise against a ±3 pt band
+    rows = verdict_rows(seeded_pair(draws(0.70, spread, seeds, 3), draws(0.70, spread, seeds, 4)), tol=tol)
+    pair = pair_row(rows)
+    assert pair["verdict"].startswith("agree") and pair["tolerance"] == tol
+    assert "band from sweep.compare.tolerance" in pair["verdict"]
+    assert rows[arms.TIE]["verdict"].startswith("agree") and "all wholly inside" in rows[arms.TIE]["verdict"]
+
+
+def test_a_noisy_pair_straddling_the_band_is_undecided_and_says_how_many_seeds_decide_it():
+    spread, seeds = 0.03, 3  # 3 pts of noise over 3 seeds: the interval is far wider than the 1-pt band
+    lora, dora = draws(0.70, spread, seeds, 5), draws(0.70, spread, seeds, 6)
+    best, other = (lora, dora) if lora.mean() >= dora.mean() else (dora, lora)
+    band = verdicts.floor("%", 0.0)
+    rows = verdict_rows(seeded_pair(lora, dora))
+    pair = pair_row(rows)
+    need = st.verdict_of_seeds(100 * best, 100 * other, (-band, band)).needed
+    assert need > seeds
+    assert pair["verdict"].startswith("undecided")
+    assert f"~{need} seeds per config would decide it" in pair["verdict"]
+    assert rows[arms.TIE]["verdict"].startswith("undecided")
+    assert f"~{need} seeds per arm would decide them all" in rows[arms.TIE]["verdict"]
 
 
 def test_best_lr_across_ranks_and_the_full_fine_tuning_ratio():

@@ -47,8 +47,9 @@ def points(trials: pd.DataFrame, metric: str, scale: float) -> pd.DataFrame:
 
 def arm_stats(trials: pd.DataFrame, metric: str, scale: float, unit: str, mode: str, tol: float | None) -> pd.DataFrame:
     """One row per arm, in plan order: its best LR (of its COMPLETE LR-search trials), the metric at that LR over
-    every seed (mean, std, n), the LRs whose value is within tolerance of its best (lr_low..lr_high), the LR trials
-    by state, whether the trials at the best LR had plateaued, and whether the best LR is an end of the search."""
+    every seed (mean, std, n and the seeds' values), the LRs whose value is within tolerance of its best
+    (lr_low..lr_high), the LR trials by state, whether the trials at the best LR had plateaued, and whether the best
+    LR is an end of the search."""
     sign = 1.0 if mode == "max" else -1.0
     col = f"metrics.{metric}"
     pts = points(trials, metric, scale)
@@ -60,7 +61,7 @@ def arm_stats(trials: pd.DataFrame, metric: str, scale: float, unit: str, mode: 
         done = pts[(pts["arm"] == arm) & (pts["state"] == "COMPLETE")]
         row = {"arm": arm, "lr_trials": len(search), **_states(search)}
         if done.empty:
-            out.append({**row, "best_lr": math.nan, "mean": math.nan, "std": math.nan, "n": 0})
+            out.append({**row, "best_lr": math.nan, "mean": math.nan, "std": math.nan, "n": 0, "values": ()})
             continue
         best = done.loc[(sign * done["value"]).idxmax()]
         lr = pd.to_numeric(mine[LR], errors="coerce")
@@ -80,6 +81,7 @@ def arm_stats(trials: pd.DataFrame, metric: str, scale: float, unit: str, mode: 
                 "mean": float(values.mean()),
                 "std": std,
                 "n": len(values),
+                "values": tuple(float(v) for v in values),
                 "lr_low": float(near.min()),
                 "lr_high": float(near.max()),
                 "gain": g,
@@ -93,15 +95,19 @@ def arm_stats(trials: pd.DataFrame, metric: str, scale: float, unit: str, mode: 
     return pd.DataFrame(out)
 
 
-def _verdict(claim, paper, ours, diff, tol, agree, unit, how, groups) -> dict:
-    """A verdict row whose line also names the arms whose best LR is the end of their search: the search did not
-    bracket their optimum, so a wider one may move their best LR and the metric there."""
+def _edges(groups) -> str:
+    """Names the arms whose best LR is the end of their search: the search did not bracket their optimum, so a wider
+    one may move their best LR and the metric there."""
     edges = [g for g in groups if isinstance(g.get("edge"), str)]
-    if edges:
-        how += "; best LR at the end of the search, a wider one may do better: " + ", ".join(
-            f"{g['label']} ({g['edge']}est lr {g['best_lr']:.3g})" for g in edges
-        )
-    return verdicts._row(claim, paper, ours, diff, tol, agree, unit, how, groups)
+    if not edges:
+        return ""
+    return "; best LR at the end of the search, a wider one may do better: " + ", ".join(
+        f"{g['label']} ({g['edge']}est lr {g['best_lr']:.3g})" for g in edges
+    )
+
+
+def _verdict(claim, paper, ours, diff, tol, agree, unit, how, groups) -> dict:
+    return verdicts._row(claim, paper, ours, diff, tol, agree, unit, how + _edges(groups), groups)
 
 
 def _states(search: pd.DataFrame) -> dict[str, int]:
@@ -121,8 +127,9 @@ def _fields(rows: pd.DataFrame) -> dict[str, str]:
     return {k: str(first.get(f"params.adapter.{k}")) for k in ("variant", "r")}
 
 
-def _tol(a: pd.Series, b: pd.Series, unit: str, tol: float | None) -> float:
-    return tol if tol is not None else verdicts.tolerance(a, b, unit)
+def band(a: pd.Series, b: pd.Series, unit: str, tol: float | None) -> float:
+    """The tie band ±band: sweep.compare.tolerance, else the floor (the smallest difference a verdict calls real)."""
+    return tol if tol is not None else verdicts.floor(unit, a["mean"], b["mean"])
 
 
 def _ms(row: pd.Series, unit: str) -> str:
@@ -130,49 +137,56 @@ def _ms(row: pd.Series, unit: str) -> str:
 
 
 def verdicts_of(stats: pd.DataFrame, unit: str, mode: str, tol: float | None) -> list[dict]:
-    """The comparison's claims, computed from the arms' stats."""
+    """The comparison's claims, computed from the arms' stats. A tie is judged on the seeds: each other arm's
+    difference from the best arm (in the sweep's direction) must lie within ±band with its whole 95 % Welch
+    interval (verdicts.judged); the arms tie when every pair agrees, do not when any disagrees."""
     sign = 1.0 if mode == "max" else -1.0
     ok = stats[stats["n"] > 0]
-    out = []
     u = " pts" if unit == "%" else ""
-    rule = "the given tolerance" if tol is not None else "max(floor, se)"
+    floor = "1 pt" if unit == "%" else "1 % of the larger |mean|"
+    source = "band from sweep.compare.tolerance" if tol is not None else f"band from the floor ({floor}), no tolerance"
     if len(ok) < 2:
         how = "needs two arms with a complete trial at their best LR"
         return [verdicts._row(TIE, PAPERS["tie"], "–", None, None, None, unit, how)]
     best = ok.loc[(sign * ok["mean"]).idxmax()]
-    ties = []
+    out, words, bands = [], {}, set()
     for _, arm in ok.iterrows():
         if arm["arm"] == best["arm"]:
             continue
-        gap = sign * (float(best["mean"]) - float(arm["mean"]))
-        t = _tol(best, arm, unit, tol)
-        ties.append(gap <= t)
-        out.append(
-            _verdict(
-                f"{arm['arm']} ties with the best arm ({best['arm']}) at their own best LRs",
-                PAPERS["tie"],
-                f"{_ms(arm, unit)} vs {_ms(best, unit)}",
-                gap,
-                t,
-                gap <= t,
-                unit,
-                f"gap {gap:.2f} {'≤' if gap <= t else '>'} {t:.2f}{u}, {rule}",
-                (arm, best),
-            )
-        )
+        t = band(best, arm, unit, tol)
+        v = verdicts.seed_verdict(best, arm, (-t, t), sign)
+        words[arm["arm"]], bands = v, bands | {round(t, 3)}
+        claim = f"{arm['arm']} ties with the best arm ({best['arm']}) at their own best LRs"
+        ours = f"{_ms(arm, unit)} vs {_ms(best, unit)}"
+        note = f"; {source}" + _edges((arm, best))
+        out.append(verdicts.judged(claim, PAPERS["tie"], ours, best, arm, (-t, t), unit, sign, note))
     missing = stats[stats["n"] == 0]["arm"].tolist()
+    by = {w: [a for a, v in words.items() if v.word == w] for w in verdicts.WORDS}
+    bands = sorted(bands)
+    shown = f"±{bands[0]:.2f}{u}" if len(bands) == 1 else f"±{bands[0]:.2f}–{bands[-1]:.2f}{u}"
+    how = f"each other arm's 95 % Welch interval over seeds of its gap to the best vs {shown}, {source}: "
+    if by["disagrees"]:
+        word, how = "disagree", how + f"wholly outside for {', '.join(by['disagrees'])}"
+    elif by["undecided"]:
+        counts = [words[a].needed for a in by["undecided"]]
+        word, how = "undecided", how + f"straddles an end for {', '.join(by['undecided'])}"
+        if all(counts):
+            how += f"; ~{max(counts)} seeds per arm would decide them all"
+    else:
+        word, how = "agree", how + "all wholly inside"
     out.insert(
         0,
-        _verdict(
+        verdicts._row(
             TIE,
             PAPERS["tie"],
-            f"best {best['arm']}; {sum(ties)} of {len(ties)} others tie with it"
+            f"best {best['arm']}; of {len(words)} others {len(by['agrees'])} tie with it, "
+            f"{len(by['disagrees'])} do not, {len(by['undecided'])} undecided"
             + (f"; no complete trial: {', '.join(missing)}" if missing else ""),
             None,
-            None,
-            all(ties),
+            bands[0] if len(bands) == 1 else None,
+            word,
             unit,
-            f"every arm within tolerance of the best ({rule})",
+            how + _edges(tuple(r for _, r in ok.iterrows())),
             tuple(r for _, r in ok.iterrows()),
         ),
     )
@@ -180,8 +194,9 @@ def verdicts_of(stats: pd.DataFrame, unit: str, mode: str, tol: float | None) ->
 
 
 def _rank_verdicts(ok: pd.DataFrame, unit: str) -> list[dict]:
-    """Per set of arms that differ only in rank: one LR lies within tolerance of every rank's best (their near-best
-    LR ranges overlap), or not."""
+    """Per set of arms that differ only in rank: one LR lies within the band of every rank's best (their near-best
+    LR ranges overlap), or not. A rule on the LR search's single-seed trials, not an interval: the LRs other than the
+    best ran one seed, so there is no spread per LR to judge by."""
     out = []
     # arms are labelled "adapter.variant=lora adapter.r=8": the same label without its rank is the same arm otherwise
     rest = ok["arm"].map(lambda a: " ".join(p for p in a.split() if not p.startswith("adapter.r=")) or "the arms")
@@ -216,7 +231,8 @@ def _rank_verdicts(ok: pd.DataFrame, unit: str) -> list[dict]:
 
 
 def _full_verdict(ok: pd.DataFrame, unit: str) -> list[dict]:
-    """With a full fine-tuning arm: k = best LoRA LR / best FullFT LR for each LoRA arm."""
+    """With a full fine-tuning arm: k = best LoRA LR / best FullFT LR for each LoRA arm (a rule on the best LRs, which
+    have no seeds of their own: the seeds ran at them)."""
     full = ok[ok["variant"] == BASELINE]
     lora = ok[ok["variant"] == LORA]
     if full.empty or lora.empty:

@@ -476,10 +476,13 @@ def _verdict_section(found: list[dict], unit: str, out: Path, cites_paper: bool)
     files = "Files: [md](verdicts.md), [tex](verdicts.tex), [csv](verdicts.csv)."
     if not cites_paper:  # an LR-first comparison (sweep.compare): its claims name their sources
         rule = (
-            "Arms tie when the best arm's mean at its best LR exceeds theirs by at most the tolerance: "
-            "sweep.compare.tolerance when set, else max(1 pt, se) for metrics in %, max(1 % of the larger |mean|, se) "
-            "otherwise. The best LR is the same across ranks when one LR lies in every rank's near-best range (LRs "
-            "within that tolerance floor of the rank's best). Best LoRA LR / best FullFT LR agrees with 10× within a "
+            "An arm ties with the best arm when the 95 % Welch interval over their seeds (at each one's best LR) of "
+            "the gap between them lies wholly inside ±band; disagree when it lies wholly outside, undecided when it "
+            "straddles an end, with the seeds per arm that would decide it at the spread seen (docs/statistics.md). "
+            "The band is sweep.compare.tolerance when set, else the floor: 1 pt for metrics in %, 1 % of the larger "
+            "|mean| otherwise. The arms tie when every arm does, and do not when any does not. The best LR is the "
+            "same across ranks when one LR lies in every rank's near-best range (LRs within the band of the rank's "
+            "best, from the single-seed LR search). Best LoRA LR / best FullFT LR agrees with 10× within a "
             f"factor of {arms.FULL_FACTOR:g}."
         )
         return ["## Verdicts", f"{counts} {rule} {plateau} {files}", tables.to_markdown(df)]

@@ -73,6 +73,11 @@ def _range(claim: tuple[float, float], unit: str) -> str:
     return f"within ±{hi:.2f}{_u(unit)}"
 
 
+def seed_verdict(a: pd.Series, b: pd.Series, allowed: tuple[float, float], sign: float = 1.0) -> st.Verdict:
+    """The claim `allowed` about sign · (a - b) tested on the groups' seed values (what `judged` writes up)."""
+    return st.verdict_of_seeds([sign * x for x in a["values"]], [sign * x for x in b["values"]], allowed)
+
+
 def judged(
     claim: str,
     paper_says: str,
@@ -82,19 +87,21 @@ def judged(
     allowed: tuple[float, float],
     unit: str,
     sign: float = 1.0,
+    note: str = "",
 ) -> dict:
     """One verdict on a claim about groups a and b (stats rows with their seeds' `values`): the range `allowed` of
-    sign · (a - b), judged on the Welch interval over seeds (stats.verdict_of_seeds)."""
-    v = st.verdict_of_seeds([sign * x for x in a["values"]], [sign * x for x in b["values"]], allowed)
+    sign · (a - b), judged on the Welch interval over seeds (stats.verdict_of_seeds). `note` goes on the line after
+    the interval, before the plateau note."""
+    v = seed_verdict(a, b, allowed, sign)
     d = v.diff
     if math.isnan(d.low):
-        how = f"difference {d.value:+.2f}{_u(unit)}, no interval: one seed has no spread to judge by"
+        how = f"difference {d.value:+.2f}{_u(unit)}, no interval: a group with one seed, or no spread between seeds"
     else:
         how = f"difference {d.value:+.2f} [{d.low:+.2f}, {d.high:+.2f}]{_u(unit)} vs {_range(allowed, unit)}"
     if v.needed:
         how += f"; ~{v.needed} {v.unit} would decide it"
     margin = min(abs(e) for e in allowed if math.isfinite(e))
-    row = _row(claim, paper_says, ours, d.value, margin, WORDS[v.word], unit, how, (a, b))
+    row = _row(claim, paper_says, ours, d.value, margin, WORDS[v.word], unit, how + note, (a, b))
     row["interval"] = None if math.isnan(d.low) else f"[{d.low:+.3f}, {d.high:+.3f}]"
     return row
 
