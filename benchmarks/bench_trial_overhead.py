@@ -7,7 +7,7 @@ clipping, one eval at the last step on the same rows and one test eval. Then one
 functions the trial calls per step that the bare loop does not. Then the length buckets: distinct batch shapes
 per 100 steps and per eval, and the bare loop's per-step time, for data.pad_to_multiple_of = none, 8, 16, 32.
 
-    python benchmarks/bench_trial_overhead.py [--reps 5] [--steps 30] [--batch 8] [--threads 1]
+    python benchmarks/bench_trial_overhead.py [--reps 5] [--steps 30] [--batch 8] [--threads 1] [--count-only]
 
 Writes benchmarks/results/trial_overhead.{json,md}. Timings on a shared machine move with its load (printed
 beside them); counts do not.
@@ -97,6 +97,7 @@ def main() -> None:
     ap.add_argument("--proxies", default=",".join(PROXIES))
     ap.add_argument("--bucket-reps", type=int, default=3)
     ap.add_argument("--bucket-proxies", default="tiny_llama,llama8_qv")
+    ap.add_argument("--count-only", action="store_true", help="the counting pass alone: trial_counts.{json,md}")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="lorasweep-overhead-"))
     load = [subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()]
@@ -107,7 +108,8 @@ def main() -> None:
         for side in ("trial", "bare"):
             rec = launch(side, tmp / f"{name}_{side}_count.json", ov, count=True, threads=args.threads)
             row["count"][side] = {k: rec[k] for k in ("count", "profile", "fingerprint", "padded_lengths")}
-        for i in range(args.reps):
+        result["proxies"][name] = row
+        for i in range(0 if args.count_only else args.reps):
             for side in ("trial", "bare") if i % 2 == 0 else ("bare", "trial"):
                 rec = launch(side, tmp / f"{name}_{side}_{i}.json", ov, threads=args.threads)
                 row["runs"][side].append(
@@ -117,10 +119,24 @@ def main() -> None:
                     }
                 )
                 print(name, i, side, {k: round(rec[k], 4) for k in TIMES}, flush=True)
+        if args.count_only:
+            row["same_batches"] = len({c["fingerprint"] for c in row["count"].values()}) == 1
+            continue
         row["timing"] = {s: {k: spread([r[k] for r in v]) for k in TIMES} for s, v in row["runs"].items()}
         row["same_batches"] = len({r["fingerprint"] for v in row["runs"].values() for r in v}) == 1
-        result["proxies"][name] = row
         load.append(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
+    out = REPO / "benchmarks" / "results"
+    if args.count_only:  # counts do not move with the load: no timing, no buckets
+        result["steps"] = args.steps
+        same = ", ".join(f"{n} {'yes' if p['same_batches'] else 'NO'}" for n, p in result["proxies"].items())
+        head = (
+            f"`{result['command']}`, {args.steps} steps of batch {args.batch}; identical batches on both sides: {same}."
+        )
+        md = [f"# Counting pass, trial vs bare ({result['date']})", "", head, *counting_md(result)]
+        (out / "trial_counts.json").write_text(json.dumps(result, indent=1))
+        (out / "trial_counts.md").write_text("\n".join(md) + "\n")
+        print("\n".join(md))
+        return
     buckets = {}
     for pad in BUCKETS:
         b = {"shapes_per_100_steps": shapes(100, args.batch, pad), "bare_step_median_s": {}}
@@ -148,7 +164,6 @@ def main() -> None:
         steps=args.steps,
         batch=args.batch,
     )
-    out = REPO / "benchmarks" / "results"
     (out / "trial_overhead.json").write_text(json.dumps(result, indent=1))
     (out / "trial_overhead.md").write_text(markdown(result))
     print(markdown(result))
@@ -163,40 +178,10 @@ def extra_calls(row: dict, steps: int, top: int = 8) -> list[str]:
     return [f"{n:,.0f} × `{k}`" for n, k in reversed(diff[-top:])]
 
 
-def markdown(r: dict) -> str:
-    def ms(s: dict) -> str:
-        return f"{1000 * s['median']:.1f} ({1000 * s['min']:.1f}–{1000 * s['max']:.1f})"
-
+def counting_md(r: dict) -> list[str]:
+    """The counting pass's tables: per-step counts, the phases outside the steps, the trial's extra Python calls and
+    where its syncs and casts come from."""
     md = [
-        f"# Trial overhead on the CPU ({r['date']})",
-        "",
-        f"`{r['command']}` on {r['cpu']}, torch {r['torch']}, {r['threads']} thread per process. Load "
-        f"(`uptime`) before, between proxies and after: "
-        + "; ".join(f"`{x.split('load average: ')[-1]}`" for x in r["load"])
-        + ".",
-        "",
-        f"Each side in a fresh process, alternating, {r['reps']} repetitions; medians (min–max) in ms. "
-        f"data=tweets_sft, {r['steps']} steps of batch {r['batch']}, one eval of 32 rows at the last step and one test "
-        "eval of 32 rows on both sides, identical prebuilt batches (fingerprint equal on every run: "
-        + ", ".join(f"{n} {'yes' if p['same_batches'] else 'NO'}" for n, p in r["proxies"].items())
-        + "). Per-step time: from one step's start to the next's, steps 3 on (logging and callbacks included). "
-        "Set-up: `train()` called to the first step's start; tear-down: the last step's end to `train()`'s "
-        "return, less the eval. See docs/performance.md for what the columns mean and how they carry to a GPU.",
-        "",
-        "| proxy | side | per step | per step (mean) | train() | set-up | tear-down | eval | wall, config to done |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, p in r["proxies"].items():
-        for side in ("trial", "bare"):
-            t = p["timing"][side]
-            md.append(f"| {name} | {side} | " + " | ".join(ms(t[k]) for k in TIMES) + " |")
-        tt, bt = p["timing"]["trial"], p["timing"]["bare"]
-        md.append(
-            f"| {name} | trial / bare | "
-            + " | ".join(f"{tt[k]['median'] / bt[k]['median']:.2f}" if bt[k]["median"] > 1e-4 else "-" for k in TIMES)
-            + " |"
-        )
-    md += [
         "",
         "Counting pass, per training step (median of steps 3 on; max in brackets where it differs: logging steps):",
         "",
@@ -236,6 +221,43 @@ def markdown(r: dict) -> str:
         for what, sites in last["count"][side]["count"]["where"].items():
             if what.startswith(("sync", "cast", "host")):
                 md.append(f"- {side} {what}: " + ", ".join(f"`{s}` {n}" for s, n in sites.items()))
+    return md
+
+
+def markdown(r: dict) -> str:
+    def ms(s: dict) -> str:
+        return f"{1000 * s['median']:.1f} ({1000 * s['min']:.1f}–{1000 * s['max']:.1f})"
+
+    md = [
+        f"# Trial overhead on the CPU ({r['date']})",
+        "",
+        f"`{r['command']}` on {r['cpu']}, torch {r['torch']}, {r['threads']} thread per process. Load "
+        f"(`uptime`) before, between proxies and after: "
+        + "; ".join(f"`{x.split('load average: ')[-1]}`" for x in r["load"])
+        + ".",
+        "",
+        f"Each side in a fresh process, alternating, {r['reps']} repetitions; medians (min–max) in ms. "
+        f"data=tweets_sft, {r['steps']} steps of batch {r['batch']}, one eval of 32 rows at the last step and one test "
+        "eval of 32 rows on both sides, identical prebuilt batches (fingerprint equal on every run: "
+        + ", ".join(f"{n} {'yes' if p['same_batches'] else 'NO'}" for n, p in r["proxies"].items())
+        + "). Per-step time: from one step's start to the next's, steps 3 on (logging and callbacks included). "
+        "Set-up: `train()` called to the first step's start; tear-down: the last step's end to `train()`'s "
+        "return, less the eval. See docs/performance.md for what the columns mean and how they carry to a GPU.",
+        "",
+        "| proxy | side | per step | per step (mean) | train() | set-up | tear-down | eval | wall, config to done |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, p in r["proxies"].items():
+        for side in ("trial", "bare"):
+            t = p["timing"][side]
+            md.append(f"| {name} | {side} | " + " | ".join(ms(t[k]) for k in TIMES) + " |")
+        tt, bt = p["timing"]["trial"], p["timing"]["bare"]
+        md.append(
+            f"| {name} | trial / bare | "
+            + " | ".join(f"{tt[k]['median'] / bt[k]['median']:.2f}" if bt[k]["median"] > 1e-4 else "-" for k in TIMES)
+            + " |"
+        )
+    md += counting_md(r)
     md += [
         "",
         "Length buckets (`data.pad_to_multiple_of`): distinct batch shapes over 100 training steps of batch "

@@ -136,9 +136,12 @@ def profile_rows(prof: cProfile.Profile, steps: int) -> dict:
 
 
 def trial_side(ov: list[str], count: Count | None) -> dict:
+    import gc
+
     import lorasweep.train
     from lorasweep.trial import run_trial
 
+    gc.freeze()  # as `lorasweep trial` and the warm workers do after their imports
     cfg = compose(ov)
     steps = int(cfg.train.max_steps)
     clock, rec = Clock(count, steps), {}

@@ -13,9 +13,12 @@ OVERRIDES = (
 
 
 def _trial(args: argparse.Namespace) -> int:
+    import gc
+
     from lorasweep.config import compose
     from lorasweep.trial import run_trial
 
+    gc.freeze()  # as a warm worker does (lorasweep.worker.warm): the Trainer's gc.collect skips the imports' objects
     cfg = compose(args.overrides)
 
     def progress(metrics: dict[str, float], step: int) -> None:

@@ -125,6 +125,21 @@ class AdaLoraBudget(TrainerCallback):
         model.base_model.update_and_allocate(state.global_step)
 
 
+class CountedTrainer(Trainer):
+    """The Trainer, counting the model's parameters for its FLOP figure once per trial: transformers recounts them
+    (a walk of every module) each step, and the count cannot change while the trial trains."""
+
+    _flop_params: int | None = None
+
+    def floating_point_ops(self, inputs: dict) -> int:
+        name = getattr(self.model, "main_input_name", "input_ids")
+        if name not in inputs:
+            return 0
+        if self._flop_params is None:  # transformers' own count for one token (6 x 1 x the parameters)
+            self._flop_params = super().floating_point_ops({name: torch.ones(1)}) // 6
+        return 6 * inputs[name].numel() * self._flop_params
+
+
 def total_steps(cfg: DictConfig, n_train: int) -> int:
     t = cfg.train
     if t.max_steps > 0:
@@ -142,7 +157,7 @@ def trainer(
     callbacks: tuple = (),
     targets: list[str] = (),
     rows: EvalRows | None = None,
-) -> Trainer:
+) -> CountedTrainer:
     """The Trainer of a trial; `callbacks` run before the reporting one, so metrics they add are reported. `targets`
     are the resolved adapter targets (a method's TrainingArguments may name them). `rows` keeps the per-row eval
     outputs (a new one when not given)."""
@@ -166,6 +181,9 @@ def trainer(
         eval_strategy="steps",
         eval_steps=t.eval_every,
         logging_steps=max(1, min(10, t.eval_every)),
+        # The filter reads isnan/isinf of each step's loss on the host: two device syncs a step. Unfiltered, a diverged
+        # loss shows as nan in the logged mean (and in eval) instead of being replaced by the previous mean.
+        logging_nan_inf_filter=False,
         save_strategy="no",
         report_to="none",
         seed=t.seed,
@@ -178,7 +196,7 @@ def trainer(
     )
     rows = rows or EvalRows(cfg.model.task)
     callbacks = [*callbacks, rows, Report(listeners)] + [component(c)() for c in method.callbacks]
-    tr = Trainer(
+    tr = CountedTrainer(
         model=model,
         args=args,
         train_dataset=datasets["train"],

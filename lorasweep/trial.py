@@ -61,9 +61,12 @@ def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), run_id: st
 
         # 3. Train, reporting each log and eval step to MLflow and to any listener (a sweep's scheduler).
         latest: dict[str, float] = {}
+        # Written by MLflow's logging thread, not the training one (a write to the store takes ~17 ms here, more
+        # through a sweep's log server); waited on below, and ending the run drains what a failure leaves queued.
+        writes: list = []
 
         def log(metrics: dict[str, float], step: int) -> None:
-            mlflow.log_metrics(metrics, step=step)
+            writes.append(mlflow.log_metrics(metrics, step=step, synchronous=False))
             latest.update(metrics)
 
         kept = train.EvalRows(cfg.model.task)  # each split's per-row outputs of its latest eval
@@ -116,6 +119,8 @@ def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), run_id: st
         summary.update(merged)
         mlflow.set_tags(why_not)
         summary.update(after.forgetting(cfg, tuned, tok, before))
+        for w in writes:
+            w.wait()  # every step's metrics are in the store, or the trial fails saying which write failed
         mlflow.log_metrics({k: v for k, v in summary.items() if k not in latest})  # the evals logged theirs
         if cfg.tracking.save_adapter:
             mlflow.log_artifacts(str(out / "adapter"), artifact_path="adapter")

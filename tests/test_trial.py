@@ -2,6 +2,7 @@
 into a real MLflow store."""
 
 import json
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -377,6 +378,38 @@ def test_epochs_grad_accum_max_train_samples_checkpointing_and_length_grouping_r
     tr.train()
     assert tr.state.global_step == 6 and seen["rows"] == 20 and tr.state.epoch == 2
     assert seen["checkpointing"] == {True}
+
+
+def test_the_trials_trainer_counts_parameters_once_and_its_total_flos_is_what_transformers_counts(store, monkeypatch):
+    """4 steps of tiny_llama through the trial's Trainer: total_flos is the sum, over the batches it trained on, of
+    transformers' own floating_point_ops, while the model's parameters are counted once, not each step (issue 27:
+    each count walks every module)."""
+    from transformers import PreTrainedModel, Trainer
+
+    from lorasweep import data, model, train
+    from lorasweep.trial import check
+
+    cfg = compose([*TINY, "train.eval_every=100"])
+    parts, labels, targets, _ = check(cfg)
+    tuned, tok = model.load(cfg, targets, train.total_steps(cfg, len(parts["train"])), labels)
+    datasets = data.tokenize(cfg, parts, tok, labels)
+    tr = train.trainer(cfg, tuned, tok, datasets, [])
+    collate, trained = tr.data_collator, []
+
+    def keeping(rows):  # the batches taken while the model is in training mode
+        batch = collate(rows)
+        trained.extend([batch] if tuned.training else [])
+        return batch
+
+    tr.data_collator = keeping
+    counts = []
+    real = PreTrainedModel.num_parameters
+    monkeypatch.setattr(PreTrainedModel, "num_parameters", lambda *a, **k: counts.append(1) or real(*a, **k))
+    tr.train()
+    shutil.rmtree(tr.args.output_dir)
+    trained = trained[: tr.state.global_step]  # accelerate's loader fetches one batch ahead of the last step
+    assert tr.state.global_step == len(trained) == 4 and len(counts) == 1
+    assert tr.state.total_flos == sum(Trainer.floating_point_ops(tr, b) for b in trained) > 0
 
 
 def test_system_metrics_are_logged_when_asked(store, monkeypatch):
