@@ -74,7 +74,7 @@ def open_child(
     warm = warmstart.tag(study, trial)
     if warm:
         tags["warm_start"] = warm
-    tags.update({k: str(v) for k, v in trial.user_attrs.items() if k in (compare.ARM, compare.PHASE, PHASE)})
+    tags.update(_phase_tags(trial))
     run_id = client.create_run(exp, run_name=run_name(trial.number, config), tags=tags).info.run_id
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
     trial.set_user_attr(RUN_ID, run_id)
@@ -152,9 +152,14 @@ def _child_of(client: mlflow.MlflowClient, parent_run_id: str, number: int) -> s
     return found[0].info.run_id if found else None
 
 
+def _phase_tags(trial: optuna.Trial | optuna.trial.FrozenTrial) -> dict[str, str]:
+    """What part of the study a trial belongs to (a compare arm and phase, a confirmation run), as child tags."""
+    return {k: str(v) for k, v in trial.user_attrs.items() if k in (compare.ARM, compare.PHASE, PHASE)}
+
+
 def _bare_child(client: mlflow.MlflowClient, parent_run_id: str, t: optuna.trial.FrozenTrial) -> str:
     exp = client.get_run(parent_run_id).info.experiment_id
-    tags = {"mlflow.parentRunId": parent_run_id, "optuna_trial": str(t.number)}
+    tags = {"mlflow.parentRunId": parent_run_id, "optuna_trial": str(t.number), **_phase_tags(t)}
     run_id = client.create_run(exp, run_name=run_name(t.number, t.params), tags=tags).info.run_id
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in t.params.items()])
     return run_id

@@ -296,9 +296,11 @@ def loop(
             stop = stop or f"stopped launching: more than sweep.max_failures={spec.max_failures} trials failed"
         show()
 
+    began = time.time()  # this phase's (search or confirmation) start: what its ETA extrapolates from
+
     def show() -> None:
         done, elapsed = sum(counts.values()), time.time() - started
-        eta = f"{elapsed / done * (budget - done):.0f}s" if done else "-"
+        eta = f"{(time.time() - began) / done * (budget - done):.0f}s" if done else "-"
         line = "  ".join(f"{k.lower()} {v}" for k, v in counts.items() if v or k in ("COMPLETE", "PRUNED", "FAILED"))
         print(
             f"[sweep] done {done}/{budget}  running {len(in_flight)}  {line}  best {spec.metric}="
@@ -327,6 +329,9 @@ def loop(
             sampled = {k: v for k, v in values.items() if spec.dim(k) and not spec.dim(k).helper}
             try:
                 trial_cfg, share = trial_config(base, overrides)
+                if confirm.is_confirm(trial) and trial_cfg.train.max_steps > 0:  # never pruned: one eval, at the end
+                    overrides.append(f"train.eval_every={trial_cfg.train.max_steps}")
+                    trial_cfg.train.eval_every = trial_cfg.train.max_steps
                 params = tracking.flatten(trial_cfg)
             except Exception as e:  # refused before any work (bad sampled config, cannot fit): FAILED with the reason
                 run_id = ledger.open_child(

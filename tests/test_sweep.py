@@ -518,6 +518,9 @@ def test_confirm_runs_k_times_s_new_seeds_and_survives_sigkill_and_resume(store,
     best_two = sorted((t for t in search if t.value is not None), key=lambda t: t.value)[:2]
     assert {of for of, _ in pairs} == {t.number for t in best_two}  # eval_loss, min: the two lowest
     assert all(client.get_run(t.user_attrs["mlflow_run_id"]).data.tags["phase"] == "confirm" for t in confirmed)
+    for t in done:  # never pruned, so evaluated once, at the last step (the search's trials: at steps 2 and 4)
+        assert [m.step for m in client.get_metric_history(t.user_attrs["mlflow_run_id"], "eval_loss")] == [4]
+    assert [m.step for m in client.get_metric_history(search[0].user_attrs["mlflow_run_id"], "eval_loss")] == [2, 4]
     assert "over 2 seeds; runner-up" in p.stdout
     assert "## Confirmed configs" in (db.parent / "leaderboard.md").read_text()
 
@@ -664,11 +667,12 @@ def test_postgres_storage_on_two_nodes_loses_and_duplicates_no_trial(store, post
 
 def test_resume_records_a_trial_asked_for_but_never_opened(store, tmp_path):
     """A driver killed between asking Optuna for a trial and opening its MLflow run: resume gives that trial a
-    KILLED child run, linked both ways, like any other trial the dead driver left."""
+    KILLED child run, linked both ways and tagged with its phase, like any other trial the dead driver left."""
     from lorasweep import ledger
 
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/optuna.db")
     study = optuna.create_study(storage=storage, study_name="s")
+    study.enqueue_trial({"adapter.r": 4}, user_attrs={ledger.PHASE: ledger.CONFIRM})  # a confirmation run
     study.ask().suggest_int("adapter.r", 1, 8)
     client = mlflow.MlflowClient(store)
     parent = client.create_run(client.create_experiment("lorasweep")).info.run_id
@@ -680,6 +684,7 @@ def test_resume_records_a_trial_asked_for_but_never_opened(store, tmp_path):
         run.info.status == "KILLED"
         and run.data.tags["trial_state"] == "KILLED"
         and run.data.tags["optuna_trial"] == "0"
+        and run.data.tags["phase"] == "confirm"
     )
     assert run.data.tags["mlflow.parentRunId"] == parent and run.data.params == {
         "adapter.r": str(trial.params["adapter.r"])
