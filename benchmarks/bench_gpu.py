@@ -153,10 +153,11 @@ def bare(name: str, out: str, overrides: list[str]) -> None:
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lorasweep import base, data, model
-    from lorasweep.config import compose
+    from lorasweep import base, data, estimate, model
+    from lorasweep.config import bf16_capable, compose
 
     cfg = compose(overrides)
+    bf16 = estimate.trial_autocast(cfg, bf16_capable())  # the trial's Trainer autocasts where this says so
     t0 = time.perf_counter()
     parts = data.splits(cfg)
     path = base.folder(cfg.model)
@@ -193,11 +194,12 @@ def bare(name: str, out: str, overrides: list[str]) -> None:
         x, y, mask = batch(ids, labels, order, step, bs, tok.pad_token_id)
         torch.cuda.synchronize()
         t = time.perf_counter()
-        loss = net(
-            input_ids=x.cuda(non_blocking=True),
-            attention_mask=mask.cuda(non_blocking=True),
-            labels=y.cuda(non_blocking=True),
-        ).loss
+        with torch.autocast("cuda", torch.bfloat16, enabled=bf16):
+            loss = net(
+                input_ids=x.cuda(non_blocking=True),
+                attention_mask=mask.cuda(non_blocking=True),
+                labels=y.cuda(non_blocking=True),
+            ).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -208,6 +210,7 @@ def bare(name: str, out: str, overrides: list[str]) -> None:
     rec = {
         "name": name,
         "overrides": overrides,
+        "autocast": bf16,
         "steps": steps,
         "setup_s": setup_s,
         "loop_s": sum(times),
@@ -292,7 +295,7 @@ def compare(folder: str, diag: str | None = None) -> None:
         f"torch {env['torch']} (CUDA {env['cuda']}), transformers 5.17.0, peft 0.21.0, bitsandbytes 0.50.2 on the "
         "accelerator machine. Random-weight models built from `conf/model/*.yaml` (source: config, saved in bf16), "
         "data=tweets_sft, 30 steps of batch 16, LoRA r=16 (alpha 16, dropout 0.05) on all linear layers, no gradient "
-        "checkpointing, no autocast (the trainer runs without it). Measured = the trial's logged `peak_memory_mb` "
+        "checkpointing, bf16 autocast where train.mixed_precision=auto takes it (each row's `autocast` in the JSON; runs dated before the field had none). Measured = the trial's logged `peak_memory_mb` "
         "(`torch.cuda.max_memory_allocated()` over load, 30 train steps, one eval and the test eval of 16 rows each). "
         "Estimate = `peak_allocated` with `estimate.seq_len` = the longest padded train batch (64 = data.max_length "
         "in every run; mean padded length 61).",

@@ -216,11 +216,17 @@ def bare_side(ov: list[str], count: Count | None) -> dict:
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
-    from lorasweep import base, model, train
+    from lorasweep import base, estimate, model, train
+    from lorasweep.config import bf16_capable
 
     t0 = time.perf_counter()
     cfg = compose(ov)
     steps, dev = int(cfg.train.max_steps), torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    bf16 = estimate.trial_autocast(cfg, bf16_capable())  # the trial's Trainer autocasts where this says so
+
+    def amp():
+        return torch.autocast("cuda", torch.bfloat16) if bf16 else contextlib.nullcontext()
+
     clock, rec = Clock(count, steps), {}
     prof = cProfile.Profile() if count is not None else None
     parts = data.splits(cfg)
@@ -249,6 +255,7 @@ def bare_side(ov: list[str], count: Count | None) -> dict:
     if dev.type == "cuda":
         b = {k: [{n: t.pin_memory() for n, t in x.items()} for x in v] for k, v in b.items()}
     rec["fingerprint"] = fingerprint(b["train"])
+    rec["autocast"] = bf16
     rec["tokens"] = [int(x["attention_mask"].sum()) for x in b["train"]]
     rec["padded_lengths"] = [int(x["input_ids"].shape[1]) for x in b["train"]]
     params = [p for p in net.parameters() if p.requires_grad]
@@ -258,7 +265,7 @@ def bare_side(ov: list[str], count: Count | None) -> dict:
 
     def evaluate(batches: list[dict]) -> float:
         net.eval()
-        with torch.no_grad():
+        with torch.no_grad(), amp():
             total = sum(net(**on(x)).loss for x in batches)
         net.train()
         return float(total / len(batches))
@@ -269,7 +276,8 @@ def bare_side(ov: list[str], count: Count | None) -> dict:
         loss_sum = torch.zeros((), device=dev)
         for step, x in enumerate(b["train"], start=1):
             clock.mark(f"step{step}")
-            loss = net(**on(x)).loss
+            with amp():
+                loss = net(**on(x)).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)  # the Trainer's max_grad_norm default
             opt.step()

@@ -160,9 +160,24 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def bf16_capable() -> bool:
+    """Whether this machine runs bf16 autocast: CUDA with bf16 support (Ampere or newer)."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def check_bf16(setting: str, bf16_capable: bool) -> None:
+    """train.mixed_precision=bf16 where the device has no bf16 is refused (validate and the rule itself ask)."""
+    if setting == "bf16" and not bf16_capable:
+        raise ConfigError(
+            "train.mixed_precision", setting, "auto or no on this machine: bf16 autocast needs a CUDA GPU with bf16"
+        )
+
+
 def validate(cfg: DictConfig, has_cuda: bool | None = None) -> DictConfig:
     """Every field's own check (lorasweep/schema.py), then the rules between fields that need no model or data;
-    raise the first ConfigError."""
+    raise the first ConfigError. `has_cuda` (None: ask torch) stands for a CUDA GPU with bf16 where given."""
     schema.check_fields(cfg)
     a, q, t = cfg.adapter, cfg.quant, cfg.train
     if a.loraplus_ratio != 1 and a.variant not in LORAPLUS_VARIANTS:
@@ -185,6 +200,8 @@ def validate(cfg: DictConfig, has_cuda: bool | None = None) -> DictConfig:
         raise ConfigError(
             "train.optim", t.optim, "adamw_torch on this machine (no CUDA); 8-bit and paged optimizers need a GPU"
         )
+    if t.mixed_precision == "bf16":
+        check_bf16(t.mixed_precision, bf16_capable() if has_cuda is None else has_cuda)
     _data(cfg)
     _after(cfg)
     return cfg

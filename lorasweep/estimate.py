@@ -272,21 +272,44 @@ def layer_bytes(s: dict, fam: str | None, dt: dict, seq: int) -> dict[str, float
     return {"saved": norms + attn + mlp, "transient": transient}
 
 
+def autocast_copies(base: nn.Module, task: str, quant: str, dtype: str, layers: int) -> tuple[int, int]:
+    """Bytes of the bf16 copies autocast makes of Linear weights not in bf16, which autograd keeps for the backward:
+    (the heads', one block's). Those are the fp32 ones k-bit preparation leaves unquantized (the heads), or every
+    Linear of a float32 or float16 model. On the H100 rows this is what autocast adds to a QLoRA peak that the loss
+    sets: +63 MiB (llama_300m) and +125 MiB (llama_1b), the lm_head's bf16 copy."""
+    if quant == "none" and dtype == "bfloat16":
+        return 0, 0
+    every = sum(m.weight.numel() for m in base.modules() if isinstance(m, nn.Linear))
+    inner = sum(m.weight.numel() for m in quantizable(base, task).values())
+    return 2 * (every - inner), (2 * inner // max(1, layers) if quant == "none" else 0)
+
+
 def activation_bytes(
-    s: dict, fam: str | None, task: str, dt: dict, lora_in: float, batch: int, seq: int, checkpointing: bool
+    s: dict,
+    fam: str | None,
+    task: str,
+    dt: dict,
+    lora_in: float,
+    batch: int,
+    seq: int,
+    checkpointing: bool,
+    copies: tuple[int, int] = (0, 0),
 ) -> dict:
-    """Peak activation bytes: what the blocks keep, plus the larger of the loss peak and one block's backward."""
+    """Peak activation bytes: what the blocks keep, plus the larger of the loss peak and one block's backward.
+    `copies` (autocast_copies) are alive with the loss (the heads') and with their block's backward."""
     tokens = batch * seq
     layer = layer_bytes(s, fam, dt, seq)
     per_layer = layer["saved"] + lora_in / s["layers"]
     head = TASKS[task].logit_copies * s["vocab"]
+    heads_copy, block_copy = copies
     if checkpointing:  # only block inputs stay; one block is recomputed at a time during backward
         kept = s["layers"] * dt["R"] * s["h"]
-        peak = kept + max(head, per_layer + layer["transient"] + 2 * dt["R"] * s["h"])
+        recompute = (per_layer + layer["transient"] + 2 * dt["R"] * s["h"]) * tokens + block_copy
+        peak = kept * tokens + max(head * tokens + heads_copy, recompute)
     else:
         kept = s["layers"] * per_layer
-        peak = kept + max(head, layer["transient"])
-    return {"bytes": int(peak * tokens), "per_token": peak, "per_layer_token": per_layer, "loss_peak_token": head}
+        peak = kept * tokens + s["layers"] * block_copy + heads_copy + max(head, layer["transient"]) * tokens
+    return {"bytes": int(peak), "per_layer_token": per_layer, "loss_peak_token": head}
 
 
 def _settings(cfg: DictConfig, batch_size, seq_len, gradient_checkpointing, optim, autocast) -> dict:
@@ -302,7 +325,7 @@ def _settings(cfg: DictConfig, batch_size, seq_len, gradient_checkpointing, opti
             pick(gradient_checkpointing, "gradient_checkpointing", cfg.train.gradient_checkpointing)
         ),
         "optim": str(pick(optim, "optim", cfg.train.optim)),
-        "autocast": bool(pick(autocast, "autocast", False)),
+        "autocast": None if autocast is None else bool(autocast),  # None: train.mixed_precision decides
         "num_labels": int(est.get("num_labels") or 2),
     }
     if out["optim"] not in OPTIM_STATE:
@@ -344,6 +367,35 @@ def over_limits(costs: dict[str, float], limits: tuple[tuple[str, float], ...]) 
     return f"not trained: predicted {', '.join(over)} (sweep.max_cost)" if over else None
 
 
+def bf16_autocast(setting: str, bf16_capable: bool, activations: dict[bool, int] | None = None) -> bool:
+    """train.mixed_precision as the Trainer's bf16 flag: the one rule, for trials (lorasweep.train) and estimates.
+    `activations`: estimated peak activation bytes without (False) and with (True) autocast, read for auto on a bf16
+    device. auto takes bf16 where the estimate with autocast is no higher. The H100 pairs decide it
+    (docs/performance.md): autocast raised the peak only where the loss sets a checkpointed QLoRA peak (+1.5-5.4 %,
+    the lm_head's bf16 copy), lowered it 14-52 % wherever the blocks' activations set it, and tied for checkpointed
+    bf16 LoRA, running 1.11-1.36x faster there; the estimate orders all 34 pairs the same way."""
+    from lorasweep.config import check_bf16
+
+    check_bf16(setting, bf16_capable)
+    if setting != "auto" or not bf16_capable:
+        return setting == "bf16"
+    return activations[True] <= activations[False]
+
+
+def trial_autocast(cfg: DictConfig, bf16_capable: bool) -> bool:
+    """Whether a trial of cfg trains under bf16 autocast: bf16_autocast at the trial's own batch, length,
+    checkpointing and optimizer (the estimate.* fields are for `lorasweep estimate`). A spectrum rule's layers are
+    known only once the weights load; all-linear stands in for them (adapter inputs are a small share of the peak)."""
+    t = cfg.train
+    if t.mixed_precision != "auto" or not bf16_capable:
+        return bf16_autocast(t.mixed_precision, bf16_capable)
+    if any(spectrum_percent(x) is not None for x in cfg.adapter.targets):
+        cfg = copy.deepcopy(cfg)
+        cfg.adapter.targets = ["all-linear"]
+    est = estimate(cfg, t.batch_size, cfg.data.max_length, t.gradient_checkpointing, t.optim, bf16_capable=True)
+    return est["autocast"]
+
+
 def estimate(
     cfg: DictConfig,
     batch_size: int | None = None,
@@ -351,8 +403,10 @@ def estimate(
     gradient_checkpointing: bool | None = None,
     optim: str | None = None,
     autocast: bool | None = None,
+    bf16_capable: bool = True,
 ) -> dict:
-    """Trainable params (exact) and peak training memory by component (bytes) for one config."""
+    """Trainable params (exact) and peak training memory by component (bytes) for one config. `autocast` None: what
+    train.mixed_precision picks on a device with bf16 (`bf16_capable`, the default: sizing a GPU job) or without."""
     st = _settings(cfg, batch_size, seq_len, gradient_checkpointing, optim, autocast)
     m, q, a = cfg.model, cfg.quant, cfg.adapter
     if q.method not in QUANTS:
@@ -366,19 +420,29 @@ def estimate(
     names = resolve_targets(base, config.model_type, list(a.targets))
     sizes = arch_sizes(config)
     weights = weight_memory(base, m.task, q, m.dtype)
-    dt = dtypes(q.method, m.dtype, st["autocast"])
     method = METHODS[a.variant]
-    if method.est_inputs == "trained":  # every Linear of the blocks is trained, whatever the targets
-        every = resolve_targets(base, config.model_type, ["all-linear"])
-        lora_in = trained_inputs(base, fam, every, dt, st["autocast"])
-    elif method.est_inputs == "vectors":
-        lora_in = ia3_inputs(base, fam, names, dt)
-    else:
-        lora_in = adapter_inputs(base, fam, names, dt, st["autocast"], float(a.dropout), method.est_output, int(a.r))
-    acts = {
-        ck: activation_bytes(sizes, fam, m.task, dt, lora_in, st["batch_size"], st["seq_len"], ck)
-        for ck in (False, True)
-    }
+    every = resolve_targets(base, config.model_type, ["all-linear"]) if method.est_inputs == "trained" else []
+    copies = autocast_copies(base, m.task, q.method, m.dtype, sizes["layers"])
+    acts = {}  # [autocast][checkpointing]
+    for ac in (False, True):
+        dt = dtypes(q.method, m.dtype, ac)
+        if method.est_inputs == "trained":  # every Linear of the blocks is trained, whatever the targets
+            lora_in = trained_inputs(base, fam, every, dt, ac)
+        elif method.est_inputs == "vectors":
+            lora_in = ia3_inputs(base, fam, names, dt)
+        else:
+            lora_in = adapter_inputs(base, fam, names, dt, ac, float(a.dropout), method.est_output, int(a.r))
+        acts[ac] = {
+            ck: activation_bytes(
+                sizes, fam, m.task, dt, lora_in, st["batch_size"], st["seq_len"], ck, copies if ac else (0, 0)
+            )
+            for ck in (False, True)
+        }
+    ck = st["gradient_checkpointing"]
+    if st["autocast"] is None:
+        by_autocast = {ac: acts[ac][ck]["bytes"] for ac in (False, True)}
+        st["autocast"] = bf16_autocast(cfg.train.mixed_precision, bf16_capable, by_autocast)
+    acts = acts[bool(st["autocast"])]
     params = param_counts(cfg, config, base, num_labels)  # last: PEFT may wrap `base` in place
 
     trainable = params["trainable"]
@@ -440,6 +504,7 @@ def estimate(
         },
         "memory": mem,
         "activations_by_checkpointing": {"off": acts[False]["bytes"], "on": acts[True]["bytes"]},
+        "mixed_precision": str(cfg.train.mixed_precision),
         "architecture": sizes,
     }
     result["fits"] = {str(g): fits(result, g) for g in GPU_SIZES_GB}
@@ -473,7 +538,7 @@ def table(est: dict) -> str:
         f"{est['model']} ({est['model_type']}, {est['task']}) {est['variant']}{rank}{targets} "
         f"quant={est['quant']['method']}{dq} "
         f"batch={est['batch_size']} seq={est['seq_len']} ckpt={est['gradient_checkpointing']} "
-        f"optim={est['optim']} autocast={est['autocast']}"
+        f"optim={est['optim']} autocast={est['autocast']} (train.mixed_precision={est['mixed_precision']})"
     )
     rows = [
         head,

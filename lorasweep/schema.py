@@ -30,6 +30,7 @@ VARIANTS = list(METHODS)
 TASKS = list(TASK_REGISTRY)
 QUANTS = ["none", "nf4", "fp4", "int8"]
 DTYPE_NAMES = ["float32", "bfloat16", "float16"]
+PRECISIONS = ["auto", "no", "bf16"]
 OPTIMS = {"adamw_torch": False, "adamw_8bit": True, "paged_adamw_8bit": True, "paged_adamw_32bit": True}  # needs CUDA
 SCHEDULERS = (
     "linear",
@@ -180,6 +181,12 @@ class TrainCfg:
     max_new_tokens: int = f(32, "generate_eval: tokens per answer at most", integer(1))
     gradient_checkpointing: bool = f(False, "recompute activations in the backward pass", BOOL)
     optim: str = f("adamw_torch", "optimizer; the 8-bit and paged ones need CUDA", one_of(OPTIMS))
+    mixed_precision: str = f(
+        "auto",
+        "bf16 autocast (Trainer bf16=True): auto takes it on a CUDA GPU with bf16 where the estimator says it does "
+        "not raise the peak (docs/performance.md); bf16 needs such a GPU",
+        one_of(PRECISIONS),
+    )
     seed: int = f("${seed}", "the trial's seed (follows the top-level seed)", integer())
 
 
@@ -209,7 +216,6 @@ class EstimateCfg:
         Check(lambda v: v is None or isinstance(v, bool), "true or false, or null (train.gradient_checkpointing)"),
     )
     optim: Optional[str] = f(None, "lorasweep estimate: optimizer", one_of(OPTIMS, null="train.optim"))
-    autocast: bool = f(False, "lorasweep estimate: bf16 autocast of the forward (Trainer bf16=True)", BOOL)
     num_labels: int = f(3, "lorasweep estimate: seq_cls head size", integer(1))
 
 

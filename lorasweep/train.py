@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from lorasweep import data, evalrows
+from lorasweep import data, estimate, evalrows
+from lorasweep.config import bf16_capable
 from lorasweep.tasks import TASKS, component
 from lorasweep.variants import METHODS
 
@@ -191,6 +192,7 @@ def trainer(
         dataloader_num_workers=0,
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
+        bf16=estimate.trial_autocast(cfg, bf16_capable()),  # train.mixed_precision; the estimate applies the same rule
         remove_unused_columns=False,
         **own,
     )

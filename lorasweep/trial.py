@@ -76,6 +76,7 @@ def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), run_id: st
             else []
         )
         trainer = train.trainer(cfg, tuned, tok, datasets, [log, *listeners], scored, targets, kept)
+        mlflow.set_tag("mixed_precision", "bf16" if trainer.args.bf16 else "no")  # what train.mixed_precision chose
         start = time.perf_counter()
         result = trainer.train()
         runtime = time.perf_counter() - start

@@ -301,6 +301,64 @@ def test_7b_qlora_batch4_seq2k_checkpointed_fits_24gb(model: str) -> None:
     assert not off["fits"]["24"]  # the same run without checkpointing does not
 
 
+def test_8b_qlora_batch4_seq2k_checkpointed_misses_24gb_with_or_without_autocast() -> None:
+    """Llama-3-8B QLoRA r=16 all-linear, 4 x 2048, checkpointed: the loss over the 128k vocab sets the peak, which
+    autocast does not lower; it adds the fp32 lm_head's bf16 copy, so auto keeps it off."""
+    cfg = cfg_for(
+        "llama3_8b", "quant.method=nf4", "quant.double_quant=true", "adapter.r=16", "adapter.targets=[all-linear]"
+    )
+    kw = dict(batch_size=4, seq_len=2048, gradient_checkpointing=True)
+    auto, off, on = E.estimate(cfg, **kw), E.estimate(cfg, **kw, autocast=False), E.estimate(cfg, **kw, autocast=True)
+    assert auto["autocast"] is False and auto["memory"]["total"] == off["memory"]["total"]
+    assert off["memory"]["total"]["bytes"] > 24 * GB and on["memory"]["total"]["bytes"] > 24 * GB
+    assert not off["fits"]["24"] and not on["fits"]["24"] and on["fits"]["48"]
+    lm_head = 128256 * 4096
+    assert on["memory"]["peak_allocated"]["bytes"] - off["memory"]["peak_allocated"]["bytes"] == 2 * lm_head
+    # Without checkpointing the blocks set the peak and autocast halves it: there auto takes bf16.
+    plain = E.estimate(cfg, batch_size=4, seq_len=2048, gradient_checkpointing=False)
+    assert plain["autocast"] is True
+    assert plain["memory"]["activations"]["bytes"] < 0.6 * off["activations_by_checkpointing"]["off"]
+
+
+# ---------------------------------------------------------------- mixed precision: one rule for trials and estimates
+
+
+def test_auto_takes_bf16_for_qlora_on_a_bf16_device_and_not_on_cpu() -> None:
+    cfg = cfg_for("llama2_7b", "quant.method=nf4", "adapter.targets=[all-linear]", "train.batch_size=4")
+    cfg.data.max_length = 512
+    assert E.trial_autocast(cfg, bf16_capable=True) is True
+    assert E.trial_autocast(cfg, bf16_capable=False) is False
+    assert E.estimate(cfg, bf16_capable=False)["autocast"] is False
+
+
+def test_no_and_bf16_are_taken_as_given_and_bf16_without_a_bf16_device_is_one_line() -> None:
+    cfg = cfg_for("tiny_llama", "quant.method=nf4", "train.mixed_precision=no")
+    assert E.trial_autocast(cfg, bf16_capable=True) is False
+    cfg.train.mixed_precision = "bf16"
+    assert E.trial_autocast(cfg, bf16_capable=True) is True
+    with pytest.raises(ConfigError) as e:
+        E.trial_autocast(cfg, bf16_capable=False)
+    assert str(e.value).startswith("train.mixed_precision='bf16' is not allowed: auto or no on this machine")
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.skipif(not MEASURED.is_dir(), reason=f"no H100 measurements at {MEASURED} (../shared/gpu/measured)")
+def test_auto_takes_bf16_on_exactly_the_measured_pairs_where_autocast_did_not_raise_the_peak() -> None:
+    cal = _calibration()
+    pairs: dict = {}
+    for r in cal.rows(MEASURED):
+        key = (r["model"], r["quant"], r["r"], r["batch"], r["seq"], r["grad_ckpt"], r["optim"])
+        pairs.setdefault(key, {})[r["autocast_bf16"] == "True"] = r
+    assert len(pairs) == 34
+    wrong = []
+    for key, pair in pairs.items():
+        paid = int(pair[True]["peak_alloc_mb"]) <= int(pair[False]["peak_alloc_mb"])
+        est = E.estimate(cal.row_config(pair[False]), int(key[3]), int(key[4]), key[5] == "True", key[6])
+        if est["autocast"] != paid:
+            wrong.append(key)
+    assert not wrong, wrong
+
+
 # ---------------------------------------------------------------- CLI and JSON
 
 
@@ -319,6 +377,7 @@ def test_json_schema(capsys) -> None:
         ("gradient_checkpointing", bool),
         ("optim", str),
         ("autocast", bool),
+        ("mixed_precision", str),
         ("params", dict),
         ("memory", dict),
         ("fits", dict),

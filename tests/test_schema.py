@@ -136,6 +136,7 @@ BAD = [
     ("train.lr=fast", "train.lr='fast'", "a number > 0"),  # number
     ("adapter.dropout=1.0", "adapter.dropout=1.0", "a number in [0, 1)"),  # interval
     ("train.optim=sgd", "train.optim='sgd'", "one of ['adamw_torch'"),  # choice
+    ("train.mixed_precision=fp16", "train.mixed_precision='fp16'", "one of ['auto', 'no', 'bf16']"),
     ("tracking.experiment=''", "tracking.experiment=''", "a non-empty string"),  # text
     ("data.eval_size=1.5", "data.eval_size=1.5", "a count >= 1, a fraction in (0, 1)"),  # size
     ("adapter.targets=q", "adapter.targets='q'", "a non-empty list"),  # list
@@ -158,6 +159,18 @@ def test_a_bad_value_of_each_kind_is_one_line_exit_2_and_no_run(override, starts
     assert len(err.splitlines()) == 1, err
     assert err.startswith(f"lorasweep: error: {starts} is not allowed: {allowed}"), err
     assert not (tmp_path / "mlflow.db").exists() and not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_bf16_without_a_bf16_device_is_one_line_exit_2_and_no_run(tmp_path, capsys, no_gpu, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    assert main(["trial", "train.mixed_precision=bf16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "lorasweep: error: train.mixed_precision='bf16' is not allowed: "
+        "auto or no on this machine: bf16 autocast needs a CUDA GPU with bf16"
+    )
+    assert not list(tmp_path.iterdir())
+    assert validate(compose(["train.mixed_precision=bf16"]), has_cuda=True)  # where a bf16 GPU is assumed
 
 
 SPACE_BAD = [

@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from lorasweep import estimate
-from lorasweep.config import VARIANTS, compose
+from lorasweep.config import VARIANTS, bf16_capable, compose
 from lorasweep.trial import run_trial
 from tests.conftest import all_runs
 
@@ -75,6 +75,7 @@ def _check_run(store: str, summary: dict, metric: str) -> mlflow.entities.Run:
     assert p["adapter.r"] in ("4", "8") and p["model.name"] and p["train.max_steps"].isdigit()
     for tag in ["git_commit", "lorasweep_version", "device", "torch_version", "peft_version", "transformers_version"]:
         assert run.data.tags[tag]
+    assert run.data.tags["mixed_precision"] == ("bf16" if estimate.trial_autocast(cfg, bf16_capable()) else "no")
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "spectra"} <= arts
     inputs = {d.tags[0].value if d.tags else None: d.dataset for d in run.inputs.dataset_inputs}
