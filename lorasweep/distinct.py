@@ -1,6 +1,6 @@
 """A budget buys distinct configs: a sampled config equal to one already evaluated, running or queued is told to
-Optuna as a duplicate (no MLflow run, no budget slot) and the sampler is asked again; a small, fully discrete space
-is counted, so a budget larger than the space stops after the space, and is searched exhaustively.
+Optuna as a pruned duplicate (no MLflow run, no budget slot) and the sampler is asked again; a small, fully discrete
+space is counted, so a budget larger than the space stops after the space, and is searched exhaustively.
 
 Two samples are one config when every searched config field has the same value, sampled or (where a `when` left it
 out) the composed one: helpers, which only steer `when` and `derived`, do not count, so `alpha_rule=fixed` with r=4
@@ -68,22 +68,31 @@ def twin(study: optuna.Study, spec: SweepSpec, values: Mapping[str, object], num
 
 def ask_distinct(study: optuna.Study, spec: SweepSpec, tries: int = TRIES) -> tuple[optuna.Trial, dict] | None:
     """The next trial and its sampled values, asking again (at most `tries` times) while the sampler proposes a
-    config some trial already holds; each such proposal is told FAIL with DUPLICATE (its twin's number), which
-    samplers skip and the budget must not count. None: `tries` proposals in a row were duplicates, the space is
-    spent. A queued trial (enqueue_trial: a plan, a warm start, a confirmation seed) is returned as planned."""
-    for _ in range(tries):
-        queued = bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))  # ask() takes those first
-        trial = study.ask()
-        values = suggest(trial, spec)
-        same = None if queued else twin(study, spec, values, trial.number)
-        if same is None:
-            return trial, values
-        trial.set_user_attr(DUPLICATE, same.number)
-        try:
-            study.tell(trial, state=TrialState.FAIL)
-        except RuntimeError:  # an exhaustive sampler asks optimize() to stop once the space is done
-            pass
-    return None
+    config some trial already holds. Each such proposal is told PRUNED, with no intermediate value and DUPLICATE
+    (its twin's number): the budget does not count it, and TPE ranks it below every trial with a value, so it
+    learns to propose elsewhere (a FAIL it would ignore, and propose the same winner again). Past half the tries the
+    rest are drawn at random: a sampler sure of its winner can propose it many times over in a small space. None:
+    `tries` proposals in a row were duplicates, the space is spent. A queued trial (enqueue_trial: a plan, a warm
+    start, a confirmation seed) is returned as planned."""
+    own = study.sampler
+    try:
+        for i in range(tries):
+            if i == tries // 2:
+                study.sampler = optuna.samplers.RandomSampler(seed=len(study.trials))
+            queued = bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))  # ask() takes those first
+            trial = study.ask()
+            values = suggest(trial, spec)
+            same = None if queued else twin(study, spec, values, trial.number)
+            if same is None:
+                return trial, values
+            trial.set_user_attr(DUPLICATE, same.number)
+            try:
+                study.tell(trial, state=TrialState.PRUNED)
+            except RuntimeError:  # an exhaustive sampler asks optimize() to stop once the space is done
+                pass
+        return None
+    finally:
+        study.sampler = own
 
 
 def is_discrete(spec: SweepSpec) -> bool:

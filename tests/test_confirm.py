@@ -224,7 +224,7 @@ def test_a_budget_of_ten_on_four_configs_trains_four_and_then_finds_the_space_sp
             pass
     assert len(trained) == len(set(trained)) == 4
     duplicates = [t for t in study.trials if t.user_attrs.get(distinct.DUPLICATE) is not None]
-    assert all(t.state == TrialState.FAIL for t in duplicates) and len(duplicates) >= distinct.TRIES
+    assert all(t.state == TrialState.PRUNED for t in duplicates) and len(duplicates) >= distinct.TRIES
 
 
 def test_a_killed_trial_config_may_run_again_but_a_running_one_may_not() -> None:
@@ -237,3 +237,18 @@ def test_a_killed_trial_config_may_run_again_but_a_running_one_may_not() -> None
     first.set_user_attr(KILLED, True)
     study.tell(first, state=TrialState.FAIL)
     assert distinct.twin(study, spec, values, second.number) is None
+
+
+def test_tpe_on_rank_alphas_space_finds_a_new_config_for_every_slot(tmp_path) -> None:
+    """rank_alpha's space (31 distinct configs) under its own TPE sampler: 12 slots buy 12 distinct configs. TPE sure
+    of a winner proposes it again and again; told as pruned duplicates (and past half the tries, random draws) it
+    moves on, where duplicates told FAIL left it proposing the winner 20 times in a row after 5 trials."""
+    from lorasweep.space import make_sampler
+
+    cfg = compose(["sweep=rank_alpha"])
+    spec = distinct.complete(parse_sweep(cfg), cfg)
+    tpe = optuna.create_study(storage=f"sqlite:///{tmp_path}/tpe.db", direction="maximize", sampler=make_sampler(spec))
+    search(tpe, spec, 12)
+    done = [t for t in tpe.trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 12
+    assert len({distinct.config_of(distinct.values_of(t, spec), spec) for t in done}) == 12

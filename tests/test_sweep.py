@@ -213,7 +213,7 @@ def test_a_config_sampled_again_costs_no_budget_and_makes_no_run(store, capsys):
     assert list(states.values()) == ["COMPLETE"]
     (ran,) = states
     duplicates = [t for t in study.trials if "duplicate_of" in t.user_attrs]
-    assert duplicates and all(t.user_attrs["duplicate_of"] == ran and t.state.name == "FAIL" for t in duplicates)
+    assert duplicates and all(t.user_attrs["duplicate_of"] == ran and t.state.name == "PRUNED" for t in duplicates)
     assert "the space is spent" in out
 
 
