@@ -10,6 +10,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from counting import Copies, Count, summary  # noqa: E402
 
+from tests.test_trial import TINY  # noqa: E402
+
 
 def test_counting_pass_counts_an_item_sync_a_dtype_cast_and_a_blocking_copy_in_their_steps():
     x = torch.ones(4)
@@ -52,19 +54,7 @@ def test_a_training_step_of_the_trials_trainer_syncs_with_the_device_as_often_as
     from lorasweep.config import compose
     from lorasweep.trial import check
 
-    cfg = compose(
-        [
-            "model=tiny_llama",
-            "data=tweets_sft",
-            "data.train_size=48",
-            "data.eval_size=8",
-            "data.test_size=8",
-            "data.max_length=32",
-            "train.max_steps=4",
-            "train.eval_every=100",
-            "train.batch_size=4",
-        ]
-    )
+    cfg = compose([*TINY, "train.eval_every=100"])  # no eval inside the counted steps
     parts, labels, targets, _ = check(cfg)
     tuned, tok = model.load(cfg, targets, 4, labels)
     datasets = data.tokenize(cfg, parts, tok, labels)
