@@ -62,7 +62,7 @@ def _estimate(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from lorasweep.analysis.report import cli
 
-    return cli(args.args)
+    return cli(["--rejudge", *args.rejudge] if args.rejudge else args.args)
 
 
 def _print_config(args: argparse.Namespace) -> int:
@@ -112,10 +112,21 @@ def parser() -> argparse.ArgumentParser:
         if name == "estimate":
             p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p = command(
-        "report", _report, "Tables and figures of a tracked sweep: lorasweep report SWEEP [--out DIR] [--no-log]."
+        "report",
+        _report,
+        "Tables and figures of a tracked sweep: lorasweep report SWEEP [--out DIR] [--no-log]; "
+        "lorasweep report --rejudge DIR... judges a saved compare report's verdicts again from its own tables.",
     )
     p.add_argument(
-        "args", nargs=argparse.REMAINDER, help="a sweep name (its latest run), a sweep id or a parent run id"
+        "args",
+        nargs=argparse.REMAINDER,
+        help="a sweep name (its latest run), a sweep id or a parent run id",
+    )
+    p.add_argument(
+        "--rejudge",
+        nargs="+",
+        metavar="DIR",
+        help="saved compare reports (e.g. docs/results/*/ with arms.csv): their verdicts again under the current rule",
     )
     p = command("fields", _fields, "Every config field: its allowed values, default and help.")
     p.add_argument("--markdown", action="store_true", help="a Markdown table (the README's field reference)")

@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 from mlflow.entities import Metric, Param
 from safetensors.torch import save_file
 
-from lorasweep.analysis import report, runs, subspace, tables, verdicts
+from lorasweep.analysis import arms, rejudge, report, runs, subspace, tables, verdicts
 from lorasweep.errors import ConfigError
 
 K = 96  # width of the toy A matrices (k >= the largest r)
@@ -655,3 +656,65 @@ def test_the_paired_line_finds_a_planted_difference_on_saved_rows_and_not_a_null
     with mlflow.start_run() as older:  # a run from before rows were saved
         runs["e"] = older.info.run_id
     assert "no per-row eval outputs saved" in eval_words(board("a", "e"), "eval_accuracy", "max")
+
+
+# ------------------------------------------------------------------------------- saved compare reports, rejudged
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+COMPARES = sorted(p.parent.name for p in RESULTS.glob("*/arms.csv"))
+
+
+def saved_copy(name: str, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(RESULTS / name, tmp_path / name))
+
+
+def without_trials(folder: Path) -> None:
+    """The leaderboard's header only: the seeds must then come from arms.csv's mean, std and n."""
+    board = folder / "leaderboard.csv"
+    board.write_text(board.read_text().splitlines()[0] + "\n")
+
+
+@pytest.mark.parametrize("name", COMPARES)
+def test_rejudge_of_a_committed_compare_result_gives_its_committed_verdicts(name, tmp_path):
+    folder = saved_copy(name, tmp_path)
+    rejudge.rewrite(folder)
+    for file in ("verdicts.csv", "verdicts.md", "README.md"):
+        assert (folder / file).read_text() == (RESULTS / name / file).read_text(), f"rerun --rejudge on {name}"
+
+
+def test_rejudge_rebuilds_two_seeds_as_mean_plus_minus_std_over_root_two(tmp_path):
+    name = next(n for n in COMPARES if (pd.read_csv(RESULTS / n / "arms.csv")["n"] == 2).all())
+    folder = saved_copy(name, tmp_path)
+    without_trials(folder)
+    found, _, rebuilt = rejudge.rejudged(folder)
+    assert rebuilt == list(pd.read_csv(folder / "arms.csv")["arm"])
+    committed = pd.read_csv(RESULTS / name / "verdicts.csv")
+    assert [v["verdict"] for v in found] == list(committed["verdict"])  # the seeds themselves, up to order
+    rejudge.rewrite(folder)
+    assert "two seeds rebuilt as mean ± std/√2: " + ", ".join(rebuilt) in (folder / "README.md").read_text()
+
+
+def test_rejudge_refuses_more_than_two_seeds_it_cannot_find_and_writes_nothing(tmp_path):
+    name = next(n for n in COMPARES if (pd.read_csv(RESULTS / n / "arms.csv")["n"] > 2).any())
+    folder = saved_copy(name, tmp_path)
+    without_trials(folder)
+    before = {f.name: f.read_bytes() for f in folder.iterdir()}
+    with pytest.raises(ConfigError, match="not recomputable from the committed tables: adapter.variant="):
+        report.cli(["--rejudge", str(folder)])
+    assert {f.name: f.read_bytes() for f in folder.iterdir()} == before
+
+
+def test_rejudge_keeps_the_claims_that_are_not_the_comparisons_and_says_both_rules(tmp_path):
+    name = next(
+        n for n in COMPARES if (~pd.read_csv(RESULTS / n / "verdicts.csv")["paper"].isin(arms.PAPERS.values())).any()
+    )
+    folder = saved_copy(name, tmp_path)
+    saved = pd.read_csv(folder / "verdicts.csv")
+    others = saved[~saved["paper"].isin(arms.PAPERS.values())]
+    found, _, _ = rejudge.rejudged(folder)
+    assert [v for v in found if v["paper"] not in arms.PAPERS.values()] == others.astype(object).where(
+        others.notna(), None
+    ).to_dict("records")
+    rejudge.rewrite(folder)
+    text = (folder / "README.md").read_text()
+    assert "An arm ties with the best arm when the 95 % Welch interval" in text and "φ claims:" in text

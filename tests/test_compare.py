@@ -284,6 +284,14 @@ def test_a_noisy_pair_straddling_the_band_is_undecided_and_says_how_many_seeds_d
     assert f"~{need} seeds per arm would decide them all" in rows[arms.TIE]["verdict"]
 
 
+def test_an_arm_with_one_seed_is_undecided_with_no_interval_and_no_count():
+    rows = verdict_rows(seeded_pair(np.array([0.70, 0.71]), np.array([0.60])))
+    assert pair_row(rows)["verdict"].startswith("undecided (difference +") and pair_row(rows)["interval"] is None
+    tie = rows[arms.TIE]["verdict"]
+    assert tie.startswith("undecided") and f"no interval for {DORA} (one seed" in tie
+    assert "straddles" not in tie and "would decide" not in tie
+
+
 def test_best_lr_across_ranks_and_the_full_fine_tuning_ratio():
     same = trials_frame(
         {

@@ -169,7 +169,11 @@ def verdicts_of(stats: pd.DataFrame, unit: str, mode: str, tol: float | None) ->
         word, how = "disagree", how + f"wholly outside for {', '.join(by['disagrees'])}"
     elif by["undecided"]:
         counts = [words[a].needed for a in by["undecided"]]
-        word, how = "undecided", how + f"straddles an end for {', '.join(by['undecided'])}"
+        blind = [a for a in by["undecided"] if math.isnan(words[a].diff.low)]  # one seed, or no spread: no interval
+        spans = [a for a in by["undecided"] if a not in blind]
+        parts = [f"straddles an end for {', '.join(spans)}"] if spans else []
+        parts += [f"no interval for {', '.join(blind)} (one seed, or no spread between seeds)"] if blind else []
+        word, how = "undecided", how + "; ".join(parts)
         if all(counts):
             how += f"; ~{max(counts)} seeds per arm would decide them all"
     else:

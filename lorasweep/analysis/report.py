@@ -18,7 +18,10 @@ from lorasweep import sweepdir
 from lorasweep.analysis import arms, figures, paper, runs, subspace, tables, verdicts
 from lorasweep.errors import ConfigError
 
-USAGE = "usage: lorasweep report SWEEP [--out DIR] [--no-log]   (SWEEP: sweep id, sweep name or parent run id)"
+USAGE = (
+    "usage: lorasweep report SWEEP [--out DIR] [--no-log]   (SWEEP: sweep id, sweep name or parent run id)\n"
+    "       lorasweep report --rejudge DIR...   (a saved compare report's verdicts, again, from its own tables)"
+)
 OWNED = (".md", ".tex", ".csv", ".png")  # what a report writes; cleared first, so no stale figure survives
 STATES = ("COMPLETE", "REUSED", "PRUNED", "SKIPPED", "FAILED", "KILLED")
 ARTIFACT_DIR = "report"
@@ -27,6 +30,8 @@ ARTIFACT_DIR = "report"
 def cli(argv: list[str]) -> int:
     """Entry point for `lorasweep report` / `make report SWEEP=...`; a bad SWEEP raises ConfigError."""
     ref, out, log = None, Path("reports"), True
+    if argv[:1] == ["--rejudge"]:
+        return _rejudge([Path(d) for d in argv[1:]])
     it = iter(argv)
     for a in it:
         if a in ("-h", "--help"):
@@ -49,6 +54,20 @@ def cli(argv: list[str]) -> int:
     print(f"report: {path / 'README.md'}")
     if log:
         print(f"logged under {ARTIFACT_DIR}/ of MLflow run {sweep.parent_run_id} ({sweep.uri})")
+    return 0
+
+
+def _rejudge(folders: list[Path]) -> int:
+    """Every folder judged before any is written, so one that cannot be leaves them all as they were."""
+    from lorasweep.analysis import rejudge  # it builds on this module
+
+    if not folders:
+        raise ConfigError("DIR", None, "one or more saved report folders: lorasweep report --rejudge DIR...")
+    for folder in folders:
+        rejudge.rejudged(folder)
+    for folder in folders:
+        tie = next(v for v in rejudge.rewrite(folder) if v["claim"] == arms.TIE)
+        print(f"{folder}: {tie['verdict'].split(' (')[0]} ({tie['ours']}); verdicts.md and README.md rewritten")
     return 0
 
 
@@ -95,7 +114,7 @@ def build(ref: str, root: Path = Path("reports"), log: bool = True) -> tuple[Pat
     md += sub_md
     found += verdicts.subspace_verdicts(phi) if len(phi) else []
     md = (
-        md[:2] + _verdict_section(found, unit, out, cites_paper=bool(shape) or len(phi) > 0) + md[2:]
+        md[:2] + verdict_section(found, unit, out, cites_paper=bool(shape) or len(phi) > 0) + md[2:]
     )  # after the title and the sweep's facts
     md += _generic(sweep, trials, complete, dims, metric, unit, out)
     (out / "README.md").write_text("\n\n".join(md) + "\n")
@@ -461,7 +480,9 @@ def _subspace(
     return phi, head + md
 
 
-def _verdict_section(found: list[dict], unit: str, out: Path, cites_paper: bool) -> list[str]:
+def verdict_section(found: list[dict], unit: str, out: Path, cites_paper: bool) -> list[str]:
+    """Writes out/verdicts.{csv,md,tex}; returns the README's verdict section: its heading, the counts and the rules
+    of the claims present (an LR-first comparison's, the paper's, or both), and the table."""
     if not found:
         return []
     df = pd.DataFrame(found)
@@ -474,8 +495,10 @@ def _verdict_section(found: list[dict], unit: str, out: Path, cites_paper: bool)
         "the tolerance floor)."
     )
     files = "Files: [md](verdicts.md), [tex](verdicts.tex), [csv](verdicts.csv)."
-    if not cites_paper:  # an LR-first comparison (sweep.compare): its claims name their sources
-        rule = (
+    compares = bool(df["paper"].isin(arms.PAPERS.values()).any())  # an LR-first comparison's claims name their sources
+    rules = []
+    if compares:
+        rules.append(
             "An arm ties with the best arm when the 95 % Welch interval over their seeds (at each one's best LR) of "
             "the gap between them lies wholly inside ±band; disagree when it lies wholly outside, undecided when it "
             "straddles an end, with the seeds per arm that would decide it at the spread seen (docs/statistics.md). "
@@ -485,22 +508,26 @@ def _verdict_section(found: list[dict], unit: str, out: Path, cites_paper: bool)
             "best, from the single-seed LR search). Best LoRA LR / best FullFT LR agrees with 10× within a "
             f"factor of {arms.FULL_FACTOR:g}."
         )
-        return ["## Verdicts", f"{counts} {rule} {plateau} {files}", tables.to_markdown(df)]
-    rule = (
-        "A claim about two cells allows a range of differences, with a margin of 1 pt for metrics in % (else 1 % of "
-        "the larger |mean|): 'within' is ±margin, 'better' is > margin. The difference's 95 % interval is Welch's "
-        "over the cells' seeds: agree when the whole interval lies in the range, disagree when none of it does, "
-        "undecided when it straddles an end, with the seeds per cell that would decide it at the spread seen "
-        "(docs/statistics.md). A set's sufficient r is its smallest r within max(margin, se) of the set's best mean, "
-        "se = √(s_a²/n_a + s_b²/n_b). Effective-rank claims: "
-        f"agree when k/r ≤ {verdicts.LOW_RANK}. φ claims: Fig. 3 agrees when median φ(1,1) > {verdicts.TOP_SHARED}, "
-        "Fig. 4 when it exceeds 6.635/k, the 99th percentile of φ(1,1) for random directions in ℝᵏ."
-    )
+    if cites_paper:
+        rules.append(
+            "A claim about two cells allows a range of differences, with a margin of 1 pt for metrics in % (else 1 % "
+            "of the larger |mean|): 'within' is ±margin, 'better' is > margin. The difference's 95 % interval is "
+            "Welch's over the cells' seeds: agree when the whole interval lies in the range, disagree when none of it "
+            "does, undecided when it straddles an end, with the seeds per cell that would decide it at the spread seen "
+            "(docs/statistics.md). A set's sufficient r is its smallest r within max(margin, se) of the set's best "
+            "mean, se = √(s_a²/n_a + s_b²/n_b). Effective-rank claims: "
+            f"agree when k/r ≤ {verdicts.LOW_RANK}. φ claims: Fig. 3 agrees when median φ(1,1) > "
+            f"{verdicts.TOP_SHARED}, Fig. 4 when it exceeds 6.635/k, the 99th percentile of φ(1,1) for random "
+            "directions in ℝᵏ."
+        )
+    text = " ".join([counts, *rules, plateau])
+    if not cites_paper:
+        return ["## Verdicts", f"{text} {files}", tables.to_markdown(df)]
     return [
-        "## Verdicts on the paper's claims",
-        f"{counts} {rule} {plateau} "
-        f"Paper: {paper.CITATION}; the paper's numbers are {paper.MODEL} on WikiSQL and MultiNLI, ours are this "
-        f"sweep's model and data, so the verdicts compare the direction and size of effects, not accuracies. {files}",
+        "## Verdicts" if compares else "## Verdicts on the paper's claims",
+        f"{text} Paper: {paper.CITATION}; the paper's numbers are {paper.MODEL} on WikiSQL and MultiNLI, ours are "
+        f"this sweep's model and data, so the verdicts compare the direction and size of effects, not accuracies. "
+        f"{files}",
         tables.to_markdown(df),
     ]
 
