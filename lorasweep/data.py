@@ -270,24 +270,51 @@ def notes(cfg: DictConfig, parts: dict[str, pd.DataFrame], tok, label_names: lis
 
 
 def _tokenized(cfg, parts, tok, label_names):
-    key = _key("tokenized", cfg.data, cfg.model.task, _stamp(cfg.data), tok.name_or_path, label_names)
+    key = _key(
+        "tokenized", cfg.data, cfg.model.task, _stamp(cfg.data), tok.name_or_path, label_names, cfg.train.eval_samples
+    )
     return _cached(key, lambda: _tokenize(cfg, parts, tok, label_names))
 
 
 def _tokenize(
     cfg: DictConfig, parts: dict[str, pd.DataFrame], tok, label_names: list[str] | None
 ) -> tuple[dict[str, Dataset], dict[str, int]]:
-    task = TASKS[cfg.model.task]
-    encode = component(task.encode)
     out, counts = {}, {}
     for name, df in parts.items():
-        rows, lost = encode(cfg.data, tok, df, label_names)
-        # Rows with nothing to score are left out: a label train never saw (counted), an SFT row with no response
-        # token left (max_length too small for any).
-        keep = [max(lab) >= 0 if isinstance(lab, list) else lab >= 0 for lab in rows["labels"]]
-        out[name] = Dataset.from_dict({k: [v for v, ok in zip(col, keep) if ok] for k, col in rows.items()})
-        counts[f"{task.dropped}_{name}"] = int(lost)
+        rows, lost = encoded(cfg, tok, df, label_names)
+        if name != "train":
+            rows = by_length(rows, cfg.train.eval_samples if name == "eval" else None)
+        out[name] = Dataset.from_dict(rows)
+        counts[f"{TASKS[cfg.model.task].dropped}_{name}"] = int(lost)
     return out, counts
+
+
+def encoded(cfg: DictConfig, tok, df: pd.DataFrame, label_names: list[str] | None) -> tuple[dict[str, list], int]:
+    """One split's rows, tokenized by the task's encoder, in the table's order, and the count the encoder lost."""
+    rows, lost = component(TASKS[cfg.model.task].encode)(cfg.data, tok, df, label_names)
+    # Rows with nothing to score are left out: a label train never saw (counted), an SFT row with no response
+    # token left (max_length too small for any).
+    keep = [max(lab) >= 0 if isinstance(lab, list) else lab >= 0 for lab in rows["labels"]]
+    return {k: [v for v, ok in zip(col, keep) if ok] for k, col in rows.items()}, lost
+
+
+def by_length(rows: dict[str, list], first: int | None = None) -> dict[str, list]:
+    """An eval or test split as every trial evaluates it: its first `first` rows (all when None; train.eval_samples
+    caps the eval split), longest first, ties in their order. Batches of rows of like length pad far less
+    (docs/performance.md), and one fixed order keeps the per-row outputs of any two trials row for row
+    (lorasweep.evalrows). Longest first: a batch too big for the device fails at the first one."""
+    n = len(rows["input_ids"]) if first is None else min(int(first), len(rows["input_ids"]))
+    order = sorted(range(n), key=lambda i: -len(rows["input_ids"][i]))  # sorted() is stable
+    return {k: [col[i] for i in order] for k, col in rows.items()}
+
+
+def eval_shapes(rows: Dataset, collate, batch: int) -> list[tuple[int, int]]:
+    """The (rows, padded length) of each batch an eval pass over `rows` feeds the model, in order: batches of
+    `batch` rows through the trial's collator."""
+    return [
+        tuple(collate([rows[j] for j in range(i, min(i + batch, len(rows)))])["input_ids"].shape)
+        for i in range(0, len(rows), batch)
+    ]
 
 
 def collator(d: DictConfig, task: str, tok):

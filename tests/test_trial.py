@@ -381,6 +381,28 @@ def test_epochs_grad_accum_max_train_samples_checkpointing_and_length_grouping_r
     assert seen["checkpointing"] == {True}
 
 
+def test_eval_batches_take_the_split_in_its_order_under_length_grouped_training_whatever_the_seed(store):
+    """train.sampling=group_by_length shuffles training batches by the seed; the eval and test batches still take
+    the split's rows in its order (longest first), so trials with other seeds save their per-row outputs row for row
+    (transformers' own eval sampler would group them by a seeded shuffle too)."""
+    from lorasweep import data, model, train
+    from lorasweep.trial import check
+
+    seen = []
+    for seed in (1, 2):
+        cfg = compose([*TINY, "data.eval_size=24", "train.sampling=group_by_length", f"seed={seed}"])
+        parts, labels, targets, _ = check(cfg)
+        tuned, tok = model.load(cfg, targets, 4, labels)
+        datasets = data.tokenize(cfg, parts, tok, labels)
+        tr = train.trainer(cfg, tuned, tok, datasets, [])
+        shutil.rmtree(tr.args.output_dir)
+        for split, loader in (("eval", tr.get_eval_dataloader()), ("test", tr.get_test_dataloader(datasets["test"]))):
+            rows = [ids[m.bool()].tolist() for b in loader for ids, m in zip(b["input_ids"], b["attention_mask"])]
+            assert rows == datasets[split]["input_ids"], (seed, split)
+        seen.append(rows)
+    assert len(datasets["eval"]) == 24 and seen[0] == seen[1]
+
+
 def test_the_trials_trainer_counts_parameters_once_and_its_total_flos_is_what_transformers_counts(store, monkeypatch):
     """4 steps of tiny_llama through the trial's Trainer: total_flos is the sum, over the batches it trained on, of
     transformers' own floating_point_ops, while the model's parameters are counted once, not each step (issue 27:
@@ -488,16 +510,17 @@ def test_a_causal_lm_trial_logs_an_interval_around_each_metric_and_rows_that_rec
 @pytest.mark.slow
 def test_classifier_trials_log_intervals_save_their_rows_and_a_paired_line_compares_them(store):
     """MiniLM on the tweets, two configs: accuracy, macro-F1 and loss inside their logged intervals (eval and test);
-    the saved predictions give sklearn's accuracy and macro-F1 again, their labels are the eval split's own in order;
-    the paired line on the two trials' rows states the difference of their logged accuracies."""
+    the saved predictions give sklearn's accuracy and macro-F1 again, their labels are the eval split's own in the
+    order every trial evaluates it (data.by_length); the paired line on the two trials' rows states the difference
+    of their logged accuracies."""
     import re
 
     import numpy as np
     from sklearn.metrics import accuracy_score, f1_score
+    from transformers import AutoTokenizer
 
-    from lorasweep import evalrows
+    from lorasweep import base, data, evalrows
     from lorasweep.analysis.summary import eval_words
-    from lorasweep.data import label_name
     from lorasweep.trial import check
 
     short = [
@@ -512,8 +535,12 @@ def test_classifier_trials_log_intervals_save_their_rows_and_a_paired_line_compa
     ]
     runs = [run_trial(compose([*short, "adapter.r=4"])), run_trial(compose([*short, "adapter.r=8", "train.lr=1e-2"]))]
     client = mlflow.MlflowClient(store)
-    parts, labels, _, _ = check(compose(short))
-    truth = [labels.index(label_name(x)) for x in parts["eval"][compose(short).data.label_column]]
+    cfg = compose(short)
+    parts, labels, _, _ = check(cfg)
+    tok = AutoTokenizer.from_pretrained(base.folder(cfg.model))
+    truth = data.tokenize(cfg, parts, tok, labels)["eval"]["labels"]
+    in_table_order = [labels.index(data.label_name(x)) for x in parts["eval"][cfg.data.label_column]]
+    assert sorted(truth) == sorted(in_table_order) and truth != in_table_order  # the same rows, sorted by length
     for s in runs:
         m = client.get_run(s["run_id"]).data.metrics
         _intervals_hold(m, [f"{sp}_{n}" for sp in ("eval", "test") for n in ("accuracy", "macro_f1", "loss")])

@@ -1,0 +1,60 @@
+"""Tokens an eval pass feeds the model, padding included, with the eval and test rows in the table's order (as
+before data.by_length) and as trials now take them (longest first): the same rows, the trial's own collator and
+eval batch size. No clock: the count is what the sort saves on any machine.
+
+    python benchmarks/eval_padding.py [overrides, e.g. data.eval_size=1000 train.batch_size=32]
+"""
+
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from datasets import Dataset  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
+
+from lorasweep import base, data  # noqa: E402
+from lorasweep.config import compose  # noqa: E402
+from lorasweep.tasks import TASKS  # noqa: E402
+
+
+def counts(overrides: list[str]) -> dict[str, dict[str, int]]:
+    """Per split: padded tokens of one pass in each order, the real tokens, and the distinct batch shapes."""
+    cfg = compose(overrides)
+    parts = data.splits(cfg)
+    names = data.labels(cfg, parts)
+    tok = AutoTokenizer.from_pretrained(base.folder(cfg.model))  # what model.load reads
+    collate = data.collator(cfg.data, cfg.model.task, tok)
+    batch = TASKS[cfg.model.task].eval_batch(int(cfg.train.batch_size))
+    sorted_ = data.tokenize(cfg, parts, tok, names)
+    out = {}
+    for split in ("eval", "test"):
+        rows, _ = data.encoded(cfg, tok, parts[split], names)
+        stored = Dataset.from_dict(rows).select(range(len(sorted_[split])))  # train.eval_samples: the first rows
+        before, after = (data.eval_shapes(rows, collate, batch) for rows in (stored, sorted_[split]))
+        out[split] = {
+            "rows": len(stored),
+            "batch": batch,
+            "stored": sum(n * length for n, length in before),
+            "sorted": sum(n * length for n, length in after),
+            "real": sum(len(ids) for ids in stored["input_ids"]),
+            "shapes_stored": len(set(before)),
+            "shapes_sorted": len(set(after)),
+        }
+    return out
+
+
+def main() -> None:
+    overrides = sys.argv[1:]
+    print(f"eval pass, padded tokens ({' '.join(overrides) or 'defaults'}):")
+    for split, c in counts(overrides).items():
+        print(
+            f"{split}: {c['rows']} rows in batches of {c['batch']}: table order {c['stored']:,}, "
+            f"longest first {c['sorted']:,} ({c['sorted'] / c['stored']:.2f}x); real tokens {c['real']:,}; "
+            f"distinct batch shapes {c['shapes_stored']} -> {c['shapes_sorted']}"
+        )
+
+
+if __name__ == "__main__":
+    main()
