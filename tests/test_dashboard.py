@@ -111,10 +111,10 @@ def test_sweep_prints_no_dead_links_and_its_last_lines_open_its_runs_in_model_tr
         # The Model-training runs table, filtered to this sweep: its parent and trials, not the other sweep's run.
         assert "<strong>3</strong> matching runs" in page, page[-3000:]
         assert sweep_dir.name in page and "other-sweep-run" not in page
-        assert "Detect issues" not in page  # the GenAI overview's pop-up
+        assert "Detect issues" not in page and "Judges" not in page  # the GenAI overview's pop-up and side bar
         # Negative control: the same experiment without workflowType opens on the GenAI overview, not on runs.
         bare = url.replace(":5000/", f":{port}/").split("/runs?")[0]
-        genai = dom(bare, tmp_path, "Detect issues")
-        assert "Detect issues" in genai and "matching runs" not in genai
+        genai = dom(bare, tmp_path, "Sessions")  # the GenAI side bar; its "Detect issues" pop-up may come late
+        assert "Sessions" in genai and "Judges" in genai and "matching runs" not in genai
     finally:
         logserver.stop(proc)

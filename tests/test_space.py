@@ -64,7 +64,7 @@ def test_shipped_sweep_composes_parses_and_reruns(name: str) -> None:
 def test_sweep_file_sets_base_fields_and_user_overrides_win() -> None:
     plain, cfg = compose([]), compose(["sweep=rank_alpha"])
     assert (plain.train.max_steps, plain.train.eval_every) == (80, 40)  # schema.TrainCfg defaults
-    assert cfg.train.max_steps == 60 and cfg.train.eval_every == 15 and cfg.model.name == "minilm"  # the sweep's base
+    assert cfg.train.max_steps == 60 and cfg.train.eval_every == 20 and cfg.model.name == "minilm"  # the sweep's base
     cfg = compose(
         ["sweep=rank_alpha", "sweep.num_trials=5", "train.max_steps=200", "sweep.space.adapter.r.values=[4,8]"]
     )

@@ -177,7 +177,7 @@ def test_four_concurrent_trials_all_train_overlap_and_lose_no_metric(store):
 
 def test_refused_configs_fail_in_both_stores_and_max_failures_stops_launches(store):
     """Every sampled trial is VeRA with LoRA+ (refused by validation): each ends FAILED with the reason, and the
-    sweep stops launching after max_failures + 1 failures, though the budget is 6."""
+    sweep stops launching after max_failures + 1 failures, though the space holds 4 distinct configs."""
     s = run_sweep(
         [
             "sweep=smoke",
@@ -185,7 +185,7 @@ def test_refused_configs_fail_in_both_stores_and_max_failures_stops_launches(sto
             "+sweep.max_failures=1",
             "adapter.loraplus_ratio=4",
             "~sweep.space",
-            "+sweep.space={adapter:{variant:{kind:choice,values:[vera]}}}",
+            "+sweep.space={adapter:{variant:{kind:choice,values:[vera]},r:{kind:choice,values:[2,4,8,16]}}}",
         ]
     )
     client, _, runs = children(store, s["sweep_dir"])
