@@ -4,6 +4,7 @@ line naming the field, the value and what is allowed, and exit code 2."""
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from lorasweep.errors import ConfigError
 
@@ -60,9 +61,13 @@ def _estimate(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    if args.rejudge:
+        from lorasweep.analysis import rejudge
+
+        return rejudge.cli([Path(d) for d in args.rejudge])
     from lorasweep.analysis.report import cli
 
-    return cli(["--rejudge", *args.rejudge] if args.rejudge else args.args)
+    return cli(args.args)
 
 
 def _print_config(args: argparse.Namespace) -> int:

@@ -700,7 +700,7 @@ def test_rejudge_refuses_more_than_two_seeds_it_cannot_find_and_writes_nothing(t
     without_trials(folder)
     before = {f.name: f.read_bytes() for f in folder.iterdir()}
     with pytest.raises(ConfigError, match="not recomputable from the committed tables: adapter.variant="):
-        report.cli(["--rejudge", str(folder)])
+        rejudge.cli([folder])
     assert {f.name: f.read_bytes() for f in folder.iterdir()} == before
 
 

@@ -125,3 +125,16 @@ def rewrite(folder: Path) -> list[dict]:
     tail = readme[end:] if end >= 0 else ""
     (folder / "README.md").write_text(readme[: start + 1] + section + "\n" + tail)
     return found
+
+
+def cli(folders: list[Path]) -> int:
+    """`lorasweep report --rejudge DIR...`: every folder judged before any is written, so one that cannot be leaves
+    them all as they were."""
+    if not folders:
+        raise ConfigError("DIR", None, "one or more saved report folders: lorasweep report --rejudge DIR...")
+    for folder in folders:
+        rejudged(folder)
+    for folder in folders:
+        tie = next(v for v in rewrite(folder) if v["claim"] == arms.TIE)
+        print(f"{folder}: {tie['verdict'].split(' (')[0]} ({tie['ours']}); verdicts.md and README.md rewritten")
+    return 0

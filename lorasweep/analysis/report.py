@@ -30,8 +30,6 @@ ARTIFACT_DIR = "report"
 def cli(argv: list[str]) -> int:
     """Entry point for `lorasweep report` / `make report SWEEP=...`; a bad SWEEP raises ConfigError."""
     ref, out, log = None, Path("reports"), True
-    if argv[:1] == ["--rejudge"]:
-        return _rejudge([Path(d) for d in argv[1:]])
     it = iter(argv)
     for a in it:
         if a in ("-h", "--help"):
@@ -54,20 +52,6 @@ def cli(argv: list[str]) -> int:
     print(f"report: {path / 'README.md'}")
     if log:
         print(f"logged under {ARTIFACT_DIR}/ of MLflow run {sweep.parent_run_id} ({sweep.uri})")
-    return 0
-
-
-def _rejudge(folders: list[Path]) -> int:
-    """Every folder judged before any is written, so one that cannot be leaves them all as they were."""
-    from lorasweep.analysis import rejudge  # it builds on this module
-
-    if not folders:
-        raise ConfigError("DIR", None, "one or more saved report folders: lorasweep report --rejudge DIR...")
-    for folder in folders:
-        rejudge.rejudged(folder)
-    for folder in folders:
-        tie = next(v for v in rejudge.rewrite(folder) if v["claim"] == arms.TIE)
-        print(f"{folder}: {tie['verdict'].split(' (')[0]} ({tie['ours']}); verdicts.md and README.md rewritten")
     return 0
 
 
