@@ -98,8 +98,8 @@ def _config_error_fields():
 
 
 def test_every_config_error_names_a_schema_field():
-    # `override`: a line Hydra cannot parse; SWEEP: the report command's argument
-    paths = set(schema.FIELDS) | set(schema.SWEEP_FIELDS) | {"sweep", "override", "SWEEP"}
+    # `override`: a line Hydra cannot parse; SWEEP and DIR: the report command's arguments
+    paths = set(schema.FIELDS) | set(schema.SWEEP_FIELDS) | {"sweep", "override", "SWEEP", "DIR"}
     heads = {p.rsplit(".", 1)[0] + "." for p in paths if "." in p} | {"sweep."}
     found = list(_config_error_fields())
     assert len(found) > 50

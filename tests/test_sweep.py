@@ -434,7 +434,9 @@ def test_sigkill_the_driver_then_resume(store, tmp_path):
         "sweep.num_trials=4",
         "sweep.pruner.name=none",
     ]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "driver.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
     db = None
     while proc.poll() is None:  # until one trial finished and the next one runs
         dbs = list(tmp_path.glob("sweeps_out/smoke-*/optuna.db"))
@@ -447,7 +449,7 @@ def test_sigkill_the_driver_then_resume(store, tmp_path):
             if states.count(optuna.trial.TrialState.COMPLETE) >= 1 and optuna.trial.TrialState.RUNNING in states:
                 break
         time.sleep(0.5)
-    assert proc.poll() is None, "the sweep ended before it could be killed"
+    assert proc.poll() is None, "the sweep ended before it could be killed: " + log.read_text()[-3000:]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     for _ in range(60):  # the log server and Ray's processes exit on their own once the driver is gone
