@@ -439,7 +439,9 @@ def test_sigkill_the_driver_then_resume(store, tmp_path):
         proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
     db = None
     while proc.poll() is None:  # until one trial finished and the next one runs
-        dbs = list(tmp_path.glob("sweeps_out/smoke-*/optuna.db"))
+        # Only once the driver has made its study (state.json follows): opening the storage while the driver
+        # creates its tables races it on sqlite's alembic table.
+        dbs = [p.parent / "optuna.db" for p in tmp_path.glob("sweeps_out/smoke-*/state.json")]
         if dbs:
             db = dbs[0]
             try:
