@@ -19,11 +19,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lorasweep import distinct, stats
 from lorasweep.ledger import CONFIRM, KILLED, PHASE, RUN_ID
+from lorasweep.schema import SEED_KEYS
 from lorasweep.space import Confirm, SweepSpec
 
 OF = "confirm_of"  # Optuna user attribute: the search trial whose config it re-trains
 SEED = "confirm_seed"  # Optuna user attribute: its seed, the `seed=` override it trains with (seed_override)
-SEED_KEYS = ("seed", "train.seed")  # not part of a config's identity
 ALPHA = 0.05  # "distinguishable": Welch's two-sided p below this
 NAMES = {
     "eval_loss": "loss",

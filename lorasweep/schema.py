@@ -324,6 +324,9 @@ class SweepCfg:
     )
 
 
+# The seed fields: train.seed interpolates seed, so both vary together; neither is part of a config's identity.
+SEED_KEYS = ("seed", "train.seed")
+
 # Sections whose keys are the user's own (an architecture dict, split maps, a sweep file): not schema fields.
 FREE_FORM = ("model.config", "data.files", "data.splits", "sweep")
 

@@ -18,7 +18,7 @@ from lorasweep import compare as compare_arms
 from lorasweep.compare import Compare
 from lorasweep.errors import ConfigError
 from lorasweep.samplers import MULTI_OBJECTIVE_SAMPLERS, NEEDS, PRUNERS, SAMPLERS, asha, build, build_pruner
-from lorasweep.schema import FIELDS, SWEEP_FIELDS, check_value
+from lorasweep.schema import FIELDS, SEED_KEYS, SWEEP_FIELDS, check_value
 
 # cfg.sweep schema (a sweeps/<name>.yaml under `# @package _global_`, next to base fields like train.max_steps):
 #   metric: eval_loss          mode: max | min
@@ -277,7 +277,7 @@ def parse_confirm(sweep: Mapping) -> Confirm | None:
             raise ConfigError("sweep.confirm", dict(node), f"absent with sweep.{sibling}: {why}")
     space = sweep.get("space")
     searched = compare_arms.dotted_items(space) if isinstance(space, Mapping) else ()
-    if any(k.startswith(("seed.", "train.seed.")) for k, _ in searched):
+    if any(k.rpartition(".")[0] in SEED_KEYS for k, _ in searched):  # seed: {kind: ..., values: ...}
         raise ConfigError("sweep.confirm", dict(node), "absent when sweep.space searches the seed: confirm sets it")
     return Confirm(top_k, seeds)
 

@@ -13,10 +13,10 @@ import pandas as pd
 
 from lorasweep.analysis import paper
 from lorasweep.errors import ConfigError
+from lorasweep.schema import SEED_KEYS
 from lorasweep.sweepdir import STAMP
 
 DEFAULT_URI = "sqlite:///mlflow.db"
-SEED_KEYS = ("seed", "train.seed")  # train.seed interpolates seed: both vary together
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
