@@ -1,6 +1,7 @@
 """Tokens an eval pass feeds the model, padding included, with the eval and test rows in the table's order (as
-before data.by_length) and as trials now take them (longest first): the same rows, the trial's own collator and
-eval batch size. No clock: the count is what the sort saves on any machine.
+before data.by_length), longest first with each batch padded to its own bucket (data.eval_lengths=null), and as
+trials take them (longest first, at most data.eval_lengths padded lengths): the same rows, the trial's own
+collators and eval batch size. No clock: the count is what the sort saves on any machine.
 
     python benchmarks/eval_padding.py [overrides, e.g. data.eval_size=1000 train.batch_size=32]
 """
@@ -32,16 +33,17 @@ def counts(overrides: list[str]) -> dict[str, dict[str, int]]:
     for split in ("eval", "test"):
         rows, _ = data.encoded(cfg, tok, parts[split], names)
         stored = Dataset.from_dict(rows).select(range(len(sorted_[split])))  # train.eval_samples: the first rows
-        before, after = (data.eval_shapes(rows, collate, batch) for rows in (stored, sorted_[split]))
-        out[split] = {
-            "rows": len(stored),
-            "batch": batch,
-            "stored": sum(n * length for n, length in before),
-            "sorted": sum(n * length for n, length in after),
-            "real": sum(len(ids) for ids in stored["input_ids"]),
-            "shapes_stored": len(set(before)),
-            "shapes_sorted": len(set(after)),
+        bounded = data.eval_collator(cfg.data, cfg.model.task, tok, sorted_[split], batch)
+        passes = {
+            "stored": data.eval_shapes(stored, collate, batch),
+            "sorted": data.eval_shapes(sorted_[split], collate, batch),
+            "bounded": data.eval_shapes(sorted_[split], bounded, batch),
         }
+        out[split] = {"rows": len(stored), "batch": batch, "real": sum(len(ids) for ids in stored["input_ids"])}
+        for name, shapes in passes.items():
+            out[split][name] = sum(n * length for n, length in shapes)
+            out[split][f"shapes_{name}"] = len(set(shapes))
+            out[split][f"lengths_{name}"] = len({length for _, length in shapes})
     return out
 
 
@@ -49,11 +51,13 @@ def main() -> None:
     overrides = sys.argv[1:]
     print(f"eval pass, padded tokens ({' '.join(overrides) or 'defaults'}):")
     for split, c in counts(overrides).items():
-        print(
-            f"{split}: {c['rows']} rows in batches of {c['batch']}: table order {c['stored']:,}, "
-            f"longest first {c['sorted']:,} ({c['sorted'] / c['stored']:.2f}x); real tokens {c['real']:,}; "
-            f"distinct batch shapes {c['shapes_stored']} -> {c['shapes_sorted']}"
-        )
+        line = [f"{split}: {c['rows']} rows in batches of {c['batch']}, real tokens {c['real']:,}"]
+        for name, words in (("stored", "table order"), ("sorted", "longest first"), ("bounded", "bounded lengths")):
+            line.append(
+                f"{words} {c[name]:,} ({c[name] / c['stored']:.2f}x, {c['lengths_' + name]} lengths, "
+                f"{c['shapes_' + name]} shapes)"
+            )
+        print("; ".join(line))
 
 
 if __name__ == "__main__":

@@ -324,6 +324,59 @@ def collator(d: DictConfig, task: str, tok):
     return component(t.collator)(tok, **t.collator_kwargs, pad_to_multiple_of=d.pad_to_multiple_of)
 
 
+def eval_collator(d: DictConfig, task: str, tok, rows: Dataset, batch: int):
+    """The collator for one eval pass over `rows` in their order (longest first, data.by_length): each batch is
+    padded to one of at most data.eval_lengths lengths, chosen by `fewest_padded` for these rows. A batch longer
+    than all of them (rows not measured here) pads as the train collator does."""
+    plain = collator(d, task, tok)
+    if d.eval_lengths is None or len(rows) == 0:
+        return plain
+    t, ids = TASKS[task], rows["input_ids"]
+    longest = [max(len(x) for x in ids[i : i + batch]) for i in range(0, len(ids), batch)]
+    sizes = [len(ids[i : i + batch]) for i in range(0, len(ids), batch)]
+    m = d.pad_to_multiple_of or 1
+    lengths = fewest_padded([-(-n // m) * m for n in longest], sizes, int(d.eval_lengths))
+    # The registry's collator itself, padding to a fixed length: labels and padding side as it pads them.
+    fixed = {
+        n: component(t.collator)(tok, **{**t.collator_kwargs, "padding": "max_length", "max_length": n})
+        for n in lengths
+    }
+
+    def collate(features: list[dict]):
+        n = max(len(f["input_ids"]) for f in features)
+        fits = [length for length in lengths if length >= n]
+        return fixed[min(fits)](features) if fits else plain(features)
+
+    return collate
+
+
+def fewest_padded(longest: list[int], sizes: list[int], k: int) -> list[int]:
+    """At most k lengths for batches taken in order whose longest rows (already bucketed) are `longest`, with
+    `sizes` rows: each batch pads to the smallest chosen length that holds it, and the choice pads the fewest
+    tokens in all. For rows longest first this is a split of the batches into k runs, each padded to its first
+    batch's length: a small dynamic programme over the split points (no library splits a sequence so)."""
+    distinct = sorted(set(longest))
+    if len(distinct) <= k:
+        return distinct
+    # best[j]: the fewest tokens for every batch no longer than distinct[j], distinct[j] chosen, with the lengths
+    # allowed so far; each round allows one more.
+    rows_upto = [sum(s for n, s in zip(longest, sizes) if n <= length) for length in distinct]
+    best = [(rows_upto[j] * distinct[j], [distinct[j]]) for j in range(len(distinct))]
+    for _ in range(1, k):
+        best = [
+            min(
+                [best[j]]
+                + [
+                    (best[i][0] + (rows_upto[j] - rows_upto[i]) * distinct[j], [*best[i][1], distinct[j]])
+                    for i in range(j)
+                ],
+                key=lambda b: b[0],
+            )
+            for j in range(len(distinct))
+        ]
+    return best[-1][1]  # the longest batch must fit
+
+
 def encode_classes(d: DictConfig, tok, df: pd.DataFrame, label_names: list[str]) -> tuple[dict, int]:
     """Classification rows: the text's tokens and the label's index (-1 for a label train never saw, counted)."""
     index = {l: i for i, l in enumerate(label_names)}

@@ -118,6 +118,11 @@ class DataCfg:
         "pad each batch to a multiple of this many tokens: fewer distinct shapes to plan kernels for",
         integer(1, null="pad to the longest row"),
     )
+    eval_lengths: Optional[int] = f(
+        2,
+        "most padded lengths in one eval or test pass, chosen to pad least: each is a kernel plan on a GPU",
+        integer(1, null="each batch pads to its own bucket"),
+    )
 
 
 @dataclass

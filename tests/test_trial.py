@@ -381,24 +381,29 @@ def test_epochs_grad_accum_max_train_samples_checkpointing_and_length_grouping_r
     assert seen["checkpointing"] == {True}
 
 
-def test_eval_batches_take_the_split_in_its_order_under_length_grouped_training_whatever_the_seed(store):
+def test_eval_batches_take_the_split_in_its_order_and_its_own_few_lengths_whatever_the_seed(store):
     """train.sampling=group_by_length shuffles training batches by the seed; the eval and test batches still take
     the split's rows in its order (longest first), so trials with other seeds save their per-row outputs row for row
-    (transformers' own eval sampler would group them by a seeded shuffle too)."""
+    (transformers' own eval sampler would group them by a seeded shuffle too), each split padded to at most
+    data.eval_lengths lengths."""
     from lorasweep import data, model, train
     from lorasweep.trial import check
 
     seen = []
     for seed in (1, 2):
-        cfg = compose([*TINY, "data.eval_size=24", "train.sampling=group_by_length", f"seed={seed}"])
+        cfg = compose(
+            [*TINY, "data.eval_size=24", "train.sampling=group_by_length", f"seed={seed}", "train.batch_size=2"]
+        )
         parts, labels, targets, _ = check(cfg)
         tuned, tok = model.load(cfg, targets, 4, labels)
         datasets = data.tokenize(cfg, parts, tok, labels)
         tr = train.trainer(cfg, tuned, tok, datasets, [])
         shutil.rmtree(tr.args.output_dir)
         for split, loader in (("eval", tr.get_eval_dataloader()), ("test", tr.get_test_dataloader(datasets["test"]))):
-            rows = [ids[m.bool()].tolist() for b in loader for ids, m in zip(b["input_ids"], b["attention_mask"])]
+            batches = list(loader)
+            rows = [ids[m.bool()].tolist() for b in batches for ids, m in zip(b["input_ids"], b["attention_mask"])]
             assert rows == datasets[split]["input_ids"], (seed, split)
+            assert len({b["input_ids"].shape[1] for b in batches}) <= cfg.data.eval_lengths  # fitted to each split
         seen.append(rows)
     assert len(datasets["eval"]) == 24 and seen[0] == seen[1]
 
@@ -574,3 +579,29 @@ def test_a_trial_evaluates_once_at_its_last_step_and_leaves_no_scratch_folder(st
     history = mlflow.MlflowClient(store).get_metric_history(summary["run_id"], "eval_loss")
     assert [h.step for h in history] == [2, 4, 5]
     assert list(scratch.glob("lorasweep-trainer-*")) == []
+
+
+@pytest.mark.slow
+def test_bounded_eval_lengths_leave_a_classifiers_eval_and_test_outputs_as_they_were(store):
+    """MiniLM on the tweets, one config trained twice, its eval and test passes padded to 1 length and to each
+    batch's own bucket (data.eval_lengths=null; longest first, 2 of each split's 3 batches pad shorter): the same
+    predictions row for row and the same losses and metrics (padding is masked; floats may differ in the last
+    digits)."""
+    from lorasweep import evalrows
+
+    short = [
+        "train.max_steps=4",
+        "train.eval_every=4",
+        "train.batch_size=8",
+        "data.train_size=64",
+        "data.eval_size=160",
+        "data.test_size=160",
+        "tracking.save_adapter=false",
+        "tracking.spectra=false",
+    ]
+    runs = [run_trial(compose([*short, f"data.eval_lengths={k}"])) for k in ("1", "null")]
+    rows = [mlflow.artifacts.load_dict(f"runs:/{r['run_id']}/{evalrows.FILE}") for r in runs]
+    assert rows[0]["eval"]["predictions"] == rows[1]["eval"]["predictions"]
+    assert rows[0]["test"]["predictions"] == rows[1]["test"]["predictions"]
+    for key in ("eval_loss", "eval_macro_f1", "test_loss", "test_accuracy"):
+        assert runs[0][key] == pytest.approx(runs[1][key], rel=1e-5, abs=1e-6), key
