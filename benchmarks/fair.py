@@ -48,25 +48,25 @@ WARM = 2  # steps left out of per-step figures: the optimizer state and first ke
 
 
 def prebuilt(cfg, tok, datasets) -> dict[str, list[dict]]:
-    """Train batches (seeded order, steps x batch rows), eval batches (the first train.eval_samples rows) and test
-    batches, each collated by the project's collator, as plain dicts of tensors."""
-    collate = data.collator(cfg.data, cfg.model.task, tok)
+    """Train batches (seeded order, steps x batch rows) collated by the project's collator, eval batches (the split
+    as the trial holds it: train.eval_samples rows, longest first) and test batches, each collated by the collator
+    the trial fits to that split (data.eval_collator), as plain dicts of tensors."""
     bs, steps = int(cfg.train.batch_size), int(cfg.train.max_steps)
     train = datasets["train"]
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(int(cfg.seed))).tolist()
     rows = [order[i % len(order)] for i in range(steps * bs)]
     ebs = TASKS[cfg.model.task].eval_batch(bs)
-    ev = datasets["eval"]
-    ev = ev.select(range(min(int(cfg.train.eval_samples or len(ev)), len(ev))))
 
-    def chunks(ds, idx, size):
+    def chunks(ds, idx, size, collate):
         return [dict(collate([ds[r] for r in idx[i : i + size]])) for i in range(0, len(idx), size)]
 
-    test = datasets["test"]
+    def passes(ds):
+        return chunks(ds, list(range(len(ds))), ebs, data.eval_collator(cfg.data, cfg.model.task, tok, ds, ebs))
+
     return {
-        "train": chunks(train, rows, bs),
-        "eval": chunks(ev, list(range(len(ev))), ebs),
-        "test": chunks(test, list(range(len(test))), ebs),
+        "train": chunks(train, rows, bs, data.collator(cfg.data, cfg.model.task, tok)),
+        "eval": passes(datasets["eval"]),
+        "test": passes(datasets["test"]),
     }
 
 
@@ -158,9 +158,6 @@ def trial_side(ov: list[str], count: Count | None) -> dict:
         rec["fingerprint"] = fingerprint(b["train"])
         rec["tokens"] = [int(x["attention_mask"].sum()) for x in b["train"]]
         rec["padded_lengths"] = [int(x["input_ids"].shape[1]) for x in b["train"]]
-        # The eval loader pads as the batches do (train.py builds the task's collator without data.pad_to_multiple_of
-        # until it calls lorasweep.data.collator: docs/performance.md).
-        tr.data_collator = data.collator(cfg_.data, cfg_.model.task, tok)
         tr.get_train_dataloader = lambda: tr.accelerator.prepare(
             DataLoader(b["train"], batch_size=1, collate_fn=_first, pin_memory=tr.args.dataloader_pin_memory)
         )
