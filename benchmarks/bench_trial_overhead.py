@@ -54,6 +54,11 @@ def common(steps: int, batch: int) -> list[str]:
         f"train.eval_every={steps}",  # one eval, at the last step, on both sides
         "train.eval_samples=32",
         "data.test_size=32",
+        # The bare loop measures no spectra; what they cost is in benchmarks/results/spectrum_cost.md.
+        "tracking.spectra=false",
+        # The proxies stand for a GPU's host work: its padding (data.GPU_PADDING), which a CPU's auto would not use.
+        "data.pad_to_multiple_of=16",
+        "data.eval_lengths=2",
     ]
 
 
@@ -80,11 +85,8 @@ def shapes(steps: int, batch: int, pad: str) -> dict:
         tuple(collate([ds["train"][r] for r in order[i * batch : (i + 1) * batch]])["input_ids"].shape)
         for i in range(steps)
     }
-    ev = ds["eval"]
-    evs = {
-        tuple(collate([ev[r] for r in range(i, min(i + batch, len(ev)))])["input_ids"].shape)
-        for i in range(0, len(ev), batch)
-    }
+    ev = ds["eval"]  # longest first, as trials take it, through the collator fitted to it (data.eval_lengths=2)
+    evs = set(data.eval_shapes(ev, data.eval_collator(cfg.data, cfg.model.task, tok, ev, batch), batch))
     return {"train": len(train), "eval": len(evs), "train_lengths": sorted(s[1] for s in train)}
 
 

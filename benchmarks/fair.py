@@ -8,8 +8,9 @@ padded lengths in the same order (each side writes a fingerprint of them). Both 
 at the last step, and the test rows once after training. Both use the project's optimizer (LoRA+ groups from
 PEFT) and the same scheduler, gradient clipping, dropout and LoRA init.
 
-- trial: `lorasweep.trial.run_trial`, the whole trial path; `lorasweep.train.trainer` is wrapped only to hand the
-  Trainer the prebuilt batches through its own accelerate-prepared DataLoader (pinned as the Trainer pins) and to
+- trial: `lorasweep.trial.run_trial`, the whole trial path, in an MLflow store and experiment made before the clock
+  starts (as a sweep's driver makes them; store_s says what that took); `lorasweep.train.trainer` is wrapped only to
+  hand the Trainer the prebuilt batches through its own accelerate-prepared DataLoader (pinned as the Trainer pins) and to
   add a clock callback.
 - bare: the same model folder loaded with transformers, PEFT's get_peft_model, a plain torch loop.
 
@@ -138,7 +139,10 @@ def profile_rows(prof: cProfile.Profile, steps: int) -> dict:
 def trial_side(ov: list[str], count: Count | None) -> dict:
     import gc
 
+    import mlflow
+
     import lorasweep.train
+    from lorasweep import tracking
     from lorasweep.trial import run_trial
 
     gc.freeze()  # as `lorasweep trial` and the warm workers do after their imports
@@ -197,6 +201,12 @@ def trial_side(ov: list[str], count: Count | None) -> dict:
         return tr
 
     lorasweep.train.trainer = trainer
+    # The store and experiment exist before the clock starts, as they do for every trial of a sweep (its driver
+    # makes them) and for every trial after a store's first: making an sqlite store runs its migrations once.
+    t0 = time.perf_counter()
+    mlflow.set_tracking_uri(tracking.tracking_uri(cfg))
+    tracking.experiment(cfg)
+    rec["store_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     s = run_trial(cfg)
     rec["wall_s"] = time.perf_counter() - t0
@@ -216,8 +226,8 @@ def bare_side(ov: list[str], count: Count | None) -> dict:
     from lorasweep import base, estimate, model, train
     from lorasweep.config import bf16_capable
 
+    cfg = compose(ov)  # the trial side composes before its clock too
     t0 = time.perf_counter()
-    cfg = compose(ov)
     steps, dev = int(cfg.train.max_steps), torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = estimate.trial_autocast(cfg, bf16_capable())  # the trial's Trainer autocasts where this says so
 

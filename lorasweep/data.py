@@ -317,25 +317,40 @@ def eval_shapes(rows: Dataset, collate, batch: int) -> list[tuple[int, int]]:
     ]
 
 
+# data.pad_to_multiple_of and data.eval_lengths where they say auto, on a GPU. Each new padded length is a new
+# attention and GEMM plan there; on a CPU no plan is kept and padding is only cost (docs/performance.md has both).
+GPU_PADDING = {"pad_to_multiple_of": 16, "eval_lengths": 2}
+
+
+def padding(d: DictConfig, key: str) -> int | None:
+    """data.pad_to_multiple_of or data.eval_lengths as this machine applies it: auto is GPU_PADDING's on a CUDA GPU,
+    null (each batch to its longest row, each eval batch to its own length) on a CPU."""
+    if d[key] != "auto":
+        return d[key]
+    import torch
+
+    return GPU_PADDING[key] if torch.cuda.is_available() else None
+
+
 def collator(d: DictConfig, task: str, tok):
     """The task's collator (the registry names it), padding each batch to a multiple of data.pad_to_multiple_of
     tokens: a new padded length is a new attention and GEMM plan on a GPU (docs/performance.md)."""
     t = TASKS[task]
-    return component(t.collator)(tok, **t.collator_kwargs, pad_to_multiple_of=d.pad_to_multiple_of)
+    return component(t.collator)(tok, **t.collator_kwargs, pad_to_multiple_of=padding(d, "pad_to_multiple_of"))
 
 
 def eval_collator(d: DictConfig, task: str, tok, rows: Dataset, batch: int):
     """The collator for one eval pass over `rows` in their order (longest first, data.by_length): each batch is
     padded to one of at most data.eval_lengths lengths, chosen by `fewest_padded` for these rows. A batch longer
     than all of them (rows not measured here) pads as the train collator does."""
-    plain = collator(d, task, tok)
-    if d.eval_lengths is None or len(rows) == 0:
+    plain, most = collator(d, task, tok), padding(d, "eval_lengths")
+    if most is None or len(rows) == 0:
         return plain
     t, ids = TASKS[task], rows["input_ids"]
     longest = [max(len(x) for x in ids[i : i + batch]) for i in range(0, len(ids), batch)]
     sizes = [len(ids[i : i + batch]) for i in range(0, len(ids), batch)]
-    m = d.pad_to_multiple_of or 1
-    lengths = fewest_padded([-(-n // m) * m for n in longest], sizes, int(d.eval_lengths))
+    m = padding(d, "pad_to_multiple_of") or 1
+    lengths = fewest_padded([-(-n // m) * m for n in longest], sizes, int(most))
     # The registry's collator itself, padding to a fixed length: labels and padding side as it pads them.
     fixed = {
         n: component(t.collator)(tok, **{**t.collator_kwargs, "padding": "max_length", "max_length": n})

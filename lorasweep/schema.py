@@ -113,15 +113,17 @@ class DataCfg:
     test_size: Any = f(0.1, "rows carved from the train table for test, unless given as its own file or split", SIZE)
     split_seed: int = f(1234, "seed of the split shuffle", integer(0))
     max_train_samples: Optional[int] = f(None, "cap on train rows after the split", integer(1, null="no cap"))
-    pad_to_multiple_of: Optional[int] = f(
-        16,
-        "pad each batch to a multiple of this many tokens: fewer distinct shapes to plan kernels for",
-        integer(1, null="pad to the longest row"),
+    pad_to_multiple_of: Any = f(
+        "auto",
+        "pad each batch to a multiple of this many tokens: fewer shapes to plan GPU kernels for; auto: 16 on a GPU, "
+        "null on a CPU",
+        either(one_of(["auto"]), integer(1, null="pad to the longest row")),
     )
-    eval_lengths: Optional[int] = f(
-        2,
-        "most padded lengths in one eval or test pass, chosen to pad least: each is a kernel plan on a GPU",
-        integer(1, null="each batch pads to its own bucket"),
+    eval_lengths: Any = f(
+        "auto",
+        "most padded lengths in one eval or test pass, chosen to pad least (each is a kernel plan on a GPU); auto: 2 "
+        "on a GPU, null on a CPU",
+        either(one_of(["auto"]), integer(1, null="each batch to its own length")),
     )
 
 

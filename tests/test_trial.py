@@ -392,7 +392,14 @@ def test_eval_batches_take_the_split_in_its_order_and_its_own_few_lengths_whatev
     seen = []
     for seed in (1, 2):
         cfg = compose(
-            [*TINY, "data.eval_size=24", "train.sampling=group_by_length", f"seed={seed}", "train.batch_size=2"]
+            [
+                *TINY,
+                "data.eval_size=24",
+                "train.sampling=group_by_length",
+                f"seed={seed}",
+                "train.batch_size=2",
+                "data.eval_lengths=2",
+            ]
         )
         parts, labels, targets, _ = check(cfg)
         tuned, tok = model.load(cfg, targets, 4, labels)
