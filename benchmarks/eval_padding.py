@@ -4,6 +4,8 @@ trials take them (longest first, at most data.eval_lengths padded lengths): the 
 collators and eval batch size. No clock: the count is what the sort saves on any machine.
 
     python benchmarks/eval_padding.py [overrides, e.g. data.eval_size=1000 train.batch_size=32]
+
+The padding is a GPU's (data.GPU_PADDING) unless the overrides say otherwise.
 """
 
 import os
@@ -48,7 +50,7 @@ def counts(overrides: list[str]) -> dict[str, dict[str, int]]:
 
 
 def main() -> None:
-    overrides = sys.argv[1:]
+    overrides = ["data.pad_to_multiple_of=16", "data.eval_lengths=2", *sys.argv[1:]]  # a GPU's auto; later ones win
     print(f"eval pass, padded tokens ({' '.join(overrides) or 'defaults'}):")
     for split, c in counts(overrides).items():
         line = [f"{split}: {c['rows']} rows in batches of {c['batch']}, real tokens {c['real']:,}"]
