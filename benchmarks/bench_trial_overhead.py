@@ -117,7 +117,14 @@ def main() -> None:
                 row["runs"][side].append(
                     {
                         k: rec.get(k)
-                        for k in (*TIMES, "fingerprint", "train_loss", "eval_loss", "trainer_dir_left_after_trial")
+                        for k in (
+                            *TIMES,
+                            "fingerprint",
+                            "train_loss",
+                            "eval_loss",
+                            "trainer_dir_left_after_trial",
+                            "store_s",
+                        )
                     }
                 )
                 print(name, i, side, {k: round(rec[k], 4) for k in TIMES}, flush=True)
@@ -244,7 +251,14 @@ def markdown(r: dict) -> str:
         + ", ".join(f"{n} {'yes' if p['same_batches'] else 'NO'}" for n, p in r["proxies"].items())
         + "). Per-step time: from one step's start to the next's, steps 3 on (logging and callbacks included). "
         "Set-up: `train()` called to the first step's start; tear-down: the last step's end to `train()`'s "
-        "return, less the eval. See docs/performance.md for what the columns mean and how they carry to a GPU.",
+        "return, less the eval. Wall: from the composed config to done, the trial in an MLflow store and "
+        "experiment made before its clock, as a sweep's driver makes them (making them took "
+        + ", ".join(
+            f"{n} {1000 * statistics.median(x['store_s'] for x in p['runs']['trial']):.0f} ms"
+            for n, p in r["proxies"].items()
+        )
+        + "), with `tracking.spectra=false` (the bare loop measures none) and the GPU's padding (16, 2 eval lengths)."
+        " See docs/performance.md for what the columns mean and how they carry to a GPU.",
         "",
         "| proxy | side | per step | per step (mean) | train() | set-up | tear-down | eval | wall, config to done |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -245,6 +245,9 @@ def trainer(
         use_cpu=not torch.cuda.is_available(),
         bf16=estimate.trial_autocast(cfg, bf16_capable()),  # train.mixed_precision; the estimate applies the same rule
         remove_unused_columns=False,
+        # On a GPU, batches come from pinned memory; copying them to the device need not block the host, as a bare
+        # loop's .to(device, non_blocking=True) does not. (A CPU has nothing to copy, and transformers warns.)
+        accelerator_config={"non_blocking": torch.cuda.is_available()},
         **own,
     )
     rows = rows or EvalRows(cfg.model.task)
