@@ -277,7 +277,7 @@ def markdown(r: dict) -> str:
     md += [
         "",
         "Length buckets (`data.pad_to_multiple_of`): distinct batch shapes over 100 training steps of batch "
-        f"{r['batch']} and over one eval pass of 200 rows; the bare loop's per-step time (median (min–max) of "
+        f"{r['batch']} and over one eval pass of 200 rows (longest first, data.eval_lengths=2); the bare loop's per-step time (median (min–max) of "
         f"{r['bucket_reps']} fresh processes, ms); the mean padded length.",
         "",
         "| pad_to_multiple_of | train shapes / 100 steps | eval shapes | padded lengths | mean padded length | "
