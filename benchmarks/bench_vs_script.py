@@ -35,7 +35,7 @@ WORK = """\
 | pruning | Ray ASHA: rungs at 40 and 80, reduction factor 2 | Optuna successive halving: the same rungs |
 | search | OptunaSearch, TPE seed 0 | Optuna TPE seed 0: the same first configs (`lorasweep sweep --dry-run` lists them) |
 | best | the best step-120 eval macro-F1 | the same (the sweep's `best:` line) |
-| padding (lorasweep's own means) | each batch to its longest row; eval and test rows in table order | batches to a multiple of 16 tokens (for GPU kernels; more tokens on a CPU); eval and test rows longest first (`data.by_length`: 0.63× the padded eval tokens) |
+| padding (lorasweep's own means) | each batch to its longest row; eval and test rows in table order | each batch to its longest row (`data.pad_to_multiple_of=auto`: no bucket on a CPU); eval and test rows longest first, each batch to its own length (`data.by_length`, `data.eval_lengths=auto`: 0.56× the padded eval tokens of the table order) |
 | per trial start | a new Ray actor: imports, reads and tokenizes the data, loads MiniLM | a warm worker: imports, splits and tokens kept from the last trial |
 | beyond | nothing | MLflow run, params, metrics, per-row eval outputs; adapter saved to a temp folder (not uploaded), no spectra |
 """
