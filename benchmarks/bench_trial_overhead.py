@@ -277,8 +277,8 @@ def markdown(r: dict) -> str:
     md += [
         "",
         "Length buckets (`data.pad_to_multiple_of`): distinct batch shapes over 100 training steps of batch "
-        f"{r['batch']} and over one eval pass of 200 rows (longest first, data.eval_lengths=2); the bare loop's per-step time (median (min–max) of "
-        f"{r['bucket_reps']} fresh processes, ms); the mean padded length.",
+        f"{r['batch']} and over one eval pass of 200 rows (longest first, data.eval_lengths=2); the bare loop's "
+        f"per-step time (median (min–max) of {r['bucket_reps']} fresh processes, ms); the mean padded length.",
         "",
         "| pad_to_multiple_of | train shapes / 100 steps | eval shapes | padded lengths | mean padded length | "
         + " | ".join(f"{n} per step" for n in next(iter(r["buckets"].values()))["bare_step_median_s"])

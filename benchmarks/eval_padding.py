@@ -51,7 +51,7 @@ def counts(overrides: list[str]) -> dict[str, dict[str, int]]:
 
 def main() -> None:
     overrides = ["data.pad_to_multiple_of=16", "data.eval_lengths=2", *sys.argv[1:]]  # a GPU's auto; later ones win
-    print(f"eval pass, padded tokens ({' '.join(overrides) or 'defaults'}):")
+    print(f"eval pass, padded tokens ({' '.join(overrides)}):")
     for split, c in counts(overrides).items():
         line = [f"{split}: {c['rows']} rows in batches of {c['batch']}, real tokens {c['real']:,}"]
         for name, words in (("stored", "table order"), ("sorted", "longest first"), ("bounded", "bounded lengths")):

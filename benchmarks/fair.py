@@ -9,9 +9,9 @@ at the last step, and the test rows once after training. Both use the project's 
 PEFT) and the same scheduler, gradient clipping, dropout and LoRA init.
 
 - trial: `lorasweep.trial.run_trial`, the whole trial path, in an MLflow store and experiment made before the clock
-  starts (as a sweep's driver makes them; store_s says what that took); `lorasweep.train.trainer` is wrapped only to
-  hand the Trainer the prebuilt batches through its own accelerate-prepared DataLoader (pinned as the Trainer pins) and to
-  add a clock callback.
+  starts (as a sweep's driver makes them; store_s says what that took); `lorasweep.train.trainer` is wrapped only
+  to hand the Trainer the prebuilt batches through its own accelerate-prepared DataLoader (pinned as the Trainer
+  pins) and to add a clock callback.
 - bare: the same model folder loaded with transformers, PEFT's get_peft_model, a plain torch loop.
 
 --count runs a counting pass (benchmarks/counting.py) around train() and cProfile's call counts; timings from such

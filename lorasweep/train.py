@@ -136,6 +136,7 @@ class CountedTrainer(Trainer):
     own few padded lengths."""
 
     _flop_params: int | None = None
+    eval_collate = None  # rows -> the collator of one eval pass over them (data.eval_collator); set by trainer()
 
     def floating_point_ops(self, inputs: dict) -> int:
         name = getattr(self.model, "main_input_name", "input_ids")
@@ -160,8 +161,6 @@ class CountedTrainer(Trainer):
             return []
 
         acc.free_memory = free_memory
-
-    eval_collate = None  # rows -> the collator of one eval pass over them (data.eval_collator); set by trainer()
 
     def get_eval_dataloader(self, eval_dataset=None):
         with self._padded_for(self.eval_dataset if eval_dataset is None else eval_dataset):
