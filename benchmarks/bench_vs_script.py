@@ -3,7 +3,7 @@ same space, budget, data, recipe, evals and test eval (sweeps/vs_script.yaml; WO
 per trial), at equal settings: each arm CxT runs both sides with C trials at once and T torch threads per trial.
 Per repetition the order of the runs is reversed (script first, then lorasweep first), over --reps repetitions.
 
-    python benchmarks/bench_vs_script.py --reps 2 [--trials 8 --steps 120 --arms 1x2,2x1]
+    python benchmarks/bench_vs_script.py --reps 2 [--trials 8 --steps 120 --arms 1x2,2x1 --cuts 4]
 
 Writes benchmarks/results/vs_script.{json,md}: each run's wall time and best eval macro-F1, and per arm the ratio
 lorasweep / script of the median walls (target <= 0.8 with the same or a better best metric).
@@ -29,6 +29,7 @@ WORK = """\
 |---|---|---|
 | data | the 8,000 train, 1,000 eval, 1,000 test rows of lorasweep's split (seed 1234), redone by hand | the same |
 | training | 120 steps × 32 rows, its own seeded order | 120 steps × 32 rows, the Trainer's seeded order |
+| device batches (lorasweep's own means) | one batch of 32 rows a step | with --cuts K > 1, each step's 32 random rows sorted by length and cut into K device batches whose gradients accumulate (`train.sampling=batch_rebalance`, `train.batch_size=32/K`, `train.grad_accum=K`): the same rows and mean loss a step, less padding; --cuts 1 is one batch of 32 |
 | recipe | LoRA q,v, dropout 0.05, AdamW (decay 0), linear schedule, 8 warm-up steps, clipping at 1.0 | the same |
 | evals | 1,000 eval rows in batches of 64 at steps 40, 80, 120 (a pruned trial stops at its rung) | the same |
 | test eval | 1,000 test rows once, by the trials that ran all 120 steps | the same |
@@ -52,7 +53,9 @@ def script(args, c: int, t: int) -> dict:
 
 def lorasweep(args, c: int, t: int) -> dict:
     cmd = [sys.executable, "-m", "lorasweep.cli", "sweep", "sweep=vs_script", f"sweep.num_trials={args.trials}"]
-    cmd += [f"train.max_steps={args.steps}", f"train.eval_every={args.eval_every}", f"train.batch_size={args.batch}"]
+    cmd += [f"train.max_steps={args.steps}", f"train.eval_every={args.eval_every}"]
+    cmd += [f"train.batch_size={args.batch // args.cuts}", f"train.grad_accum={args.cuts}"]
+    cmd += ["train.sampling=batch_rebalance"] if args.cuts > 1 else []
     cmd += [f"data.eval_size={args.eval_rows}", f"data.test_size={args.test_rows}"]
     cmd += [f"sweep.pruner.grace_period={args.eval_every}", f"sweep.pruner.max_t={args.steps}"]
     cmd += [f"sweep.max_concurrent={c}", f"engine.cpus_per_trial={t}", f"engine.num_cpus={c * t}"]
@@ -75,7 +78,10 @@ def main() -> None:
     ap.add_argument("--eval-rows", type=int, default=1000)
     ap.add_argument("--test-rows", type=int, default=1000)
     ap.add_argument("--arms", default="1x2,2x1", help="CxT: C trials at once x T threads each, for both sides")
+    ap.add_argument("--cuts", type=int, default=4, help="lorasweep: device batches per step, cut by length")
     args = ap.parse_args()
+    if args.batch % args.cuts:
+        ap.error(f"--cuts {args.cuts} must divide --batch {args.batch}")
     arms = [tuple(int(n) for n in a.split("x")) for a in args.arms.split(",")]
     runs = {f"{c}x{t}": {side: [] for side in SIDES} for c, t in arms}
     first = [(c, t, side) for c, t in arms for side in SIDES]
@@ -112,7 +118,7 @@ def report(args, runs: dict) -> tuple[dict, str]:
         "",
         f"`python benchmarks/bench_vs_script.py --reps {args.reps} --trials {args.trials} --steps {args.steps} "
         f"--eval-every {args.eval_every} --batch {args.batch} --eval-rows {args.eval_rows} "
-        f"--test-rows {args.test_rows} --arms {args.arms}`",
+        f"--test-rows {args.test_rows} --arms {args.arms} --cuts {args.cuts}`",
         "",
         "Both sides at each arm CxT: C trials at once, T torch threads each (Ray gets C × T CPUs); the runs of a",
         "repetition in reverse order of the one before. Load average after: "

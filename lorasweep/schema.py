@@ -178,8 +178,10 @@ class TrainCfg:
     eval_samples: Optional[int] = f(None, "cap on eval rows per eval", integer(1, null="the whole eval split"))
     sampling: str = f(
         "random",
-        "random, or group_by_length (less padding; cost MiniLM + tweets macro-F1)",
-        one_of(["random", "group_by_length"]),
+        "random; group_by_length (less padding; cost MiniLM + tweets macro-F1); or batch_rebalance: each optimizer "
+        "step's random rows sorted by length and cut into its grad_accum device batches (less padding, the same "
+        "rows and loss per step)",
+        one_of(["random", "group_by_length", "batch_rebalance"]),
     )
     generate_eval: bool = f(
         False, "causal_lm: greedy answers scored at each eval (exact match, ROUGE-L, BLEU, chrF)", BOOL

@@ -39,6 +39,9 @@ class Task:
     # from; None keeps only the Trainer's loss
     eval_outputs: str | None = None
     preprocess_logits: str | None = None  # dotted path of the Trainer's preprocess_logits_for_metrics, per eval batch
+    # dotted path of the Trainer's compute_loss_func, where the model's own loss is a mean per device batch: then
+    # gradient accumulation would weigh rows by their batch's size (None: the model divides by the step's count)
+    loss: str | None = None
 
 
 TASKS: dict[str, Task] = {
@@ -60,6 +63,7 @@ TASKS: dict[str, Task] = {
         dropped="unseen_label_rows",
         collator="transformers.DataCollatorWithPadding",
         eval_outputs="lorasweep.train.classification_outputs",
+        loss="lorasweep.train.step_cross_entropy",
     ),
     "causal_lm": Task(
         help="supervised fine-tuning of a causal LM: prompt in, response out, the loss on the response only",

@@ -12,6 +12,7 @@ from datasets import Dataset
 from omegaconf import DictConfig
 from torch.utils.data import SequentialSampler
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_pt_utils import BatchRebalanceSampler
 
 from lorasweep import data, estimate, evalrows
 from lorasweep.config import bf16_capable
@@ -55,6 +56,16 @@ def classification_outputs(pred) -> dict[str, list]:
     logits, y = np.asarray(logits, dtype=np.float64), np.asarray(pred.label_ids)
     losses = logsumexp(logits, axis=-1) - logits[np.arange(len(y)), y]
     return {"predictions": np.argmax(logits, axis=-1).tolist(), "labels": y.tolist(), "losses": losses.tolist()}
+
+
+def step_cross_entropy(outputs, labels, num_items_in_batch=None) -> torch.Tensor:
+    """A classifier's cross-entropy summed over a device batch's rows and divided by the optimizer step's row count
+    (the Trainer counts it over the step's device batches), so each row weighs alike however the step's rows are
+    cut (train.sampling=batch_rebalance cuts unequal batches). The model's own loss is a mean per device batch; the
+    Trainer passes it the count, which it ignores, and then does not divide by grad_accum either."""
+    logits = outputs["logits"]
+    loss = F.cross_entropy(logits.view(-1, logits.size(-1)), labels.view(-1), reduction="sum")
+    return loss / (labels.ne(-100).sum() if num_items_in_batch is None else num_items_in_batch)
 
 
 def token_losses(logits, labels) -> torch.Tensor:
@@ -186,6 +197,14 @@ class CountedTrainer(Trainer):
         finally:
             self.data_collator = train_collate
 
+    def _get_train_sampler(self, train_dataset=None):
+        """transformers makes its BatchRebalanceSampler with that class's own seed (42) whatever the trial's, so
+        every seed would see one order; it takes the trial's data seed here, as the random sampler does."""
+        sampler = super()._get_train_sampler(train_dataset)
+        if isinstance(sampler, BatchRebalanceSampler):
+            sampler.seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return sampler
+
     def _get_eval_sampler(self, eval_dataset):
         """Eval rows in the split's order (data.by_length): with train.sampling=group_by_length transformers would
         shuffle them by the trial's seed, and trials with other seeds could not be compared row by row."""
@@ -228,7 +247,8 @@ def trainer(
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=float(t.warmup_ratio),  # a float < 1 is a ratio of the total steps
         weight_decay=t.weight_decay,
-        train_sampling_strategy=t.sampling,  # group_by_length pads ~1.8x less on the tweets, but trained worse there
+        # group_by_length pads ~1.8x less on the tweets, but trained worse there; batch_rebalance keeps each step's rows
+        train_sampling_strategy=t.sampling,
         eval_strategy="steps",
         eval_steps=t.eval_every,
         logging_steps=max(1, min(10, t.eval_every)),
@@ -260,6 +280,7 @@ def trainer(
         processing_class=tok,
         compute_metrics=rows.compute_metrics if task.eval_outputs else None,
         preprocess_logits_for_metrics=component(task.preprocess_logits) if task.preprocess_logits else None,
+        compute_loss_func=component(task.loss) if task.loss else None,
         # A method that names its optimizer in TrainingArguments (GaLore) has the Trainer build it.
         optimizers=(None if "optim" in own else optimizer(model, cfg), None),
         callbacks=callbacks,

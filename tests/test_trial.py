@@ -635,3 +635,78 @@ def test_bounded_eval_lengths_leave_a_classifiers_eval_and_test_outputs_as_they_
     assert rows[0]["test"]["predictions"] == rows[1]["test"]["predictions"]
     for key in ("eval_loss", "eval_macro_f1", "test_loss", "test_accuracy"):
         assert runs[0][key] == pytest.approx(runs[1][key], rel=1e-5, abs=1e-6), key
+
+
+def test_batch_rebalance_cuts_each_step_into_device_batches_that_pad_less_and_give_the_same_gradient(store):
+    """MiniLM on 32 tweets, one optimizer step, dropout off: 32 rows as one device batch, and the same 32 rows as
+    train.sampling=batch_rebalance cuts them (4 device batches of 8 a step, sorted by length) give the same LoRA
+    gradient, because the classifier's loss is summed over the step's rows and divided by their count
+    (train.step_cross_entropy; the model's own mean per device batch would give 4x it), while the 4 batches pad
+    fewer tokens. The rebalancing order follows the trial's seed (transformers would give every seed its own 42)."""
+    from transformers import TrainerCallback
+    from transformers.trainer_pt_utils import BatchRebalanceSampler
+
+    from lorasweep import data, model, train
+    from lorasweep.trial import check
+
+    base = ["data.train_size=32", "data.eval_size=8", "data.test_size=8", "train.max_steps=1", "adapter.dropout=0"]
+    rebalanced = ["train.batch_size=8", "train.grad_accum=4", "train.sampling=batch_rebalance"]
+    seen = {}
+
+    def unpadded(batch) -> list[list[int]]:
+        return [ids[m.bool()].tolist() for ids, m in zip(batch["input_ids"], batch["attention_mask"])]
+
+    for name, setting in (
+        ("whole", ["train.batch_size=32", "train.grad_accum=1"]),
+        ("cut", rebalanced),
+    ):
+        cfg = compose([*base, *setting])
+        parts, labels, targets, _ = check(cfg)
+        tuned, tok = model.load(cfg, targets, 1, labels)
+        for m in tuned.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        batches, grads = [], {}
+
+        class Grads(TrainerCallback):
+            def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
+                grads.update({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+
+        tr = train.trainer(cfg, tuned, tok, data.tokenize(cfg, parts, tok, labels), [], (Grads(),))
+        collate = tr.data_collator
+
+        def keeping(rows):
+            batch = collate(rows)
+            batches.extend([batch] if tuned.training else [])
+            return batch
+
+        tr.data_collator = keeping
+        tr.train()
+        shutil.rmtree(tr.args.output_dir)
+        batches = batches[: cfg.train.grad_accum]  # accelerate's loader fetches one batch ahead of the last step
+        seen[name] = {
+            "rows": sorted(row for b in batches for row in unpadded(b)),
+            "padded": sum(b["input_ids"].numel() for b in batches),
+            "batches": len(batches),
+            "grads": grads,
+        }
+        model.release(cfg, tuned, tok, labels)
+    whole, cut = seen["whole"], seen["cut"]
+    assert whole["batches"] == 1 and cut["batches"] == 4 and whole["rows"] == cut["rows"] and len(cut["rows"]) == 32
+    assert cut["padded"] < whole["padded"]
+    assert whole["grads"].keys() == cut["grads"].keys() and whole["grads"]
+    for n, g in whole["grads"].items():
+        torch.testing.assert_close(cut["grads"][n], g, rtol=1e-4, atol=1e-6, msg=n)
+
+    orders = []
+    for seed in (1, 2):
+        cfg = compose([*base, *rebalanced, f"seed={seed}"])
+        parts, labels, targets, _ = check(cfg)
+        tuned, tok = model.load(cfg, targets, 1, labels)
+        tr = train.trainer(cfg, tuned, tok, data.tokenize(cfg, parts, tok, labels), [])
+        shutil.rmtree(tr.args.output_dir)
+        sampler = tr._get_train_sampler()
+        assert isinstance(sampler, BatchRebalanceSampler) and sampler.seed == seed
+        orders.append(list(sampler))
+        model.release(cfg, tuned, tok, labels)
+    assert orders[0] != orders[1]
